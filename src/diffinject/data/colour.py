@@ -1,0 +1,57 @@
+"""Colored MNIST, following the LfF protocol (Nam et al. 2020, `data/colored_mnist_protocol.py` and
+`make_dataset.py` of the LfF code): each class has a mean colour; an image's foreground takes its bias
+colour plus Gaussian noise (`color_std`, LfF severity 4 = 0.005), the background stays black."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# LfF's `colors.th`, RGB in [0, 1], indexed by bias (colour) label 0..9.
+LFF_PALETTE = np.array(
+    [
+        (0.984, 0.313, 0.169),
+        (0.991, 0.916, 0.352),
+        (0.673, 0.461, 0.580),
+        (0.783, 0.832, 0.601),
+        (0.088, 0.778, 0.982),
+        (0.321, 0.961, 0.446),
+        (0.025, 0.236, 0.759),
+        (0.555, 0.102, 0.762),
+        (0.208, 0.393, 0.019),
+        (0.834, 0.202, 0.267),
+    ],
+    dtype=np.float64,
+)
+
+
+def assign_bias_labels(targets: np.ndarray, aligned_ratio: float, n_bias: int) -> np.ndarray:
+    """Bias (colour) label per sample, exactly as LfF's `make_attr_labels`.
+
+    Within each class, in the order given (shuffle first), a fraction `aligned_ratio` takes the
+    class's own colour and the rest is spread evenly over the other colours. The per-class counts are
+    set by rounding cumulative milestones, so they are exact rather than sampled: 1 % of 400 gives
+    4 conflicts. `aligned_ratio = 1 / n_bias` makes every colour equally likely (an unbiased split).
+    """
+    targets = np.asarray(targets)
+    n_classes = n_bias
+    ratios = aligned_ratio * np.eye(n_classes) + (1 - aligned_ratio) / (n_classes - 1) * (1 - np.eye(n_classes))
+    bias = np.empty_like(targets)
+    for label in range(n_classes):
+        idx = np.flatnonzero(targets == label)
+        milestones = np.round(len(idx) * np.cumsum(ratios[label]))  # (n_bias,)
+        # Sample j gets the first colour whose milestone exceeds j.
+        bias[idx] = np.searchsorted(milestones, np.arange(len(idx)), side="right")
+    return bias
+
+
+def colorize(gray: np.ndarray, bias: np.ndarray, color_std: float, rng: np.random.Generator) -> np.ndarray:
+    """Colour grey digits by their bias label.
+
+    gray: (N, H, W) uint8 in [0, 255]; bias: (N,) ints indexing LFF_PALETTE.
+    Returns (N, H, W, 3) uint8: clamp(palette[bias] + N(0, color_std)) * gray, so the background
+    (gray = 0) stays exactly zero and the foreground carries the colour.
+    """
+    noise = rng.standard_normal((len(bias), 3)) * color_std
+    colour = np.clip(LFF_PALETTE[bias] + noise, 0.0, 1.0)  # (N, 3)
+    rgb = gray[..., None].astype(np.float64) * colour[:, None, None, :]  # (N, H, W, 3)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
