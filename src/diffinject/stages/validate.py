@@ -1,0 +1,42 @@
+"""Stage `validate`: great-expectations checks of data/prepared -> metrics/validation.json; a broken
+dataset fails the stage with one line per failed check."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from diffinject.config import load_params, section
+from diffinject.data.manifest import INFO_NAME, read_manifest
+from diffinject.data.validation import ValidateConfig, validate_prepared
+from diffinject.errors import DiffinjectError
+from diffinject.fsutil import write_json
+
+DATA_DIR = Path("data/prepared")
+METRICS = Path("metrics/validation.json")
+
+
+def run(params: dict, data_dir: Path = DATA_DIR, metrics_path: Path = METRICS) -> dict:
+    cfg = section(params, "validate", ValidateConfig)
+    manifest = read_manifest(data_dir)
+    info_path = data_dir / INFO_NAME
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    n_classes = int(info.get("n_classes") or manifest["target"].max() + 1)
+    expected_pct = (params.get("data") or {}).get("conflict_pct")
+    report = validate_prepared(data_dir, manifest, n_classes, expected_pct, cfg)
+    result = report.to_json()
+    write_json(metrics_path, result)
+    for check in report.failed:
+        print(f"validate: FAILED {check.name}: {check.expectation} on {check.table}, observed {check.observed}", file=sys.stderr)
+    if not report.success:
+        raise DiffinjectError(
+            f"{data_dir}: {len(report.failed)} of {len(report.checks)} data checks failed (details in {metrics_path})"
+        )
+    fractions = result.get("conflict_fraction", {})
+    print(f"validate: {len(report.checks)} checks passed; conflict fraction {fractions}")
+    return result
+
+
+def main(params_path: str = "params.yaml") -> None:
+    run(load_params(params_path))
