@@ -24,6 +24,9 @@ LFF_PALETTE = np.array(
 )
 
 
+COLORIZE_CHUNK = 2048  # images per float64 chunk (~38 MiB at 28x28x3)
+
+
 def assign_bias_labels(targets: np.ndarray, aligned_ratio: float, n_bias: int) -> np.ndarray:
     """Bias (colour) label per sample, exactly as LfF's `make_attr_labels`.
 
@@ -53,5 +56,10 @@ def colorize(gray: np.ndarray, bias: np.ndarray, color_std: float, rng: np.rando
     """
     noise = rng.standard_normal((len(bias), 3)) * color_std
     colour = np.clip(LFF_PALETTE[bias] + noise, 0.0, 1.0)  # (N, 3)
-    rgb = gray[..., None].astype(np.float64) * colour[:, None, None, :]  # (N, H, W, 3)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    out = np.empty((*gray.shape, 3), dtype=np.uint8)
+    # In chunks: the float64 product of 60,000 images would need gigabytes at once.
+    for start in range(0, len(gray), COLORIZE_CHUNK):
+        part = slice(start, start + COLORIZE_CHUNK)
+        rgb = gray[part, ..., None].astype(np.float64) * colour[part, None, None, :]  # (n, H, W, 3)
+        out[part] = np.clip(np.rint(rgb), 0, 255)
+    return out
