@@ -12,6 +12,29 @@ from diffinject.errors import DiffinjectError
 STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("prepare", "build data/prepared/ (DisEnt layout + manifest) from data.source"),
     "validate": ("validate", "check data/prepared with great-expectations; fail on a broken dataset"),
+    "train_biased": ("train_biased", "train the GCE-biased classifier (biased.*) -> models/biased/"),
+    "mine": ("mine", "top mine.k highest-loss train samples per class under the biased model -> data/conflicts.csv"),
+    "vanilla": ("vanilla", "baseline: plain cross-entropy classifier (vanilla.*) -> models/vanilla/"),
+    "lff": ("lff", "baseline: Learning from Failure (lff.*) -> models/lff/"),
+    "train_debiased": ("train_debiased", "train on the train split + a pool sample (debiased.*) -> models/debiased/"),
+    "train_diffusion": ("train_diffusion", "train the DDPM on train images, or load diffusion.pretrained -> models/diffusion/"),
+    "train_judge": ("train_judge", "colour-blind judge for the synthetic quality report (judge.*) -> models/judge/"),
+    "invert": ("invert", "DDIM-invert content (mined) and style (easiest) images -> data/inversions/"),
+    "inject": ("inject", "h-space injection from cached inversions (injection.*) -> data/synthetic/"),
+    "evaluate": ("evaluate", "accuracy, group and fairness metrics of every model on valid/test -> metrics/eval.json"),
+    "register": ("register", "log this pipeline run to MLflow, register models/debiased; champion moves only on improvement"),
+    "promote": ("promote", "move the registry alias champion to VERSION by hand (registry.model_name)"),
+    "search": ("search", "Optuna study over injection.h_gamma, debiased.bias_conflict_ratio, debiased.lr (search.*)"),
+}
+
+# Arguments of single commands besides --params, passed to their module's main() as keyword arguments.
+EXTRA_ARGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
+    "promote": [(("version",), {"type": int, "help": "registered model version to make the champion"})],
+    "search": [
+        (("--n-trials",), {"type": int, "default": None, "help": "trials this process runs (default: search.n_trials)"}),
+        (("--storage",), {"default": None, "help": "Optuna storage URL shared by workers (default: search.storage, "
+                                                   "else sqlite:///<repo>/mlruns/optuna.db)"}),
+    ],
 }
 
 
@@ -24,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in STAGES.items():
         stage = sub.add_parser(name, help=help_text, description=help_text)
         stage.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+        for flags, options in EXTRA_ARGS.get(name, []):
+            stage.add_argument(*flags, **options)
     return parser
 
 
@@ -31,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module = importlib.import_module(f"diffinject.stages.{STAGES[args.stage][0]}")
     try:
-        module.main(args.params)
+        module.main(args.params, **{k: v for k, v in vars(args).items() if k not in ("stage", "params")})
     except DiffinjectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -63,3 +63,22 @@ def colorize(gray: np.ndarray, bias: np.ndarray, color_std: float, rng: np.rando
         rgb = gray[part, ..., None].astype(np.float64) * colour[part, None, None, :]  # (n, H, W, 3)
         out[part] = np.clip(np.rint(rgb), 0, 255)
     return out
+
+
+# The brightest pixels of a digit are where the grey stroke was (near) 255, so their RGB is the colour.
+FOREGROUND_PIXELS = 10
+
+
+def foreground_colour(images: np.ndarray) -> np.ndarray:
+    """Measured colour in [0, 1] of each image's foreground: the mean RGB of its brightest pixels.
+
+    images: (N, H, W, 3) uint8. Returns (N, 3)."""
+    flat = images.reshape(len(images), -1, 3).astype(np.float64)  # (N, HW, 3)
+    brightest = np.argsort(flat.sum(2), axis=1)[:, -FOREGROUND_PIXELS:]  # (N, k)
+    return np.take_along_axis(flat, brightest[..., None], axis=1).mean(1) / 255
+
+
+def nearest_palette_colour(images: np.ndarray) -> np.ndarray:
+    """Index of the LfF palette colour nearest to each image's foreground colour, (N,)."""
+    colour = foreground_colour(images)
+    return np.linalg.norm(colour[:, None, :] - LFF_PALETTE[None], axis=2).argmin(1)

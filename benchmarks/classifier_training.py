@@ -1,0 +1,219 @@
+"""Benchmark: classifier training on CPU — our Lightning setup against a plain PyTorch loop — and the
+peak memory of `train_biased` on the 60,000-image Fashion-MNIST train file.
+
+1. Throughput. The LfF MLP trained with GCE on the prepared Colored-MNIST train split (4,000 images,
+   batch 256), validated every epoch (500 images) with the best epoch's weights kept, exactly as the
+   `train_biased` stage does: once by `diffinject.models.training.train_classifier` (Lightning, the
+   default `trainer.*` params including the progress bar) and once by a hand-written loop doing the same
+   work (same network, initial weights, data loader, Adam, loss, validation and weight copy). The two
+   alternate, several times, in one process; the fastest run of each gives train samples/s and the
+   ratio (the minimum is the estimate least disturbed by other processes on a shared machine; the
+   medians are reported too). Each wall time covers the whole call (Trainer construction included).
+2. Peak memory. `python -m diffinject train_biased` in a child process on Fashion-MNIST prepared with
+   `data.source: idx` (the IDX train file's 60,000 images become ~53,300 train + ~6,700 valid at the
+   default 0.8/0.1 fractions; t10k stays the test split), ru_maxrss of that process via wait4.
+
+    python benchmarks/classifier_training.py [--quick] [--path /usr/share/datasets/fashion-mnist]
+
+--quick: fewer epochs and repeats, and a 7,000-image Fashion-MNIST subset. Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PATH = "/usr/share/datasets/fashion-mnist"
+QUICK_IMAGES = 7000
+# Epochs per timed training run: the default of the vanilla and debiased stages (quick: a short run, where
+# Trainer construction weighs more).
+EPOCHS, QUICK_EPOCHS = 50, 10
+REPEATS, QUICK_REPEATS = 5, 3
+# Epochs of the peak-memory run (peak memory does not grow with epochs; time does).
+MEMORY_EPOCHS = 2
+
+
+def plain_loop(train, valid, num_classes: int, cfg, seed: int) -> float:
+    """The same work as `train_classifier`, written out by hand; returns wall seconds."""
+    import lightning
+    import torch
+
+    from diffinject.data.tensors import EVAL_BATCH_FACTOR, make_loader
+    from diffinject.models.classifier import to_unit_float
+    from diffinject.models.losses import per_sample_loss
+    from diffinject.models.training import build_net
+
+    start = time.perf_counter()
+    lightning.seed_everything(seed, workers=True, verbose=False)
+    net, _ = build_net(cfg, num_classes, train.shape, "biased")
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_loader = make_loader(train, cfg.batch_size, shuffle=True, seed=seed)
+    valid_loader = make_loader(valid, EVAL_BATCH_FACTOR * cfg.batch_size, shuffle=False)
+    best, best_state = float("-inf"), None
+    for _ in range(cfg.epochs):
+        net.train()
+        loss_sum = correct = 0.0
+        for images, targets, _ in train_loader:
+            logits = net(to_unit_float(images))
+            loss = per_sample_loss(cfg.loss, logits, targets, cfg.gce_q).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum = loss_sum + loss.detach() * len(targets)
+            correct = correct + (logits.detach().argmax(1) == targets).sum()
+        train_metrics = [float(loss_sum) / len(train), float(correct) / len(train)]  # the epoch's curve row
+        net.eval()
+        valid_loss = hits = 0
+        with torch.inference_mode():
+            for images, targets, _ in valid_loader:
+                logits = net(to_unit_float(images))
+                valid_loss = valid_loss + per_sample_loss(cfg.loss, logits, targets, cfg.gce_q).sum()
+                hits = hits + (logits.argmax(1) == targets).sum()
+        acc = float(hits) / len(valid)
+        train_metrics.append(float(valid_loss) / len(valid))
+        if acc > best:
+            best, best_state = acc, {k: v.detach().clone() for k, v in net.state_dict().items()}
+    assert best_state is not None
+    return time.perf_counter() - start
+
+
+def throughput(prepared: Path, epochs: int, repeats: int) -> dict:
+    from diffinject.config import load_params, section
+    from diffinject.data.manifest import read_manifest
+    from diffinject.data.tensors import load_split, num_classes_of
+    from diffinject.models.training import TrainConfig, TrainerConfig, train_classifier
+
+    params = load_params(REPO / "params.yaml")
+    trainer_cfg = section(params, "trainer", TrainerConfig)
+    cfg = section(params, "biased", TrainConfig)
+    cfg.epochs, cfg.select = epochs, "best"
+    manifest = read_manifest(prepared)
+    train, valid = load_split(prepared, "train", manifest), load_split(prepared, "valid", manifest)
+    num_classes = num_classes_of(manifest)
+    plain_loop(train, valid, num_classes, cfg, 0)  # warm-up: first-touch allocations, oneDNN kernels
+    lightning_s, plain_s = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):  # the progress bar draws on stdout; keep stdout for results
+            train_classifier(train, valid, num_classes, cfg, trainer_cfg, 0, "biased")
+        lightning_s.append(time.perf_counter() - start)
+        plain_s.append(plain_loop(train, valid, num_classes, cfg, 0))
+    samples = epochs * len(train)
+    lt, pt = min(lightning_s), min(plain_s)
+    return {
+        "throughput_train_images": len(train),
+        "throughput_epochs": epochs,
+        "throughput_repeats": repeats,
+        "lightning_samples_per_s": round(samples / lt),
+        "plain_samples_per_s": round(samples / pt),
+        "lightning_over_plain_time_ratio": round(lt / pt, 3),
+        "lightning_overhead_pct": round(100 * (lt / pt - 1), 1),
+        "median_time_ratio": round(statistics.median(lightning_s) / statistics.median(plain_s), 3),
+        "lightning_seconds": [round(s, 3) for s in lightning_s],
+        "plain_seconds": [round(s, 3) for s in plain_s],
+    }
+
+
+def _subset(src: str, n: int, dest: Path) -> str:
+    """The first n images of an IDX folder (train and t10k in their proportion), as a new IDX folder."""
+    import gzip
+    import struct
+
+    from diffinject.data.sources import load_idx_folder
+
+    grey = load_idx_folder(src)
+    test = grey.official_test
+    for part, mask in (("train", ~test), ("t10k", test)):
+        k = int(n * mask.mean())
+        imgs, labels = grey.images[mask][:k], grey.targets[mask][:k].astype("uint8")
+        for kind, arr in (("images-idx3", imgs), ("labels-idx1", labels)):
+            header = bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", s) for s in arr.shape)
+            (dest / f"{part}-{kind}-ubyte.gz").write_bytes(gzip.compress(header + arr.tobytes(), 1))
+    return str(dest)
+
+
+def peak_memory(src: str, root: Path) -> dict:
+    """Prepare `src` under root/data/prepared, then time train_biased in a child process."""
+    from diffinject.config import load_params
+    from diffinject.stages import prepare
+
+    params = load_params(REPO / "params.yaml")
+    params["data"] = dict(params.get("data") or {}, source="idx", path=src)
+    params["biased"] = dict(params.get("biased") or {}, epochs=MEMORY_EPOCHS)
+    params["trainer"] = dict(params.get("trainer") or {}, enable_progress_bar=False)
+    start = time.perf_counter()
+    info = prepare.run(params, out_dir=root / "data" / "prepared", plots_dir=root / "metrics" / "plots" / "prepare")
+    prepare_s = time.perf_counter() - start
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "diffinject", "train_biased"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"train_biased failed:\n{output}")
+    return {
+        "fashion_images": info["n_images"],
+        "fashion_prepare_seconds": round(prepare_s, 1),
+        "train_biased_epochs": MEMORY_EPOCHS,
+        "train_biased_seconds": round(seconds, 1),
+        "train_biased_peak_rss_mib": round(usage.ru_maxrss / 1024),  # Linux: kilobytes
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer epochs/repeats and a Fashion-MNIST subset")
+    parser.add_argument("--path", default=DEFAULT_PATH, help="an IDX folder (default: Debian's Fashion-MNIST)")
+    parser.add_argument("--skip-throughput", action="store_true", help="only the peak-memory measurement")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for the throughput runs (default: torch's, one per core)")
+    args = parser.parse_args()
+    if not Path(args.path).is_dir():
+        raise SystemExit(f"{args.path}: not found (apt-get install dataset-fashion-mnist, or pass --path)")
+    from diffinject.data.prepare import DataConfig, prepare
+
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    result = {
+        "benchmark": "classifier_training",
+        "quick": args.quick,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if not args.skip_throughput:
+            prepared = tmp / "cmnist"
+            prepared.mkdir()
+            prepare(DataConfig(), seed=0, out=prepared)
+            result.update(throughput(prepared, QUICK_EPOCHS if args.quick else EPOCHS,
+                                     QUICK_REPEATS if args.quick else REPEATS))
+            print(f"training {result['throughput_train_images']} images x {result['throughput_epochs']} epochs: "
+                  f"Lightning {result['lightning_samples_per_s']} samples/s, plain loop {result['plain_samples_per_s']} "
+                  f"samples/s, overhead {result['lightning_overhead_pct']} %", flush=True)
+        fashion = tmp / "fashion"
+        fashion.mkdir()
+        src = _subset(args.path, QUICK_IMAGES, fashion) if args.quick else args.path
+        result.update(peak_memory(src, tmp / "fashion-root"))
+        print(f"train_biased on Fashion-MNIST ({result['fashion_images']}): {result['train_biased_seconds']} s for "
+              f"{MEMORY_EPOCHS} epochs, peak RSS {result['train_biased_peak_rss_mib']} MiB", flush=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Diffusion core: an in-pipeline DDPM, DDIM inversion, the h-space hook, and the injection sampler."""

@@ -1,0 +1,147 @@
+"""Making a synthetic pool: (content, style) pairs, batched injected generation, resumable on disk.
+
+Pairs: the k-th sample takes content k mod |contents| (in a seeded order) and a style image drawn
+(seeded) from the styles of another class, so the result mixes one class's content with another
+class's style: a new bias-conflicting sample when the style carries the bias (measure it:
+`label_from` and the quality report).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from diffinject.diffusion.inversion_store import InvertedSet
+from diffinject.diffusion.model import to_uint8
+from diffinject.diffusion.sampler import InjectionConfig, InjectionSampler
+from diffinject.errors import DiffinjectError
+
+BATCH_DONE = "batch_{:05d}.json"
+
+
+@dataclass
+class Pairs:
+    content: np.ndarray  # (n,) row in the content set
+    style: np.ndarray  # (n,) row in the style set
+
+
+def make_pairs(content_targets: np.ndarray, style_targets: np.ndarray, n: int, seed: int) -> Pairs:
+    """n (content, style) pairs; each style comes from a class other than its content's."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(content_targets))
+    content = order[np.arange(n) % len(order)]
+    style = np.empty(n, dtype=np.int64)
+    for k, c in enumerate(content):
+        candidates = np.flatnonzero(style_targets != content_targets[c])
+        if len(candidates) == 0:
+            raise DiffinjectError(f"no style image of a class other than {content_targets[c]} (styles come from a single class)")
+        style[k] = rng.choice(candidates)
+    return Pairs(content=content, style=style)
+
+
+def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
+    """A generator per batch, so a resumed run draws exactly the noise an uninterrupted run draws."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + batch)
+
+
+def generate_pool(sampler: InjectionSampler, contents: InvertedSet, styles: InvertedSet, pairs: Pairs,
+                  label_from: Literal["content", "style"], batch_size: int, seed: int, work: Path,
+                  rank: int = 0, world_size: int = 1,
+                  on_batch: Callable[[int], None] | None = None) -> None:
+    """Generate every batch of pairs whose index ≡ rank (mod world_size) into `work`, skipping batches
+    already done (their marker file exists); each batch writes its PNGs, then its marker, atomically."""
+    device = next(sampler.unet.parameters()).device
+    n = len(pairs.content)
+    batches = [b for b in range((n + batch_size - 1) // batch_size) if b % world_size == rank]
+    todo = [b for b in batches if not (work / BATCH_DONE.format(b)).is_file()]
+    if len(todo) < len(batches):
+        print(f"inject: resuming, {len(batches) - len(todo)} of {len(batches)} batches already done")
+    for b in tqdm(todo, desc="inject: batches", unit="batch"):
+        rows = np.arange(b * batch_size, min(n, (b + 1) * batch_size))
+        c, s = pairs.content[rows], pairs.style[rows]
+        x_T = styles.x_T[s].to(device)
+        hs = contents.hs[:, c].to(device)  # (n_steps, B, ...)
+        images = to_uint8(sampler.generate(x_T, hs, contents.timesteps, batch_generator(seed, b, device))).cpu()
+        targets = (contents.targets[c] if label_from == "content" else styles.targets[s]).numpy()
+        records = []
+        for k, row in enumerate(rows):
+            rel = f"images/{int(targets[k])}/{int(row)}_{int(targets[k])}.png"
+            dest = work / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".tmp-{dest.name}")
+            Image.fromarray(images[k].permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+            tmp.replace(dest)
+            records.append(dict(id=int(row), path=rel, target=int(targets[k]),
+                                content_id=int(contents.ids[c[k]]), style_id=int(styles.ids[s[k]]),
+                                content_target=int(contents.targets[c[k]]), style_target=int(styles.targets[s[k]])))
+        marker = work / BATCH_DONE.format(b)
+        tmp = marker.with_name(f".tmp-{marker.name}")
+        tmp.write_text(json.dumps(records))
+        tmp.replace(marker)
+        if on_batch is not None:
+            on_batch(b)
+
+
+def collect_manifest(work: Path, n_batches: int, config: InjectionConfig, label_from: str) -> pd.DataFrame:
+    """The synthetic manifest from the batch markers: id, path, target, content_id, style_id, the
+    params that made it."""
+    records = []
+    for b in range(n_batches):
+        marker = work / BATCH_DONE.format(b)
+        if not marker.is_file():
+            raise DiffinjectError(f"{marker}: batch {b} was not generated")
+        records += json.loads(marker.read_text())
+    table = pd.DataFrame.from_records(records)
+    table["label_from"] = label_from
+    for key, value in vars(config).items():
+        table[key] = value
+    return table.sort_values("id").reset_index(drop=True)
+
+
+@dataclass
+class InjectionParams:
+    """`injection.*`. `invert` reads n_inv_step, styles_per_class and style_easiest_fraction (so a
+    change of any other key never re-inverts); `inject` reads the rest."""
+
+    h_gamma: float = 0.7  # slerp weight of the content h (DiffInject default 0.7)
+    t_edit: int = 0  # inject at t >= t_edit; 0 = the whole trajectory (t_edit 500 barely edits at 20 steps)
+    t_boost: int = 200  # eta = 1 at t <= t_boost (Asyrp's quality boost); -1 turns it off
+    dt_lambda: float = 0.9985  # noise-direction scale at t >= 950 (DiffInject)
+    n_inv_step: int = 20
+    n_gen_step: int = 20
+    n_samples: int = 400  # size of the synthetic pool
+    n_samples_ratio: float | None = None  # alternatively the pool size as a fraction of |train|
+    label_from: Literal["content", "style"] = "content"  # measured: h carries the digit's shape on CMNIST
+    batch_size: int = 64
+    styles_per_class: int = 20  # style images inverted per class
+    style_easiest_fraction: float = 0.5  # styles are drawn from this lowest-loss fraction of each class
+
+    def check(self) -> None:
+        if not 0 <= self.h_gamma <= 1:
+            raise DiffinjectError(f"params 'injection.h_gamma': got {self.h_gamma}, expected a weight in [0, 1]")
+        for key in ("n_inv_step", "n_gen_step"):
+            if getattr(self, key) < 2:
+                raise DiffinjectError(f"params 'injection.{key}': got {getattr(self, key)}, expected >= 2")
+        if self.n_samples < 1 and self.n_samples_ratio is None:
+            raise DiffinjectError(f"params 'injection.n_samples': got {self.n_samples}, expected >= 1")
+        if self.n_samples_ratio is not None and self.n_samples_ratio <= 0:
+            raise DiffinjectError(f"params 'injection.n_samples_ratio': got {self.n_samples_ratio}, expected > 0 or null")
+        if self.batch_size < 1 or self.styles_per_class < 1:
+            raise DiffinjectError("params 'injection.batch_size' and 'injection.styles_per_class': expected >= 1")
+        if not 0 < self.style_easiest_fraction <= 1:
+            raise DiffinjectError(f"params 'injection.style_easiest_fraction': got {self.style_easiest_fraction}, expected (0, 1]")
+
+    def sampler_config(self) -> InjectionConfig:
+        return InjectionConfig(h_gamma=self.h_gamma, t_edit=self.t_edit, t_boost=self.t_boost,
+                               dt_lambda=self.dt_lambda, n_gen_step=self.n_gen_step)
+
+    def pool_size(self, n_train: int) -> int:
+        return int(np.ceil(self.n_samples_ratio * n_train)) if self.n_samples_ratio is not None else self.n_samples

@@ -1,0 +1,52 @@
+"""On-disk cache of DDIM inversions (data/inversions/): safetensors files, so loading runs no pickle.
+
+content.safetensors: x_T (N, C, H, W) float32, hs (n_steps, N, c, h, w) float16, ids, targets, timesteps
+style.safetensors:   x_T, ids, targets
+h is stored in float16: it only steers the mid block through a norm-rescaled slerp, and halves the
+cache; x_T stays float32 because reconstruction error grows quickly with rounding of the latent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffinject.errors import DiffinjectError
+
+CONTENT = "content.safetensors"
+STYLE = "style.safetensors"
+
+
+@dataclass
+class InvertedSet:
+    x_T: torch.Tensor  # (N, C, H, W) float32
+    ids: torch.Tensor  # (N,) int64, manifest ids
+    targets: torch.Tensor  # (N,) int64
+    hs: torch.Tensor | None = None  # (n_steps, N, c, h, w)
+    timesteps: np.ndarray | None = None  # (n_steps,)
+
+
+def save_inverted(data: InvertedSet, path: Path) -> None:
+    tensors = {"x_T": data.x_T.float().contiguous(), "ids": data.ids, "targets": data.targets}
+    if data.hs is not None:
+        tensors["hs"] = data.hs.half().contiguous()
+        tensors["timesteps"] = torch.as_tensor(data.timesteps, dtype=torch.int64)
+    save_file(tensors, str(path))
+
+
+def load_inverted(path: Path) -> InvertedSet:
+    if not path.is_file():
+        raise DiffinjectError(f"{path}: inversion cache not found (run `python -m diffinject invert` first)")
+    try:
+        t = load_file(str(path))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise DiffinjectError(f"{path}: not a readable inversion cache ({exc})") from exc
+    return InvertedSet(
+        x_T=t["x_T"], ids=t["ids"], targets=t["targets"],
+        hs=t["hs"].float() if "hs" in t else None,
+        timesteps=t["timesteps"].numpy() if "timesteps" in t else None,
+    )

@@ -1,0 +1,98 @@
+"""The in-pipeline DDPM: a small diffusers UNet2DModel and its noise schedule, built from params,
+saved and loaded with diffusers' own `save_pretrained` / `from_pretrained`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from diffinject.errors import DiffinjectError
+
+UNET_DIR = "unet"
+SCHEDULER_DIR = "scheduler"
+
+
+@dataclass
+class DiffusionConfig:
+    pretrained: str | None = None  # a local diffusers UNet2DModel folder; null trains one here
+    block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 32])
+    layers_per_block: int = 1
+    norm_num_groups: int = 8  # GroupNorm groups; must divide every block's channel count
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    train_steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2.0e-4
+    warmup_steps: int = 100  # linear lr warm-up, then cosine decay to 0 over train_steps
+    ema_decay: float = 0.999  # upper bound of the EMA decay (diffusers' EMAModel warm-up ramps up to it)
+    checkpoint_every: int = 250  # steps between resumable checkpoints
+    sample_grid: int = 64  # images generated from noise for the sample-grid plot
+
+    def check(self) -> None:
+        for c in self.block_out_channels:
+            if c % self.norm_num_groups:
+                raise DiffinjectError(
+                    f"params 'diffusion.norm_num_groups': {self.norm_num_groups} does not divide block channels {self.block_out_channels}")
+        if self.train_steps < 1 or self.batch_size < 1:
+            raise DiffinjectError("params 'diffusion.train_steps' and 'diffusion.batch_size': expected positive integers")
+
+
+def build_unet(cfg: DiffusionConfig, image_size: int, channels: int) -> UNet2DModel:
+    """A UNet2DModel without attention (cheap on CPU); h-space is the output of its `mid_block`."""
+    cfg.check()
+    n = len(cfg.block_out_channels)
+    if image_size % (2 ** (n - 1)):
+        raise DiffinjectError(
+            f"params 'diffusion.block_out_channels': {n} levels halve the image {n - 1} times; {image_size} px is not divisible by {2 ** (n - 1)}")
+    return UNet2DModel(
+        sample_size=image_size, in_channels=channels, out_channels=channels,
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+        down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n,
+        add_attention=False, norm_num_groups=cfg.norm_num_groups,
+    )
+
+
+def build_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
+
+
+def save_diffusion(unet: UNet2DModel, scheduler: DDPMScheduler, out: Path) -> None:
+    unet.save_pretrained(out / UNET_DIR)
+    scheduler.save_pretrained(out / SCHEDULER_DIR)
+
+
+def load_diffusion(path: str | Path, default_scheduler: DDPMScheduler | None = None) -> tuple[UNet2DModel, DDPMScheduler]:
+    """Load `path/unet` (or `path` itself when it is a UNet folder) and its scheduler.
+
+    A user's UNet without a scheduler folder gets `default_scheduler` (the one in params)."""
+    path = Path(path)
+    unet_dir = path / UNET_DIR if (path / UNET_DIR / "config.json").is_file() else path
+    if not (unet_dir / "config.json").is_file():
+        raise DiffinjectError(f"{path}: not a diffusers UNet2DModel folder (expected config.json and weights, or a unet/ subfolder)")
+    try:
+        unet = UNet2DModel.from_pretrained(unet_dir)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise DiffinjectError(f"{unet_dir}: cannot load a UNet2DModel ({str(exc).splitlines()[0]})") from exc
+    if getattr(unet, "mid_block", None) is None:
+        raise DiffinjectError(f"{unet_dir}: the UNet has no mid block, so it has no h-space to inject into")
+    if (path / SCHEDULER_DIR / "scheduler_config.json").is_file():
+        scheduler = DDPMScheduler.from_pretrained(path / SCHEDULER_DIR)
+    elif default_scheduler is not None:
+        scheduler = default_scheduler
+    else:
+        raise DiffinjectError(f"{path}: no scheduler/ folder and no default schedule given")
+    return unet, scheduler
+
+
+def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) in [0, 255] -> float in [-1, 1], the DDPM's data range."""
+    return images_uint8.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] -> uint8 in [0, 255]."""
+    return x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)

@@ -1,0 +1,59 @@
+"""How good is the DDPM for injection? Samples from noise, and DDIM inversion -> reconstruction
+fidelity (DESIGN.md: the number to drive up in train_diffusion)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from diffinject.data.colour import nearest_palette_colour
+from diffinject.diffusion.model import to_model_range, to_uint8
+from diffinject.diffusion.sampler import InjectionConfig, InjectionSampler, ddim_invert
+
+# Plain deterministic DDIM: no injection, no stochastic boost, no direction scaling.
+PLAIN_DDIM = dict(h_gamma=0.0, t_edit=0, t_boost=-1, dt_lambda=1.0)
+
+
+@torch.no_grad()
+def sample_from_noise(unet: UNet2DModel, scheduler: DDPMScheduler, n: int, n_steps: int,
+                      generator: torch.Generator) -> torch.Tensor:
+    """n images (uint8, (n, C, H, W)) by deterministic DDIM from Gaussian noise."""
+    c, s = unet.config.in_channels, unet.config.sample_size
+    x_T = torch.randn((n, c, s, s), generator=generator)
+    config = InjectionConfig(n_gen_step=n_steps, clip_x0=True, **PLAIN_DDIM)
+    sampler = InjectionSampler(unet, scheduler.alphas_cumprod, config)
+    try:
+        return to_uint8(sampler.generate(x_T, None, None))
+    finally:
+        sampler.close()
+
+
+@dataclass
+class Reconstruction:
+    images: torch.Tensor  # (N, C, H, W) uint8
+    mse: float  # mean squared error in [-1, 1] units
+    colour_kept: float | None  # fraction whose nearest LfF palette colour is unchanged (RGB data only)
+
+
+@torch.no_grad()
+def reconstruct(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tensor, n_inv_step: int,
+                n_gen_step: int) -> Reconstruction:
+    """DDIM-invert uint8 images to x_T and generate them back (h_gamma 0, eta 0)."""
+    x0 = to_model_range(images)
+    inversion = ddim_invert(unet, scheduler.alphas_cumprod, x0, n_inv_step, keep_h=False)
+    sampler = InjectionSampler(unet, scheduler.alphas_cumprod, InjectionConfig(n_gen_step=n_gen_step, **PLAIN_DDIM))
+    try:
+        x_rec = sampler.generate(inversion.x_T, None, None)
+    finally:
+        sampler.close()
+    rec = to_uint8(x_rec)
+    mse = float((x_rec.clamp(-1, 1) - x0).pow(2).mean())
+    colour_kept = None
+    if images.shape[1] == 3:
+        before = nearest_palette_colour(images.permute(0, 2, 3, 1).numpy())
+        after = nearest_palette_colour(rec.permute(0, 2, 3, 1).numpy())
+        colour_kept = float(np.mean(before == after))
+    return Reconstruction(images=rec, mse=mse, colour_kept=colour_kept)

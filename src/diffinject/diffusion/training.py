@@ -1,0 +1,64 @@
+"""DDPM training as a LightningModule: ε-prediction MSE (Ho et al. 2020, Algorithm 1) with an EMA of
+the weights (diffusers' EMAModel, with its warm-up), AdamW, linear warm-up then cosine decay."""
+
+from __future__ import annotations
+
+import math
+
+import lightning
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.training_utils import EMAModel
+
+from diffinject.diffusion.model import to_model_range
+
+
+class DiffusionModule(lightning.LightningModule):
+    """Trains `unet` to predict the noise added by `scheduler`; batches are (images uint8, ...)."""
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, lr: float, warmup_steps: int,
+                 total_steps: int, ema_decay: float):
+        super().__init__()
+        self.unet = unet
+        self.noise_scheduler = scheduler
+        self.lr, self.warmup_steps, self.total_steps = lr, warmup_steps, total_steps
+        self.ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True)
+
+    def on_fit_start(self) -> None:
+        self.ema.to(self.device)
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        x0 = to_model_range(batch[0])  # (B, C, H, W) in [-1, 1]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        x_t = self.noise_scheduler.add_noise(x0, noise, t)  # √ᾱ_t·x0 + √(1−ᾱ_t)·ε
+        loss = F.mse_loss(self.unet(x_t, t).sample, noise)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.ema.step(self.unet.parameters())
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=self.lr)
+
+        def schedule(step: int) -> float:
+            if step < self.warmup_steps:
+                return (step + 1) / self.warmup_steps
+            progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.ema.load_state_dict(checkpoint["ema"])
+
+    def ema_unet(self) -> UNet2DModel:
+        """The UNet with the EMA weights copied in (the training weights are lost: call at the end)."""
+        self.ema.copy_to(self.unet.parameters())
+        return self.unet

@@ -1,0 +1,1 @@
+"""Classifiers (LfF MLP, ResNet18), GCE loss, the LightningModules, checkpoints."""

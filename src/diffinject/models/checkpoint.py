@@ -1,0 +1,91 @@
+"""A classifier on disk: a folder with `model.pt` (the network's state_dict, nothing else, so it loads
+with `torch.load(weights_only=True)`) and `model.json` (the NetConfig to rebuild the network, plus a
+summary of the training run)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffinject.errors import DiffinjectError
+from diffinject.models.networks import NetConfig, build_network, first_line
+
+WEIGHTS_NAME = "model.pt"
+CONFIG_NAME = "model.json"
+
+
+def save_classifier(out_dir: Path, net: nn.Module | dict[str, torch.Tensor], cfg: NetConfig, info: dict[str, Any]) -> None:
+    """Write model.pt + model.json into `out_dir` (use `fsutil.atomic_dir` for the folder)."""
+    state = net.state_dict() if isinstance(net, nn.Module) else net
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, out_dir / WEIGHTS_NAME)
+    meta = dict(asdict(cfg), image_shape=list(cfg.image_shape), **info)
+    (out_dir / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_net_config(model_dir: Path) -> tuple[NetConfig, dict[str, Any]]:
+    path = model_dir / CONFIG_NAME
+    if not path.is_file():
+        raise DiffinjectError(f"{path}: not found (a model folder holds {WEIGHTS_NAME} and {CONFIG_NAME})")
+    try:
+        meta = json.loads(path.read_text())
+        cfg = NetConfig(arch=meta["arch"], num_classes=int(meta["num_classes"]), image_shape=tuple(meta["image_shape"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise DiffinjectError(f"{path}: not a model config (expected JSON with arch, num_classes, image_shape; {exc!r})") from exc
+    return cfg, meta
+
+
+def load_classifier(
+    model_dir: str | Path,
+    *,
+    num_classes: int | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+    arch: str | None = None,
+    missing_hint: str = "",
+) -> tuple[nn.Module, NetConfig, dict[str, Any]]:
+    """Rebuild the network saved in `model_dir` and load its weights.
+
+    The expectations (`num_classes` of the data, `image_shape` (C, H, W) of its images, `arch`) are
+    checked against the checkpoint, so a checkpoint trained on other data or for another architecture
+    fails here with one line instead of deep inside a matrix multiply. `missing_hint` says which stage
+    writes the folder.
+    """
+    model_dir = Path(model_dir)
+    weights = model_dir / WEIGHTS_NAME
+    if not weights.is_file():
+        raise DiffinjectError(f"{weights}: model not found{f' ({missing_hint})' if missing_hint else ''}")
+    cfg, meta = read_net_config(model_dir)
+    if arch is not None and cfg.arch != arch:
+        raise DiffinjectError(f"{model_dir}: checkpoint is a {cfg.arch}, expected a {arch}")
+    if num_classes is not None and cfg.num_classes != num_classes:
+        raise DiffinjectError(f"{model_dir}: checkpoint has {cfg.num_classes} classes, the data has {num_classes}")
+    if image_shape is not None and tuple(cfg.image_shape) != tuple(image_shape):
+        raise DiffinjectError(
+            f"{model_dir}: checkpoint takes images of shape {tuple(cfg.image_shape)} (C, H, W), the data has {tuple(image_shape)}"
+        )
+    net = build_network(cfg)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        # weights_only=True refuses anything but tensors and plain containers: never unpickle code.
+        raise DiffinjectError(
+            f"{weights}: not a loadable weights-only state_dict (torch.load(weights_only=True): {first_line(exc)})"
+        ) from exc
+    if not isinstance(state, dict):
+        raise DiffinjectError(f"{weights}: expected a state_dict, got {type(state).__name__}")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        # RuntimeError's message lists every mismatching key over many lines; keep the first one.
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise DiffinjectError(
+            f"{weights}: weights do not fit a {cfg.arch} with {cfg.num_classes} classes as {CONFIG_NAME} says ({detail})"
+        ) from exc
+    net.eval()
+    return net, cfg, meta
+

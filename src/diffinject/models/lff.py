@@ -1,0 +1,105 @@
+"""Learning from Failure (LfF; Nam et al., NeurIPS 2020), the debiasing baseline.
+
+Two networks of the same architecture train together on the same batches (LfF `train.py`):
+
+    f_B  — the biased model, trained with GCE (q = 0.7), so it latches onto the easy shortcut;
+    f_D  — the debiased model, trained with CE weighted per sample by how much f_B fails on it
+           relative to f_D:
+
+    ℓ_B(x), ℓ_D(x)     CE of f_B, f_D on x (no gradient), smoothed per sample by an EMA
+                       over the epochs: ema ← α·ema + (1 − α)·ℓ (the first update takes ℓ), α = 0.7
+    ℓ̂(x)              ema(x) / max over training samples of x's class of ema  (class-wise normalisation)
+    W(x)               ℓ̂_B(x) / (ℓ̂_B(x) + ℓ̂_D(x) + ε)
+    loss               mean GCE(f_B) + mean W · CE(f_D)
+
+Bias-conflicting samples keep a high loss under f_B and so get weights near 1; aligned ones, easy for
+f_B, get weights near 0. `self.net` is f_D: the network selected on validation, saved and evaluated.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffinject.models.classifier import Batch, ClassifierModule, n_correct, to_unit_float
+from diffinject.models.losses import DEFAULT_GCE_Q, gce_loss
+
+# LfF's `--ema_alpha` default for Colored MNIST.
+DEFAULT_EMA_ALPHA = 0.7
+# LfF `train.py`: loss_weight = loss_b / (loss_b + loss_d + 1e-8).
+WEIGHT_EPS = 1e-8
+
+
+class LossEMA(nn.Module):
+    """Per-sample exponential moving average of a loss, indexed by the sample's row in the train set
+    (LfF `util.EMA`), with the per-class maximum LfF normalises by."""
+
+    def __init__(self, targets: torch.Tensor, num_classes: int, alpha: float = DEFAULT_EMA_ALPHA):
+        super().__init__()
+        self.alpha = alpha
+        self.num_classes = num_classes
+        self.register_buffer("targets", targets.clone().long())  # (N,)
+        self.register_buffer("value", torch.zeros(len(targets)))  # (N,)
+        self.register_buffer("seen", torch.zeros(len(targets)))  # (N,) 1 once a sample was updated
+
+    def update(self, loss: torch.Tensor, index: torch.Tensor) -> None:
+        """ema[i] ← α·ema[i] + (1 − α·seen[i])·loss_i: the first update stores the loss itself."""
+        loss = loss.detach().float()
+        self.value[index] = self.alpha * self.value[index] + (1 - self.alpha * self.seen[index]) * loss
+        self.seen[index] = 1.0
+
+    def class_max(self) -> torch.Tensor:
+        """(num_classes,) the largest EMA among the training samples of each class."""
+        init = self.value.new_full((self.num_classes,), float("-inf"))
+        return init.scatter_reduce(0, self.targets, self.value, reduce="amax")
+
+    def normalised(self, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.value[index] / self.class_max()[targets]  # (B,)
+
+
+class LfFModule(ClassifierModule):
+    """f_D (`self.net`, CE, re-weighted) and f_B (`self.net_b`, GCE) trained together by one Adam over
+    both (the same as LfF's two Adams with equal settings: Adam's update is per parameter), on the sum of
+    the two losses (W carries no gradient, so each network gets only its own loss's gradient)."""
+
+    def __init__(self, net: nn.Module, net_b: nn.Module, train_targets: torch.Tensor, num_classes: int,
+                 gce_q: float = DEFAULT_GCE_Q, ema_alpha: float = DEFAULT_EMA_ALPHA, lr: float = 1e-3,
+                 weight_decay: float = 0.0):
+        super().__init__(net, loss="ce", gce_q=gce_q, lr=lr, weight_decay=weight_decay)
+        self.net_b = net_b
+        self.ema_b = LossEMA(train_targets, num_classes, ema_alpha)
+        self.ema_d = LossEMA(train_targets, num_classes, ema_alpha)
+
+    def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tensor from every device, flattened, so each device's EMA sees every sample under DDP."""
+        if self.trainer.world_size == 1:
+            return tensor
+        return self.all_gather(tensor).flatten(0, 1)  # (world, B) -> (world·B,)
+
+    def sample_weights(self, ce_b: torch.Tensor, ce_d: torch.Tensor, index: torch.Tensor,
+                       targets: torch.Tensor) -> torch.Tensor:
+        """Update both EMAs with this batch's CE and return W per sample, (B,)."""
+        all_index = self._gather(index)
+        self.ema_b.update(self._gather(ce_b), all_index)
+        self.ema_d.update(self._gather(ce_d), all_index)
+        loss_b = self.ema_b.normalised(index, targets)
+        loss_d = self.ema_d.normalised(index, targets)
+        return loss_b / (loss_b + loss_d + WEIGHT_EPS)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        images, targets, index = batch
+        x = to_unit_float(images)
+        logits_b = self.net_b(x)  # (B, num_classes)
+        logits_d = self.net(x)
+        ce_d = F.cross_entropy(logits_d, targets, reduction="none")
+        ce_b = F.cross_entropy(logits_b.detach(), targets, reduction="none")
+        weight = self.sample_weights(ce_b, ce_d.detach(), index, targets)
+        loss_b = gce_loss(logits_b, targets, self.gce_q).mean()
+        loss_d = (ce_d * weight).mean()
+        n = len(targets)
+        self._accumulate("train", n, loss=loss_d.detach() * n, acc=n_correct(logits_d, targets),
+                         loss_b=loss_b.detach() * n, weight=weight.sum())
+        loss = loss_b + loss_d
+        self._optimise(loss)
+        return loss.detach()

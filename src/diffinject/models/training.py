@@ -1,0 +1,243 @@
+"""Training and inference entry points the stages call: typed configs of the `trainer`, `biased`,
+`vanilla`, `debiased` and `lff` params sections, a Lightning Trainer built from `trainer.*`, and
+`train_classifier` / `train_lff` / `predict_logits`.
+
+Repeatability: `seed_everything(seed)` before the networks are built, a shuffling generator seeded by
+`seed`, and `trainer.deterministic` (default true) give the same metrics for the same params on the same
+machine. The epoch kept is chosen on the validation split only (`select`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator, Literal
+
+import lightning
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.trainer.states import TrainerStatus
+from torch import nn
+
+from diffinject.data.tensors import ImageDataModule, ImageTensors, make_loader
+from diffinject.errors import DiffinjectError
+from diffinject.models.classifier import SELECT_MODES, ClassifierModule, EpochSelector, TrainProgressBar
+from diffinject.models.lff import DEFAULT_EMA_ALPHA, LfFModule
+from diffinject.models.losses import DEFAULT_GCE_Q
+from diffinject.models.networks import NetConfig, build_network, load_imagenet_weights
+
+# Lightning warns that num_workers=0 may bottleneck; our data is decoded in memory and workers would
+# only add inter-process copies (benchmarks/classifier_training.py measures it).
+_WORKER_WARNING = r".*does not have many workers.*"
+
+
+@dataclass
+class TrainerConfig:
+    """`trainer.*`: passed through to `lightning.Trainer` by every training stage."""
+
+    accelerator: str = "auto"  # auto | cpu | gpu | mps | ...
+    devices: int | str | list[int] = 1  # number or list of devices, or "auto"
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ...
+    precision: str | int = "32-true"  # 32-true | 16-mixed | bf16-mixed | ...
+    num_nodes: int = 1
+    deterministic: bool = True  # torch deterministic algorithms: same params -> same metrics
+    enable_progress_bar: bool = True
+    progress_bar_refresh_rate: int = 10  # batches between progress bar redraws (TQDMProgressBar)
+
+    def check(self) -> None:
+        if self.num_nodes < 1:
+            raise DiffinjectError(f"params 'trainer.num_nodes': got {self.num_nodes}, expected >= 1")
+        if self.progress_bar_refresh_rate < 1:
+            raise DiffinjectError(
+                f"params 'trainer.progress_bar_refresh_rate': got {self.progress_bar_refresh_rate}, expected >= 1 "
+                "(set trainer.enable_progress_bar: false to hide the bar)"
+            )
+
+
+@dataclass
+class OptimConfig:
+    """Keys every classifier-training section shares."""
+
+    model: Literal["mlp", "resnet18"] = "mlp"
+    pretrained: str | None = None  # resnet18 only: a local torchvision ImageNet state_dict (.pth)
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 50
+    select: Literal["best", "last"] = "best"  # epoch kept: best validation accuracy, or the last one
+
+    def check(self, section: str) -> None:
+        if self.lr <= 0:
+            raise DiffinjectError(f"params '{section}.lr': got {self.lr}, expected > 0")
+        if self.weight_decay < 0:
+            raise DiffinjectError(f"params '{section}.weight_decay': got {self.weight_decay}, expected >= 0")
+        if self.batch_size < 1:
+            raise DiffinjectError(f"params '{section}.batch_size': got {self.batch_size}, expected >= 1")
+        if self.epochs < 1:
+            raise DiffinjectError(f"params '{section}.epochs': got {self.epochs}, expected >= 1")
+        if self.select not in SELECT_MODES:
+            raise DiffinjectError(f"params '{section}.select': got {self.select!r}, expected one of {', '.join(SELECT_MODES)}")
+        if self.pretrained is not None and self.model != "resnet18":
+            raise DiffinjectError(f"params '{section}.pretrained': ImageNet weights are for resnet18, but {section}.model is {self.model!r}")
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    """`biased.*`, `vanilla.*`: one network, one loss."""
+
+    loss: Literal["ce", "gce"] = "ce"
+    gce_q: float = DEFAULT_GCE_Q
+
+    def check(self, section: str) -> None:
+        super().check(section)
+        if not 0 < self.gce_q <= 1:
+            raise DiffinjectError(f"params '{section}.gce_q': got {self.gce_q}, expected 0 < q <= 1")
+
+
+@dataclass
+class DebiasedConfig(TrainConfig):
+    """`debiased.*`: the original train split plus `bias_conflict_ratio` × |train| pool samples."""
+
+    pool: str | None = None  # a manifest of extra images (.parquet/.csv: id, path, target); null = none
+    bias_conflict_ratio: float = 0.1
+
+    def check(self, section: str) -> None:
+        super().check(section)
+        if self.bias_conflict_ratio < 0:
+            raise DiffinjectError(
+                f"params '{section}.bias_conflict_ratio': got {self.bias_conflict_ratio}, expected >= 0 (a fraction of |train|)"
+            )
+
+
+@dataclass
+class LfFConfig(OptimConfig):
+    """`lff.*`: Learning from Failure (biased GCE model + re-weighted debiased model)."""
+
+    gce_q: float = DEFAULT_GCE_Q
+    ema_alpha: float = DEFAULT_EMA_ALPHA
+
+    def check(self, section: str) -> None:
+        super().check(section)
+        if not 0 < self.gce_q <= 1:
+            raise DiffinjectError(f"params '{section}.gce_q': got {self.gce_q}, expected 0 < q <= 1")
+        if not 0 <= self.ema_alpha < 1:
+            raise DiffinjectError(f"params '{section}.ema_alpha': got {self.ema_alpha}, expected 0 <= alpha < 1")
+
+
+@dataclass
+class FitResult:
+    """What a training run hands back to its stage."""
+
+    state: dict[str, torch.Tensor]  # weights of the selected epoch, on CPU
+    net_config: NetConfig
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    seconds: float = 0.0
+    is_global_zero: bool = True  # only rank zero writes outputs under DDP
+
+    @property
+    def selected(self) -> dict[str, float]:
+        return self.history[self.best_epoch - 1]
+
+
+def build_trainer(cfg: TrainerConfig, max_epochs: int = 1, callbacks: list[lightning.Callback] | None = None,
+                  inference: bool = False) -> lightning.Trainer:
+    """A Trainer from `trainer.*`. Inference (mining, evaluation) runs on one device of the same
+    accelerator: the sets are small and per-sample outputs then need no gathering."""
+    cfg.check()
+    callbacks = list(callbacks or [])
+    if cfg.enable_progress_bar and not inference:
+        callbacks.append(TrainProgressBar(refresh_rate=cfg.progress_bar_refresh_rate))
+    return lightning.Trainer(
+        accelerator=cfg.accelerator,
+        devices=1 if inference else cfg.devices,
+        strategy="auto" if inference else cfg.strategy,
+        num_nodes=1 if inference else cfg.num_nodes,
+        precision=cfg.precision,
+        deterministic=cfg.deterministic,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        enable_progress_bar=cfg.enable_progress_bar and not inference,
+        logger=False,  # stages write their own metrics and plots; MLflow logging is the register stage's
+        # Our only checkpoint is EpochSelector, in memory: the chosen epoch is written once, at the end.
+        enable_checkpointing=any(isinstance(cb, Checkpoint) for cb in callbacks),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_worker_warning() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_WORKER_WARNING)
+        yield
+
+
+def build_net(cfg: OptimConfig, num_classes: int, image_shape: tuple[int, int, int], section: str) -> tuple[nn.Module, NetConfig]:
+    net_cfg = NetConfig(arch=cfg.model, num_classes=num_classes, image_shape=tuple(image_shape))
+    net = build_network(net_cfg)
+    if cfg.pretrained is not None:
+        load_imagenet_weights(net, cfg.pretrained, f"{section}.pretrained")
+    return net, net_cfg
+
+
+def _check_data(train: ImageTensors, valid: ImageTensors) -> None:
+    for data in (train, valid):
+        if len(data) == 0:
+            raise DiffinjectError(f"{data.source}: no images (expected at least one)")
+    if train.shape != valid.shape:
+        raise DiffinjectError(f"{valid.source}: images are {valid.shape} (C, H, W), expected {train.shape} like {train.source}")
+
+
+def fit(module: ClassifierModule, net_cfg: NetConfig, train: ImageTensors, valid: ImageTensors,
+        cfg: OptimConfig, trainer_cfg: TrainerConfig, seed: int) -> FitResult:
+    """Train `module` for cfg.epochs, validating every epoch, and return the selected epoch's weights."""
+    selector = EpochSelector(cfg.select)
+    trainer = build_trainer(trainer_cfg, cfg.epochs, [selector])
+    data = ImageDataModule(train, valid, cfg.batch_size, seed)
+    start = time.perf_counter()
+    with _quiet_worker_warning():
+        trainer.fit(module, datamodule=data)
+    seconds = time.perf_counter() - start
+    if trainer.state.status != TrainerStatus.FINISHED or selector.state is None or selector.best_epoch is None:
+        raise DiffinjectError(f"training stopped before the end ({trainer.state.status.value}); nothing written")
+    return FitResult(
+        state=selector.state, net_config=net_cfg, best_epoch=selector.best_epoch, history=selector.history,
+        seconds=seconds, is_global_zero=trainer.is_global_zero,
+    )
+
+
+def train_classifier(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: TrainConfig,
+                     trainer_cfg: TrainerConfig, seed: int, section: str) -> FitResult:
+    """One network with loss cfg.loss (ce | gce); `section` names the params section in messages."""
+    cfg.check(section)
+    _check_data(train, valid)
+    lightning.seed_everything(seed, workers=True, verbose=False)
+    net, net_cfg = build_net(cfg, num_classes, train.shape, section)
+    module = ClassifierModule(net, loss=cfg.loss, gce_q=cfg.gce_q, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed)
+
+
+def train_lff(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: LfFConfig,
+              trainer_cfg: TrainerConfig, seed: int, section: str = "lff") -> FitResult:
+    """LfF: a GCE-biased and a re-weighted debiased network trained together; returns the debiased one."""
+    cfg.check(section)
+    _check_data(train, valid)
+    lightning.seed_everything(seed, workers=True, verbose=False)
+    net_d, net_cfg = build_net(cfg, num_classes, train.shape, section)
+    net_b, _ = build_net(cfg, num_classes, train.shape, section)
+    module = LfFModule(net_d, net_b, train.targets, num_classes, gce_q=cfg.gce_q, ema_alpha=cfg.ema_alpha,
+                       lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed)
+
+
+def predict_logits(net: nn.Module, data: ImageTensors, batch_size: int, trainer_cfg: TrainerConfig) -> torch.Tensor:
+    """Logits (N, num_classes) of `net` on every image of `data`, in order, as float32 on the CPU."""
+    if len(data) == 0:
+        raise DiffinjectError(f"{data.source}: no images to predict (expected at least one)")
+    trainer = build_trainer(trainer_cfg, inference=True)
+    with _quiet_worker_warning():
+        batches = trainer.predict(ClassifierModule(net), make_loader(data, batch_size, shuffle=False))
+    return torch.cat([b.cpu() for b in batches])

@@ -1,0 +1,102 @@
+"""Paths and output writing shared by the classifier stages. Every path is relative to `root` (the
+repository when run by DVC; a temporary folder in tests and benchmarks)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from diffinject.config import section, seed_of
+from diffinject.data.manifest import read_manifest
+from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
+from diffinject.fsutil import atomic_dir, atomic_file, write_json
+from diffinject.models.checkpoint import save_classifier
+from diffinject.models.training import FitResult, TrainConfig, TrainerConfig, train_classifier
+
+PREPARED = Path("data/prepared")
+MODELS = Path("models")
+METRICS = Path("metrics")
+CURVES = METRICS / "plots" / "train"
+# Which stage writes models/<name>, for "run this first" messages.
+MODEL_STAGES = {"biased": "train_biased", "vanilla": "vanilla", "lff": "lff", "debiased": "train_debiased"}
+
+
+def model_dir(root: Path, name: str) -> Path:
+    return root / MODELS / name
+
+
+def missing_model_hint(name: str) -> str:
+    stage = MODEL_STAGES.get(name)
+    return f"run `python -m diffinject {stage}` first" if stage else "train it first"
+
+
+def training_metrics(result: FitResult, epochs: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """metrics/<name>.json: the selected epoch and its train/valid loss and accuracy."""
+    chosen = result.selected
+    metrics: dict[str, Any] = {"best_epoch": result.best_epoch, "epochs": epochs}
+    for split in ("train", "valid"):
+        metrics[split] = {m: chosen[f"{split}/{m}"] for m in ("loss", "acc") if f"{split}/{m}" in chosen}
+    metrics.update(extra or {})
+    return metrics
+
+
+def write_training_outputs(root: Path, name: str, result: FitResult, cfg: Any, seed: int,
+                           extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """models/<name>/ (model.pt + model.json), metrics/<name>.json and metrics/plots/train/<name>.csv
+    (one row per epoch). Only rank zero writes under DDP."""
+    metrics = training_metrics(result, cfg.epochs, extra)
+    if not result.is_global_zero:
+        return metrics
+    info = {"stage": name, "seed": seed, "params": dataclasses.asdict(cfg), "best_epoch": result.best_epoch}
+    with atomic_dir(model_dir(root, name)) as tmp:
+        save_classifier(tmp, result.state, result.net_config, info)
+    # CSV columns `train_loss`, `valid_acc`, ...: plain field names for DVC plots (x: epoch, y: valid_acc).
+    rows = [{k.replace("/", "_"): v for k, v in row.items()} for row in result.history]
+    columns = sorted({k for row in rows for k in row}, key=lambda k: (k != "epoch", k))
+    with atomic_file(root / CURVES / f"{name}.csv") as tmp_csv:
+        with tmp_csv.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    write_json(root / METRICS / f"{name}.json", metrics)
+    valid = metrics["valid"]
+    print(f"{name}: epoch {result.best_epoch}/{cfg.epochs} selected (valid acc {valid['acc']:.4f}), "
+          f"trained in {result.seconds:.1f} s -> {model_dir(root, name)}")
+    return metrics
+
+
+@dataclasses.dataclass
+class TrainingData:
+    train: ImageTensors
+    valid: ImageTensors
+    num_classes: int
+
+
+def load_training_data(root: Path) -> TrainingData:
+    """The train and valid splits of data/prepared (targets only: no bias labels reach training)."""
+    prepared = root / PREPARED
+    manifest = read_manifest(prepared)
+    return TrainingData(
+        train=load_split(prepared, "train", manifest),
+        valid=load_split(prepared, "valid", manifest),
+        num_classes=num_classes_of(manifest),
+    )
+
+
+def common_inputs(params: dict[str, Any]) -> tuple[TrainerConfig, int]:
+    """`trainer.*` and `seed`, which every classifier stage reads besides its own section."""
+    trainer_cfg = section(params, "trainer", TrainerConfig)
+    trainer_cfg.check()
+    return trainer_cfg, seed_of(params)
+
+
+def classifier_stage(params: dict[str, Any], name: str, root: Path) -> dict[str, Any]:
+    """train_biased and vanilla: one network with the loss of params section `name`."""
+    cfg = section(params, name, TrainConfig)
+    cfg.check(name)
+    trainer_cfg, seed = common_inputs(params)
+    data = load_training_data(root)
+    result = train_classifier(data.train, data.valid, data.num_classes, cfg, trainer_cfg, seed, name)
+    return write_training_outputs(root, name, result, cfg, seed)

@@ -1,0 +1,108 @@
+"""Stage `evaluate`: every model of `evaluate.models` on the valid and test splits (params `evaluate.*`).
+
+models/<name>/ + data/prepared -> metrics/eval.json = {model: {split: {acc, aligned_acc, conflict_acc,
+worst_group_acc, dp_gap, eo_gap}}} (definitions in `diffinject.evaluation`) and one confusion-matrix
+plot per model and split, metrics/plots/confusion/<model>_<split>.csv (rows actual,predicted; DVC
+template `confusion`). A listed model that is missing is an error naming the stage that writes it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from diffinject.config import load_params, section
+from diffinject.data.manifest import read_manifest
+from diffinject.data.tensors import load_split, num_classes_of
+from diffinject.errors import DiffinjectError
+from diffinject.evaluation import classification_metrics
+from diffinject.fsutil import atomic_dir, write_json
+from diffinject.models.checkpoint import WEIGHTS_NAME, load_classifier
+from diffinject.models.training import predict_logits
+from diffinject.stages.common import METRICS, PREPARED, common_inputs, missing_model_hint, model_dir
+
+SECTION = "evaluate"
+EVAL_SPLITS = ("valid", "test")
+CONFUSION_DIR = METRICS / "plots" / "confusion"
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass
+class EvaluateConfig:
+    models: list[str] = field(default_factory=lambda: ["vanilla", "biased", "lff", "debiased"])  # folders under models/
+    splits: list[str] = field(default_factory=lambda: list(EVAL_SPLITS))
+    batch_size: int = 1024  # inference batch
+
+    def check(self) -> None:
+        if not self.models:
+            raise DiffinjectError(f"params '{SECTION}.models': empty (expected model folder names under models/)")
+        for name in self.models:
+            if not _MODEL_NAME.match(name):
+                raise DiffinjectError(f"params '{SECTION}.models': {name!r} is not a folder name under models/")
+        for split in self.splits:
+            if split not in EVAL_SPLITS:
+                raise DiffinjectError(f"params '{SECTION}.splits': got {split!r}, expected some of {', '.join(EVAL_SPLITS)}")
+        if self.batch_size < 1:
+            raise DiffinjectError(f"params '{SECTION}.batch_size': got {self.batch_size}, expected >= 1")
+
+
+def _bias_columns(rows: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """bias and aligned arrays of a split, or None when any row lacks them (unlabelled data)."""
+    bias = None if rows["bias"].isna().any() else rows["bias"].to_numpy(dtype=np.int64)
+    aligned = None if rows["aligned"].isna().any() else rows["aligned"].to_numpy(dtype=bool)
+    return bias, aligned
+
+
+def _print_table(results: dict[str, dict[str, dict[str, float]]]) -> None:
+    keys = ("acc", "aligned_acc", "conflict_acc", "worst_group_acc", "dp_gap", "eo_gap")
+    print(f"{'model':<10} {'split':<6} " + " ".join(f"{k:>15}" for k in keys))
+    for model, splits in results.items():
+        for split, values in splits.items():
+            cells = " ".join(f"{values[k]:>15.4f}" if k in values else f"{'-':>15}" for k in keys)
+            print(f"{model:<10} {split:<6} {cells}")
+
+
+def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+    cfg = section(params, SECTION, EvaluateConfig)
+    cfg.check()
+    trainer_cfg, _ = common_inputs(params)
+    for name in cfg.models:  # fail before any work when a model is missing
+        weights = model_dir(root, name) / WEIGHTS_NAME
+        if not weights.is_file():
+            raise DiffinjectError(
+                f"{weights}: model not found ({missing_model_hint(name)}, or drop '{name}' from params '{SECTION}.models')"
+            )
+    prepared = root / PREPARED
+    manifest = read_manifest(prepared)
+    num_classes = num_classes_of(manifest)
+    splits = {split: load_split(prepared, split, manifest) for split in cfg.splits}
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    confusion: dict[str, pd.DataFrame] = {}
+    for name in cfg.models:
+        shape = next(iter(splits.values())).shape
+        net, _, _ = load_classifier(model_dir(root, name), num_classes=num_classes, image_shape=shape,
+                                    missing_hint=missing_model_hint(name))
+        results[name] = {}
+        for split, data in splits.items():
+            pred = predict_logits(net, data, cfg.batch_size, trainer_cfg).argmax(1).numpy()
+            target = data.targets.numpy()
+            bias, aligned = _bias_columns(manifest[manifest["split"] == split])
+            results[name][split] = classification_metrics(pred, target, num_classes, bias, aligned)
+            confusion[f"{name}_{split}"] = pd.DataFrame({"actual": target, "predicted": pred})
+
+    write_json(root / METRICS / "eval.json", results)
+    with atomic_dir(root / CONFUSION_DIR) as tmp:
+        for key, rows in confusion.items():
+            rows.to_csv(tmp / f"{key}.csv", index=False)
+    _print_table(results)
+    return results
+
+
+def main(params_path: str = "params.yaml") -> None:
+    run(load_params(params_path))

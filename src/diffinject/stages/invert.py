@@ -1,0 +1,111 @@
+"""Stage `invert`: DDIM-invert the content images (the mined conflicts, with h at every step) and the
+style images (drawn, seeded, from the training samples the biased model finds easiest; no bias label is
+read) -> data/inversions/. It depends only on the DDPM, the images and `injection.n_inv_step` /
+style-pool keys, so changing h_gamma, t_edit, t_boost, dt_lambda or bias_conflict_ratio never re-inverts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from diffinject.config import load_params, section
+from diffinject.data.manifest import read_manifest
+from diffinject.devices import inference_device
+from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
+from diffinject.diffusion.injection import InjectionParams
+from diffinject.diffusion.inversion_store import CONTENT, STYLE, InvertedSet, save_inverted
+from diffinject.diffusion.model import load_diffusion, to_model_range
+from diffinject.diffusion.sampler import ddim_invert
+from diffinject.errors import DiffinjectError
+from diffinject.fsutil import atomic_dir, write_json
+from diffinject.models.checkpoint import load_classifier
+from diffinject.models.training import predict_logits
+from diffinject.stages.common import METRICS, MODELS, PREPARED, common_inputs, missing_model_hint, model_dir
+
+CONFLICTS = Path("data/conflicts.csv")
+OUT = Path("data/inversions")
+DIFFUSION = MODELS / "diffusion"
+
+
+def choose_styles(losses: np.ndarray, targets: np.ndarray, per_class: int, easiest_fraction: float,
+                  seed: int) -> np.ndarray:
+    """Rows of `per_class` style images per class, drawn from that class's lowest-loss fraction."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in np.unique(targets):
+        of_class = np.flatnonzero(targets == label)
+        easiest = of_class[np.argsort(losses[of_class], kind="stable")[: max(1, int(len(of_class) * easiest_fraction))]]
+        rows.append(rng.choice(easiest, size=min(per_class, len(easiest)), replace=False))
+    return np.sort(np.concatenate(rows))
+
+
+def invert_set(unet, alphas_cumprod, data: ImageTensors, rows: np.ndarray, n_steps: int, keep_h: bool,
+               batch_size: int, device: torch.device) -> InvertedSet:
+    x_Ts, hss = [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = torch.as_tensor(rows[start:start + batch_size])
+        inv = ddim_invert(unet, alphas_cumprod.to(device), to_model_range(data.images[chunk]).to(device), n_steps, keep_h)
+        x_Ts.append(inv.x_T.cpu())
+        if keep_h:
+            hss.append(inv.hs.cpu())
+    return InvertedSet(
+        x_T=torch.cat(x_Ts), ids=data.ids[rows], targets=data.targets[rows],
+        hs=torch.cat(hss, dim=1) if keep_h else None, timesteps=inv.timesteps if keep_h else None,
+    )
+
+
+def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+    cfg = section(params, "injection", InjectionParams)
+    cfg.check()
+    trainer_cfg, seed = common_inputs(params)
+    device = inference_device(trainer_cfg.accelerator)
+    prepared = root / PREPARED
+    manifest = read_manifest(prepared)
+    train = load_split(prepared, "train", manifest)
+    conflicts_path = root / CONFLICTS
+    if not conflicts_path.is_file():
+        raise DiffinjectError(f"{conflicts_path}: not found (run `python -m diffinject mine` first)")
+    conflicts = pd.read_csv(conflicts_path)
+    position = {int(i): k for k, i in enumerate(train.ids.tolist())}
+    unknown = [int(i) for i in conflicts["id"] if int(i) not in position]
+    if unknown:
+        raise DiffinjectError(f"{conflicts_path}: id {unknown[0]} is not in the train split of {prepared}")
+    content_rows = np.array([position[int(i)] for i in conflicts["id"]], dtype=np.int64)
+
+    net, _, _ = load_classifier(model_dir(root, "biased"), num_classes=num_classes_of(manifest),
+                                image_shape=train.shape, missing_hint=missing_model_hint("biased"))
+    losses = F.cross_entropy(predict_logits(net, train, 1024, trainer_cfg), train.targets, reduction="none").numpy()
+    style_rows = choose_styles(losses, train.targets.numpy(), cfg.styles_per_class, cfg.style_easiest_fraction, seed)
+
+    unet, scheduler = load_diffusion(root / DIFFUSION)
+    unet = unet.to(device).eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        contents = invert_set(unet, scheduler.alphas_cumprod, train, content_rows, cfg.n_inv_step, True, cfg.batch_size, device)
+        styles = invert_set(unet, scheduler.alphas_cumprod, train, style_rows, cfg.n_inv_step, False, cfg.batch_size, device)
+    seconds = time.perf_counter() - start
+    with atomic_dir(root / OUT) as tmp:
+        save_inverted(contents, tmp / CONTENT)
+        save_inverted(styles, tmp / STYLE)
+        (tmp / "index.json").write_text(json.dumps({
+            "n_inv_step": cfg.n_inv_step, "n_content": len(content_rows), "n_style": len(style_rows),
+            "content_ids": contents.ids.tolist(), "style_ids": styles.ids.tolist(), "seed": seed,
+        }, indent=2) + "\n")
+    n = len(content_rows) + len(style_rows)
+    metrics = {"n_content": len(content_rows), "n_style": len(style_rows), "n_inv_step": cfg.n_inv_step,
+               "seconds": round(seconds, 2), "seconds_per_image": round(seconds / n, 4)}
+    write_json(root / METRICS / "invert.json", metrics)
+    print(f"invert: {len(content_rows)} content (with h) + {len(style_rows)} style images in {seconds:.1f} s -> {root / OUT}")
+    return metrics
+
+
+def main(params_path: str = "params.yaml") -> None:
+    run(load_params(params_path))

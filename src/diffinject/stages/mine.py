@@ -1,0 +1,87 @@
+"""Stage `mine`: per-sample CE of the GCE-biased model on the train split; the top `mine.k` per class
+are the mined bias-conflict candidates (params `mine.*`).
+
+models/biased + data/prepared -> data/conflicts.csv (id, target, loss, rank), metrics/mine.json
+(k, n_mined, and precision/recall against the true conflict flags when the manifest has them),
+metrics/plots/mine/loss_hist.png (aligned vs conflicting loss histogram). Bias labels are read only
+after the choice, to report it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.nn.functional as F
+
+from diffinject.config import load_params, section
+from diffinject.data.manifest import MANIFEST_NAME, read_manifest
+from diffinject.data.tensors import load_split, num_classes_of
+from diffinject.errors import DiffinjectError
+from diffinject.fsutil import atomic_file, write_json
+from diffinject.mining import check_k, loss_histogram_png, mining_report, top_k_per_class
+from diffinject.models.checkpoint import load_classifier
+from diffinject.models.training import predict_logits
+from diffinject.stages.common import METRICS, PREPARED, common_inputs, missing_model_hint, model_dir
+
+SECTION = "mine"
+CONFLICTS = Path("data/conflicts.csv")
+PLOT = METRICS / "plots" / "mine" / "loss_hist.png"
+
+
+@dataclass
+class MineConfig:
+    k: int = 10  # top-K highest-loss train samples per class (DiffInject's released code: 10)
+    batch_size: int = 1024  # inference batch
+    hist_bins: int = 50  # bins of the loss histogram plot
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise DiffinjectError(f"params '{SECTION}.batch_size': got {self.batch_size}, expected >= 1")
+        if self.hist_bins < 1:
+            raise DiffinjectError(f"params '{SECTION}.hist_bins': got {self.hist_bins}, expected >= 1")
+
+
+def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+    cfg = section(params, SECTION, MineConfig)
+    cfg.check()
+    trainer_cfg, _ = common_inputs(params)
+    prepared = root / PREPARED
+    manifest = read_manifest(prepared)
+    rows = manifest[manifest["split"] == "train"]
+    if rows.empty:
+        raise DiffinjectError(f"{prepared / MANIFEST_NAME}: split 'train' has no images (expected at least one)")
+    check_k(rows["target"].to_numpy(), cfg.k, str(prepared))
+    train = load_split(prepared, "train", manifest)
+    net, _, _ = load_classifier(model_dir(root, "biased"), num_classes=num_classes_of(manifest),
+                                image_shape=train.shape, missing_hint=missing_model_hint("biased"))
+
+    # Choose from the biased model's losses alone.
+    logits = predict_logits(net, train, cfg.batch_size, trainer_cfg)
+    losses = F.cross_entropy(logits, train.targets, reduction="none").numpy()
+    mined = top_k_per_class(train.ids.numpy(), train.targets.numpy(), losses, cfg.k, str(prepared))
+
+    # Report the choice against the true flags, when the manifest has them (rows are in train order).
+    metrics: dict[str, Any] = {"k": cfg.k, "n_mined": len(mined), "n_train": len(train)}
+    aligned = rows["aligned"]
+    conflict = None if aligned.isna().any() else (~aligned.to_numpy(dtype=bool))
+    if conflict is not None:
+        metrics.update(mining_report(mined["id"].to_numpy(), train.ids.numpy(), conflict))
+    is_mined = np.isin(train.ids.numpy(), mined["id"].to_numpy())
+
+    with atomic_file(root / CONFLICTS) as tmp:
+        mined.to_csv(tmp, index=False)
+    with atomic_file(root / PLOT) as tmp:
+        loss_histogram_png(losses, conflict, is_mined, cfg.hist_bins, tmp)
+    write_json(root / METRICS / "mine.json", metrics)
+    report = (f", precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f} "
+              f"({metrics['n_found']} of {metrics['n_true_conflicts']} true conflicts)" if conflict is not None else
+              " (no bias labels: precision/recall not reported)")
+    print(f"mine: top {cfg.k} per class -> {len(mined)} samples in {root / CONFLICTS}{report}")
+    return metrics
+
+
+def main(params_path: str = "params.yaml") -> None:
+    run(load_params(params_path))

@@ -1,0 +1,28 @@
+"""`python -m diffinject promote VERSION`: move the alias `champion` of `registry.model_name` to VERSION
+by hand (the register stage moves it only on improvement). Not a DVC stage: it changes the registry,
+not the workspace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from diffinject.config import load_params, section
+from diffinject.errors import DiffinjectError
+from diffinject.tracking import registry, runs
+
+
+def run(params: dict[str, Any], version: int, root: Path = Path(".")) -> int | None:
+    """Returns the previous champion's version (None when there was none)."""
+    cfg = section(params, registry.SECTION, registry.RegistryConfig)
+    cfg.check()
+    if version < 1:
+        raise DiffinjectError(f"promote: version {version}: expected a registered version number >= 1")
+    runs.setup_experiment(cfg.experiment, root)
+    return registry.promote(MlflowClient(), cfg.model_name, version)
+
+
+def main(params_path: str = "params.yaml", version: int = 0) -> None:
+    run(load_params(params_path), version)

@@ -1,0 +1,70 @@
+"""Quality report of a synthetic pool (metrics/inject.json): is it bias-conflicting, does it keep its
+label, is it balanced, how far is it from real images?
+
+- colour_conflict_fraction: for colour-biased data, the share of samples whose measured colour
+  (nearest LfF palette colour of the foreground) is not their label's colour;
+- label_fidelity: accuracy of a colour-blind judge (a classifier trained on grey-scale train images,
+  used for evaluation only) against the synthetic labels;
+- bias_imbalance: the mean pairwise gap of the measured-colour frequencies within each class, averaged
+  over classes (0 = every colour equally frequent in every class);
+- frechet_distance: between synthetic and real test images in the penultimate-layer features of the
+  vanilla classifier (FID's formula, Heusel et al. 2017, with that network instead of Inception).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from scipy import linalg
+from torch import nn
+
+from diffinject.data.colour import nearest_palette_colour
+from diffinject.models.classifier import to_unit_float
+
+
+def to_grey(images: torch.Tensor) -> torch.Tensor:
+    """Colour-blind view of uint8 (N, 3, H, W) images: the per-pixel max over channels, stretched so
+    each image's brightest pixel is 255, repeated on 3 channels (the judge keeps the RGB input shape)."""
+    grey = images.max(dim=1, keepdim=True).values.float()  # (N, 1, H, W)
+    peak = grey.flatten(1).max(1).values.clamp_min(1).view(-1, 1, 1, 1)
+    return (grey * 255 / peak).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+
+
+def colour_conflict_fraction(images: torch.Tensor, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """(share of images whose measured colour is not their label's, measured colour per image)."""
+    colour = nearest_palette_colour(images.permute(0, 2, 3, 1).numpy())
+    return float(np.mean(colour != targets)), colour
+
+
+def bias_imbalance(targets: np.ndarray, bias: np.ndarray, n_bias: int) -> float:
+    """Mean over classes of the mean pairwise |f_a − f_b| of bias-value frequencies f within the class."""
+    gaps = []
+    for label in np.unique(targets):
+        freq = np.bincount(bias[targets == label], minlength=n_bias) / max(1, int((targets == label).sum()))
+        gaps.append(np.mean([abs(freq[a] - freq[b]) for a, b in itertools.combinations(range(n_bias), 2)]))
+    return float(np.mean(gaps))
+
+
+@torch.no_grad()
+def penultimate_features(net: nn.Module, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """The input of the network's last Linear layer (its feature vector) for uint8 images."""
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    captured: list[torch.Tensor] = []
+    handle = last.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach().cpu()))
+    try:
+        net.eval()
+        for start in range(0, len(images), batch_size):
+            net(to_unit_float(images[start:start + batch_size]))
+    finally:
+        handle.remove()
+    return torch.cat(captured).double().numpy()
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½)."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = np.real(linalg.sqrtm(cov_a @ cov_b))
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))

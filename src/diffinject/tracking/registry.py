@@ -1,0 +1,211 @@
+"""The model registry: log a classifier as an MLflow model, register a version of `registry.model_name`,
+and move the alias `champion` only when the new version beats the current champion on the validation
+metric `registry.metric`; otherwise the version gets the alias `challenger` and the reason is printed.
+
+Each version carries its metric as tags (`diffinject.metric`, `diffinject.metric_value`), so the
+comparison does not depend on the run still existing; a champion registered under another metric is
+compared through its run's metrics, and if it has none the new version is not promoted (promote it by
+hand with `python -m diffinject promote VERSION`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import torch
+import torchvision
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models.model import ModelInfo
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from diffinject.errors import DiffinjectError
+
+SECTION = "registry"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+TAG_METRIC = "diffinject.metric"
+TAG_VALUE = "diffinject.metric_value"
+TAG_PROMOTION = "diffinject.promotion"  # why the version got its alias
+# The split model selection reads: never the test split.
+SELECTION_SPLIT = "valid"
+MODEL_ARTIFACT = "model"
+SERIALIZATION_FORMATS = ("pickle", "pt2")
+
+
+@dataclass
+class RegistryConfig:
+    """`registry.*`."""
+
+    model_name: str = "diffinject-debiased"  # registered model name in MLflow
+    # <model>.<split>.<metric> of metrics/eval.json; the split must be valid. <model> is the folder under
+    # models/ that is logged and registered.
+    metric: str = "debiased.valid.acc"
+    direction: Literal["maximize", "minimize"] = "maximize"  # maximize accuracies, minimize gaps
+    experiment: str = "diffinject"  # MLflow experiment of pipeline runs and search studies
+    # "pickle": reloads as the network's own class (needs the diffinject package importable);
+    # "pt2": torch.export graph, reloads as a GraphModule without diffinject (MLflow 3's default).
+    serialization_format: Literal["pickle", "pt2"] = "pickle"
+
+    def check(self) -> None:
+        parts = self.metric.split(".")
+        if len(parts) != 3 or not all(parts):
+            raise DiffinjectError(
+                f"params '{SECTION}.metric': got {self.metric!r}, expected <model>.{SELECTION_SPLIT}.<metric> "
+                "from metrics/eval.json, e.g. debiased.valid.acc"
+            )
+        if parts[1] != SELECTION_SPLIT:
+            raise DiffinjectError(
+                f"params '{SECTION}.metric': {self.metric!r} is on the {parts[1]} split; model selection and "
+                f"search use the {SELECTION_SPLIT} split only (e.g. {parts[0]}.{SELECTION_SPLIT}.{parts[2]})"
+            )
+        if not self.model_name.strip():
+            raise DiffinjectError(f"params '{SECTION}.model_name': empty (expected a registered model name)")
+        if not self.experiment.strip():
+            raise DiffinjectError(f"params '{SECTION}.experiment': empty (expected an MLflow experiment name)")
+
+    @property
+    def model(self) -> str:
+        """The models/ folder the metric is about (`debiased` for `debiased.valid.acc`)."""
+        return self.metric.split(".")[0]
+
+
+def better(new: float, old: float, direction: str) -> bool:
+    """Strictly better: a tie keeps the current champion."""
+    return new > old if direction == "maximize" else new < old
+
+
+def pip_requirements(serialization_format: str) -> list[str]:
+    """Pinned to this environment (without local build tags such as +cpu), so MLflow does not infer them
+    by importing the model in a subprocess (about 15 s per log). A pickled network also needs
+    torchvision, which diffinject.models.networks imports."""
+    reqs = [f"torch=={torch.__version__.split('+')[0]}"]
+    if serialization_format == "pickle":
+        reqs.append(f"torchvision=={torchvision.__version__.split('+')[0]}")
+    return reqs
+
+
+def log_classifier(net: nn.Module, example: np.ndarray, serialization_format: str) -> ModelInfo:
+    """Log `net` (float images in [0, 1], (B, C, H, W) -> logits (B, num_classes)) into the active run.
+    `example` (a few real images, float32) becomes the input example and signature, batch dim free."""
+    if serialization_format not in SERIALIZATION_FORMATS:
+        raise DiffinjectError(f"params '{SECTION}.serialization_format': got {serialization_format!r}, "
+                              f"expected one of {', '.join(SERIALIZATION_FORMATS)}")
+    if example.dtype != np.float32 or example.ndim != 4:
+        raise DiffinjectError(f"input example: got {example.dtype} of shape {example.shape}, expected float32 (B, C, H, W)")
+    return mlflow.pytorch.log_model(
+        net.eval(), name=MODEL_ARTIFACT, input_example=example, serialization_format=serialization_format,
+        pip_requirements=pip_requirements(serialization_format),
+    )
+
+
+def _not_found(exc: MlflowException) -> bool:
+    return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise
+
+
+def recorded_value(client: MlflowClient, version: ModelVersion, metric: str) -> float | None:
+    """The version's value of `metric`: its tag, else its run's metric, else None."""
+    if version.tags.get(TAG_METRIC) == metric and TAG_VALUE in version.tags:
+        return float(version.tags[TAG_VALUE])
+    if version.run_id:
+        try:
+            value = client.get_run(version.run_id).data.metrics.get(metric)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            value = None
+        return value
+    return None
+
+
+@dataclass
+class Decision:
+    """What happened to a new version (also written to metrics/register.json)."""
+
+    model_name: str
+    version: int
+    metric: str
+    value: float
+    alias: str  # champion | challenger
+    promoted: bool
+    reason: str
+    previous_champion: int | None
+    previous_value: float | None
+    run_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide(value: float, champion: ModelVersion | None, champion_value: float | None, cfg: RegistryConfig) -> tuple[bool, str]:
+    """(promote?, why) for a new version whose `cfg.metric` is `value`."""
+    if math.isnan(value):
+        return False, f"{cfg.metric} is NaN"
+    if champion is None:
+        return True, f"no champion yet; {cfg.metric}={value:.4f}"
+    if champion_value is None:
+        return False, (f"champion version {champion.version} has no recorded {cfg.metric} (registered under another "
+                       f"registry.metric?); promote by hand with `python -m diffinject promote VERSION`")
+    word = "higher" if cfg.direction == "maximize" else "lower"
+    if better(value, champion_value, cfg.direction):
+        return True, f"{cfg.metric}={value:.4f} is {word} than champion version {champion.version}'s {champion_value:.4f}"
+    return False, (f"{cfg.metric}={value:.4f} is not {word} than champion version {champion.version}'s "
+                   f"{champion_value:.4f} ({cfg.direction})")
+
+
+def register(client: MlflowClient, model_uri: str, run_id: str, value: float, cfg: RegistryConfig,
+             tags: dict[str, str] | None = None) -> Decision:
+    """Register `model_uri` as a new version of `cfg.model_name` and give it `champion` when it beats the
+    current champion on `cfg.metric`, else `challenger`. Prints the decision and its reason."""
+    champion = version_by_alias(client, cfg.model_name, CHAMPION)
+    champion_value = recorded_value(client, champion, cfg.metric) if champion is not None else None
+    promoted, reason = decide(value, champion, champion_value, cfg)
+    version_tags = {TAG_METRIC: cfg.metric, TAG_VALUE: repr(float(value)), TAG_PROMOTION: reason, **(tags or {})}
+    mv = mlflow.register_model(model_uri, cfg.model_name, tags=version_tags)
+    alias = CHAMPION if promoted else CHALLENGER
+    client.set_registered_model_alias(cfg.model_name, alias, mv.version)
+    verdict = "promoted to champion" if promoted else "not promoted, alias challenger"
+    print(f"register: {cfg.model_name} version {mv.version} {verdict}: {reason}")
+    return Decision(
+        model_name=cfg.model_name, version=int(mv.version), metric=cfg.metric, value=float(value), alias=alias,
+        promoted=promoted, reason=reason, previous_champion=int(champion.version) if champion else None,
+        previous_value=champion_value, run_id=run_id,
+    )
+
+
+def promote(client: MlflowClient, name: str, version: int) -> int | None:
+    """Move `champion` to `version` by hand; returns the previous champion's version (None if none). The
+    `challenger` alias is removed when it pointed at the promoted version."""
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        listed = ", ".join(map(str, versions)) if versions else "none (run the register stage first)"
+        raise DiffinjectError(f"registered model {name!r} has no version {version} (versions: {listed})") from exc
+    previous = version_by_alias(client, name, CHAMPION)
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_model_version_tag(name, str(version), TAG_PROMOTION, "promoted by hand (python -m diffinject promote)")
+    challenger = version_by_alias(client, name, CHALLENGER)
+    if challenger is not None and int(challenger.version) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    before = f"version {previous.version}" if previous else "no champion"
+    print(f"promote: {name} champion moved from {before} to version {version}")
+    return int(previous.version) if previous else None

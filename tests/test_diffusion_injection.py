@@ -1,0 +1,100 @@
+"""Inversion -> generation on a trained tiny DDPM, injection identities, and a resumable inject stage."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffinject.data.tensors import load_split
+from diffinject.diffusion.inversion_store import CONTENT, STYLE, InvertedSet, save_inverted
+from diffinject.diffusion.model import save_diffusion, to_model_range
+from diffinject.diffusion.quality import PLAIN_DDIM, reconstruct
+from diffinject.diffusion.sampler import InjectionConfig, InjectionSampler, ddim_invert
+from diffinject.stages import inject
+
+# DDIM inversion is exact only in the ODE limit: each step evaluates ε at x_t and reuses it to reach
+# x_{t+Δ}, so the error shrinks with the number of steps. The tiny fixture model reconstructs valid
+# digits at MSE ≈ 0.018 (in [-1, 1] units) with 50 steps, 0.13 with 20 and 0.50 with 10, and an
+# untrained one at ≈ 1.8. The bound leaves room for float differences between machines while still
+# failing for any broken inversion/generation pair.
+RECONSTRUCTION_STEPS = 50
+RECONSTRUCTION_MSE_BOUND = 0.05
+# With h_gamma 1 and content = style, the generation takes the h stored on the inversion path instead of
+# the one it computes. The two paths drift apart by up to 17 % (relative norm of h) at low t on the tiny
+# model, which moves the image by MSE ≈ 0.08 from the plain reconstruction; another image's h moves it
+# by > 100. A better DDPM drifts less (train_diffusion reports its reconstruction error).
+OWN_H_MSE_BOUND = 0.2
+
+
+def test_inversion_then_generation_reconstructs(tiny_ddpm, prepared_mnist):
+    unet, scheduler = tiny_ddpm
+    images = load_split(prepared_mnist, "valid").images[:16]
+    rec = reconstruct(unet, scheduler, images, RECONSTRUCTION_STEPS, RECONSTRUCTION_STEPS)
+    assert rec.mse < RECONSTRUCTION_MSE_BOUND
+
+
+def test_full_injection_of_own_h_reproduces_reconstruction(tiny_ddpm, prepared_mnist):
+    unet, scheduler = tiny_ddpm
+    x0 = to_model_range(load_split(prepared_mnist, "valid").images[:8])
+    steps = RECONSTRUCTION_STEPS
+    inv = ddim_invert(unet, scheduler.alphas_cumprod, x0, steps, keep_h=True)
+    plain = InjectionSampler(unet, scheduler.alphas_cumprod, InjectionConfig(n_gen_step=steps, **PLAIN_DDIM))
+    own = InjectionSampler(unet, scheduler.alphas_cumprod, InjectionConfig(n_gen_step=steps, **{**PLAIN_DDIM, "h_gamma": 1.0}))
+    a = plain.generate(inv.x_T, inv.hs, inv.timesteps)
+    b = own.generate(inv.x_T, inv.hs, inv.timesteps)
+    other = own.generate(inv.x_T, inv.hs.flip(1), inv.timesteps)  # someone else's h
+    own_gap, other_gap = (a - b).pow(2).mean(), (a - other).pow(2).mean()
+    assert own_gap < OWN_H_MSE_BOUND
+    assert other_gap > 100 * own_gap
+
+
+def _inject_root(tmp_path: Path, prepared: Path, unet, scheduler, name: str) -> Path:
+    root = tmp_path / name
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "prepared").symlink_to(prepared)
+    save_diffusion(unet, scheduler, root / "models" / "diffusion")
+    train = load_split(prepared, "train")
+    rows = torch.arange(0, 4000, 200)  # 20 images over all classes (the split is sorted by id, ids by class)
+    with torch.no_grad():
+        c = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(train.images[rows]), 6, keep_h=True)
+        s = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(train.images[rows + 1]), 6, keep_h=False)
+    (root / "data" / "inversions").mkdir()
+    save_inverted(InvertedSet(c.x_T, train.ids[rows], train.targets[rows], c.hs, c.timesteps), root / "data/inversions" / CONTENT)
+    save_inverted(InvertedSet(s.x_T, train.ids[rows + 1], train.targets[rows + 1]), root / "data/inversions" / STYLE)
+    return root
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_inject_resumes_to_identical_files(tiny_ddpm, prepared_mnist, tmp_path):
+    unet, scheduler = tiny_ddpm
+    params = {"seed": 3, "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+              "injection": {"n_gen_step": 6, "n_inv_step": 6, "n_samples": 20, "batch_size": 4, "t_boost": 400}}
+    whole = _inject_root(tmp_path, prepared_mnist, unet, scheduler, "whole")
+    inject.run(params, root=whole)
+
+    resumed = _inject_root(tmp_path, prepared_mnist, unet, scheduler, "resumed")
+
+    def kill_after_two(batch: int) -> None:
+        if batch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        inject.run(params, root=resumed, on_batch=kill_after_two)
+    assert not (resumed / "data" / "synthetic").exists()
+    partial = list((resumed / "data").glob(".synthetic-partial-*"))
+    assert len(partial) == 1 and len(list(partial[0].glob("batch_*.json"))) == 2
+    inject.run(params, root=resumed)
+    assert not list((resumed / "data").glob(".synthetic-partial-*"))
+    assert _hashes(whole / "data" / "synthetic") == _hashes(resumed / "data" / "synthetic")

@@ -1,0 +1,124 @@
+"""Golden numbers for the diffusion maths: slerp, the h-space hook, DDIM steps, inversion."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffinject.diffusion.hspace import HSpaceHook, rescale_to, slerp
+from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet
+from diffinject.diffusion.sampler import (InjectionConfig, InjectionSampler, ddim_invert, ddim_step,
+                                          timestep_grid)
+
+
+def test_slerp_endpoints():
+    a, b = torch.randn(4, 8, 3, 3), torch.randn(4, 8, 3, 3)
+    torch.testing.assert_close(slerp(a, b, 0.0), a)
+    torch.testing.assert_close(slerp(a, b, 1.0), b)
+
+
+def test_slerp_preserves_norm_of_equal_norm_inputs():
+    a = torch.randn(5, 32, 7, 7)
+    b = rescale_to(torch.randn(5, 32, 7, 7), a)  # h_c' = h_c·‖h‖/‖h_c‖
+    torch.testing.assert_close(b.flatten(1).norm(dim=1), a.flatten(1).norm(dim=1))
+    for gamma in (0.1, 0.5, 0.7, 0.9):
+        torch.testing.assert_close(slerp(a, b, gamma).flatten(1).norm(dim=1), a.flatten(1).norm(dim=1))
+
+
+def test_slerp_formula_at_half():
+    # orthogonal unit vectors: the midpoint is (a + b) / √2
+    a = torch.tensor([[1.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0]])
+    torch.testing.assert_close(slerp(a, b, 0.5), torch.tensor([[1 / math.sqrt(2), 1 / math.sqrt(2)]]))
+    # 60° apart: the midpoint is at 30°
+    c = torch.tensor([[math.cos(math.pi / 3), math.sin(math.pi / 3)]])
+    torch.testing.assert_close(slerp(a, c, 0.5), torch.tensor([[math.cos(math.pi / 6), math.sin(math.pi / 6)]]))
+
+
+def test_slerp_parallel_vectors_interpolate_linearly():
+    a = torch.tensor([[2.0, 0.0]])
+    torch.testing.assert_close(slerp(a, a, 0.3), a)
+
+
+def tiny_unet(seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = DiffusionConfig(block_out_channels=[8, 16], norm_num_groups=4)
+    return build_unet(cfg, 28, 3).eval(), build_scheduler(cfg)
+
+
+def test_hook_captures_mid_block_output():
+    unet, _ = tiny_unet()
+    seen = {}
+    handle = unet.mid_block.register_forward_hook(lambda m, i, o: seen.setdefault("h", o.detach().clone()))
+    hook = HSpaceHook(unet)
+    x, t = torch.randn(3, 3, 28, 28), torch.tensor([10, 500, 900])
+    with torch.no_grad(), hook.capture():
+        unet(x, t)
+    handle.remove()
+    torch.testing.assert_close(hook.captured, seen["h"])
+    assert hook.captured.shape == (3, 16, 14, 14)
+
+
+def test_hook_replacing_h_with_itself_changes_nothing():
+    unet, _ = tiny_unet()
+    hook = HSpaceHook(unet)
+    x, t = torch.randn(2, 3, 28, 28), torch.tensor([100, 700])
+    with torch.no_grad():
+        with hook.capture():
+            plain = unet(x, t).sample
+        h = hook.captured
+        for gamma in (0.0, 0.5, 1.0):
+            with hook.inject(h, gamma):
+                torch.testing.assert_close(unet(x, t).sample, plain, atol=1e-5, rtol=1e-5)
+        with hook.inject(torch.randn_like(h), 1.0):
+            assert not torch.allclose(unet(x, t).sample, plain, atol=1e-3)
+    hook.remove()
+
+
+def test_timestep_grid_matches_asyrp_seq_inv():
+    np.testing.assert_array_equal(timestep_grid(5, 1000), [0, 250, 500, 749, 999])
+
+
+def test_ddim_step_is_its_own_inverse_for_a_fixed_eps():
+    a_t, a_next = torch.tensor(0.9), torch.tensor(0.5)
+    x, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    up = ddim_step(x, eps, eps, a_t, a_next)
+    torch.testing.assert_close(ddim_step(up, eps, eps, a_next, a_t), x)
+    # Eq. 12 by hand
+    x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    torch.testing.assert_close(up, a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps)
+
+
+def test_asymmetric_step_takes_x0_from_injected_eps_and_direction_from_original():
+    a_t, a_next = torch.tensor(0.3), torch.tensor(0.6)
+    x, eps, eps_inj = torch.randn(3, 2), torch.randn(3, 2), torch.randn(3, 2)
+    got = ddim_step(x, eps_inj, eps, a_t, a_next, dir_scale=0.9985)
+    x0 = (x - (1 - a_t).sqrt() * eps_inj) / a_t.sqrt()
+    torch.testing.assert_close(got, a_next.sqrt() * x0 + 0.9985 * (1 - a_next).sqrt() * eps)
+
+
+class ZeroEps(torch.nn.Module):
+    """A 'denoiser' predicting ε = 0: DDIM then maps x_t = √ᾱ_t·x_0 exactly, a closed form."""
+
+    def __init__(self):
+        super().__init__()
+        self.mid_block = torch.nn.Identity()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        out = type("Out", (), {})()
+        out.sample = self.mid_block(torch.zeros_like(x))
+        return out
+
+
+def test_inversion_closed_form_with_zero_eps():
+    scheduler = build_scheduler(DiffusionConfig())
+    x0 = torch.randn(2, 3, 8, 8)
+    inv = ddim_invert(ZeroEps(), scheduler.alphas_cumprod, x0, 10, keep_h=True)
+    torch.testing.assert_close(inv.x_T, scheduler.alphas_cumprod[999].sqrt() * x0)
+    assert inv.hs.shape == (10, 2, 3, 8, 8)
+    sampler = InjectionSampler(ZeroEps(), scheduler.alphas_cumprod, InjectionConfig(h_gamma=0.0, t_boost=-1, dt_lambda=1.0, n_gen_step=10))
+    torch.testing.assert_close(sampler.generate(inv.x_T, inv.hs, inv.timesteps), x0, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,107 @@
+"""train_diffusion / invert input handling: a user's pretrained UNet folder, bad params, resuming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffinject.diffusion.injection import InjectionParams, make_pairs
+from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet, load_diffusion
+from diffinject.errors import DiffinjectError
+from diffinject.stages import train_diffusion
+
+TINY = {"block_out_channels": [8, 16], "norm_num_groups": 4, "batch_size": 16, "warmup_steps": 2,
+        "sample_grid": 4}
+
+
+def _root(tmp_path: Path, prepared: Path) -> Path:
+    (tmp_path / "data").mkdir(parents=True)
+    (tmp_path / "data" / "prepared").symlink_to(prepared)
+    return tmp_path
+
+
+def _params(**diffusion) -> dict:
+    return {"seed": 0, "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+            "diffusion": {**TINY, **diffusion}, "injection": {"n_inv_step": 4, "n_gen_step": 4}}
+
+
+def test_pretrained_unet_folder_is_loaded_not_trained(tmp_path, prepared_mnist):
+    torch.manual_seed(1)
+    user = tmp_path / "user_unet"
+    build_unet(DiffusionConfig(**{k: v for k, v in TINY.items() if k in ("block_out_channels", "norm_num_groups")}), 28, 3).save_pretrained(user)
+    root = _root(tmp_path / "run", prepared_mnist)
+    metrics = train_diffusion.run(_params(pretrained=str(user)), root=root)
+    assert metrics["pretrained"] == str(user) and "train_seconds" not in metrics
+    unet, scheduler = load_diffusion(root / "models" / "diffusion")
+    original, _ = load_diffusion(user, build_scheduler(DiffusionConfig()))
+    for a, b in zip(unet.parameters(), original.parameters()):
+        torch.testing.assert_close(a, b)
+    assert scheduler.config.num_train_timesteps == 1000
+    report = json.loads((root / "metrics" / "diffusion.json").read_text())
+    assert 0 <= report["reconstruction"]["colour_kept"] <= 1
+
+
+def test_not_a_unet_folder_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DiffinjectError, match="not a diffusers UNet2DModel folder"):
+        load_diffusion(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("cfg, param", [
+    ({"block_out_channels": [12, 16], "norm_num_groups": 8}, "diffusion.norm_num_groups"),
+    ({"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}, "diffusion.block_out_channels"),
+])
+def test_bad_architecture_names_the_param(cfg, param):
+    with pytest.raises(DiffinjectError, match=param.replace(".", r"\.")):
+        build_unet(DiffusionConfig(**cfg), 28, 3)
+
+
+@pytest.mark.parametrize("key, value", [("h_gamma", 1.5), ("n_inv_step", 1), ("style_easiest_fraction", 0.0)])
+def test_bad_injection_params_name_the_key(key, value):
+    with pytest.raises(DiffinjectError, match=f"injection.{key}"):
+        InjectionParams(**{key: value}).check()
+
+
+def test_pairs_mix_classes_and_are_seeded():
+    content_t = torch.arange(10).repeat(3).numpy()
+    style_t = torch.arange(10).repeat_interleave(2).numpy()
+    a = make_pairs(content_t, style_t, 50, seed=4)
+    b = make_pairs(content_t, style_t, 50, seed=4)
+    assert (a.content == b.content).all() and (a.style == b.style).all()
+    assert (content_t[a.content] != style_t[a.style]).all()
+    assert len(set(a.content[:30].tolist())) == 30  # every content used before any repeats
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_training_resumes_from_last_checkpoint(tmp_path, prepared_mnist, monkeypatch, capsys):
+    from diffinject.diffusion.training import DiffusionModule
+
+    root = _root(tmp_path, prepared_mnist)
+    params = _params(train_steps=8, checkpoint_every=4)
+    original = DiffusionModule.on_train_batch_end
+
+    def die_at_step_6(self, outputs, batch, batch_idx):
+        original(self, outputs, batch, batch_idx)
+        if self.global_step == 6:
+            raise Interrupt
+
+    monkeypatch.setattr(DiffusionModule, "on_train_batch_end", die_at_step_6)
+    with pytest.raises(Interrupt):
+        train_diffusion.run(params, root=root)
+    assert not (root / "models" / "diffusion").exists()
+    assert list((root / "models" / ".diffusion-resume").glob("*/last.ckpt"))
+    monkeypatch.setattr(DiffusionModule, "on_train_batch_end", original)
+    steps = []
+    monkeypatch.setattr(DiffusionModule, "on_train_batch_end",
+                        lambda self, o, b, i: (steps.append(self.global_step), original(self, o, b, i)))
+    train_diffusion.run(params, root=root)
+    assert "resuming from" in capsys.readouterr().out
+    assert steps == [5, 6, 7, 8]  # continued after the step-4 checkpoint, not from zero
+    assert (root / "models" / "diffusion" / "unet" / "config.json").is_file()
+    assert not list((root / "models" / ".diffusion-resume").glob("*/last.ckpt"))

@@ -1,0 +1,173 @@
+"""The register stage and the registry: one parent run per pipeline run with everything it names, the
+champion alias moving only on a better validation metric, promote by hand, models:/NAME@champion
+predicting on a batch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from diffinject import cli
+from diffinject.data.tensors import load_split
+from diffinject.errors import DiffinjectError
+from diffinject.models.checkpoint import load_classifier, save_classifier
+from diffinject.models.classifier import to_unit_float
+from diffinject.models.networks import NetConfig, build_network
+from diffinject.stages import register
+from diffinject.tracking import registry, runs
+
+CURVE = [{"epoch": e, "train_acc": 0.5 + e / 10, "valid_acc": 0.4 + e / 10} for e in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory) -> Path:
+    """One MLflow store for the module (creating its schema takes seconds), under DVC_ROOT/mlruns."""
+    root = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DVC_ROOT", str(root))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("DVC_EXP_NAME", raising=False)
+        runs.setup_experiment("diffinject")
+        yield root
+        os.environ.pop("MLFLOW_TRACKING_URI", None)  # exported by mlflow.set_tracking_uri; mp restores a user's
+
+
+def make_pipeline_root(root: Path, prepared: Path, valid_acc: float, seed: int = 0) -> Path:
+    """What `dvc repro` leaves before register: data/prepared, models/debiased, metrics, plots, dvc.lock."""
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "prepared").symlink_to(prepared)
+    torch.manual_seed(seed)
+    cfg = NetConfig("mlp", 10, (3, 28, 28))
+    (root / "models" / "debiased").mkdir(parents=True)
+    save_classifier(root / "models" / "debiased", build_network(cfg), cfg, {"stage": "debiased"})
+    metrics = root / "metrics"
+    (metrics / "plots" / "train").mkdir(parents=True)
+    (metrics / "plots" / "prepare").mkdir(parents=True)
+    (metrics / "eval.json").write_text(json.dumps({"debiased": {"valid": {"acc": valid_acc}, "test": {"acc": valid_acc - 0.02}}}))
+    (metrics / "debiased.json").write_text(json.dumps({"best_epoch": 3, "valid": {"acc": valid_acc}}))
+    (metrics / "inject.json").write_text(json.dumps({"label_fidelity": 0.8, "label_from": "content"}))
+    with (metrics / "plots" / "train" / "debiased.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CURVE[0]))
+        writer.writeheader()
+        writer.writerows(CURVE)
+    (metrics / "plots" / "prepare" / "samples_train.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+        "prepare": {"outs": [{"path": "data/prepared", "md5": "0123456789abcdef0123456789abcdef.dir"}]},
+        "train_debiased": {"outs": [{"path": "models/debiased", "md5": f"{seed:032x}.dir"},
+                                    {"path": "metrics/debiased.json", "md5": "ignored"}]},
+    }}))
+    return root
+
+
+def params(model_name: str, **registry_keys) -> dict:
+    return {"seed": 0, "injection": {"h_gamma": 0.7, "n_samples": 400}, "debiased": {"epochs": 3, "pool": None},
+            "registry": {"model_name": model_name, **registry_keys}}
+
+
+def test_parent_run_names_params_metrics_data_hashes_plots_and_child_curves(store_root, prepared_mnist, tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "zesty-lamb")
+    root = make_pipeline_root(tmp_path / "run", prepared_mnist, valid_acc=0.6)
+    result = register.run(params("m-logged"), root)
+    client = MlflowClient()
+    parent = client.get_run(result["run_id"])
+    assert parent.info.run_name == "zesty-lamb" and parent.data.tags["dvc.exp_name"] == "zesty-lamb"
+    assert parent.data.params["injection.h_gamma"] == "0.7" and parent.data.params["debiased.pool"] == "null"
+    assert parent.data.params["dvc.data/prepared.md5"] == "0123456789abcdef0123456789abcdef.dir"
+    assert "dvc.metrics/debiased.json.md5" not in parent.data.params
+    assert parent.data.metrics["debiased.valid.acc"] == 0.6 and parent.data.metrics["inject/label_fidelity"] == 0.8
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"], "plots/prepare")}
+    assert artifacts == {"plots/prepare/samples_train.png"}
+    assert {a.path for a in client.list_artifacts(result["run_id"], "pipeline")} == {"pipeline/dvc.lock"}
+    (child,) = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{result['run_id']}'")
+    assert child.info.run_name == "debiased" and child.data.params["debiased.epochs"] == "3"
+    history = client.get_metric_history(child.info.run_id, "valid_acc")
+    assert [(m.step, round(m.value, 6)) for m in history] == [(1, 0.5), (2, 0.6), (3, 0.7)]
+    assert json.loads((root / "metrics" / "register.json").read_text())["version"] == 1
+
+
+def test_champion_moves_only_when_the_validation_metric_improves(store_root, prepared_mnist, tmp_path, capsys):
+    name = "m-promotion"
+    seen = []
+    for i, acc in enumerate((0.50, 0.40, 0.50, 0.55)):  # first, worse, tie, better
+        seen.append(register.run(params(name), make_pipeline_root(tmp_path / f"r{i}", prepared_mnist, acc, seed=i)))
+    assert [(d["version"], d["alias"], d["promoted"]) for d in seen] == [
+        (1, "champion", True), (2, "challenger", False), (3, "challenger", False), (4, "champion", True)]
+    assert seen[1]["reason"] == "debiased.valid.acc=0.4000 is not higher than champion version 1's 0.5000 (maximize)"
+    assert seen[3]["previous_champion"] == 1 and seen[3]["previous_value"] == 0.5
+    assert "version 2 not promoted, alias challenger: debiased.valid.acc=0.4000 is not higher" in capsys.readouterr().out
+    client = MlflowClient()
+    assert int(client.get_model_version_by_alias(name, registry.CHAMPION).version) == 4
+    assert int(client.get_model_version_by_alias(name, registry.CHALLENGER).version) == 3
+
+
+def test_minimize_direction_and_a_champion_without_the_metric():
+    cfg = registry.RegistryConfig(metric="debiased.valid.dp_gap", direction="minimize")
+
+    class Version:
+        version = "7"
+
+    assert registry.decide(0.1, Version, 0.2, cfg)[0] is True
+    assert registry.decide(0.3, Version, 0.2, cfg)[0] is False
+    promoted, why = registry.decide(0.1, Version, None, cfg)
+    assert not promoted and "has no recorded debiased.valid.dp_gap" in why
+    assert registry.decide(float("nan"), None, None, cfg) == (False, "debiased.valid.dp_gap is NaN")
+
+
+@pytest.mark.parametrize("fmt", ["pickle", "pt2"])
+def test_champion_loads_from_the_registry_and_predicts_a_batch(store_root, prepared_mnist, tmp_path, fmt):
+    name = f"m-serve-{fmt}"
+    root = make_pipeline_root(tmp_path / "run", prepared_mnist, valid_acc=0.6)
+    register.run(params(name, serialization_format=fmt), root)
+    batch = to_unit_float(load_split(prepared_mnist, "test").images[:9]).numpy()  # (9, 3, 28, 28) in [0, 1]
+    net, _, _ = load_classifier(root / "models" / "debiased")
+    with torch.no_grad():
+        expected = net(torch.from_numpy(batch)).numpy()
+    served = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(batch)
+    np.testing.assert_allclose(np.asarray(served), expected, rtol=1e-5, atol=1e-5)
+    model = mlflow.pytorch.load_model(f"models:/{name}@champion")
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.from_numpy(batch)).numpy(), expected, rtol=1e-5, atol=1e-5)
+    requirements = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion")) / "requirements.txt"
+    lines = requirements.read_text().splitlines()  # ours, pinned, plus the mlflow line MLflow adds
+    assert set(lines) - {f"mlflow=={mlflow.__version__}"} == set(registry.pip_requirements(fmt))
+    assert f"torch=={torch.__version__.split('+')[0]}" in lines
+
+
+def test_promote_by_hand_through_the_cli(store_root, prepared_mnist, tmp_path, monkeypatch, capsys):
+    name = "m-by-hand"
+    for i, acc in enumerate((0.6, 0.5)):
+        register.run(params(name), make_pipeline_root(tmp_path / f"r{i}", prepared_mnist, acc, seed=i))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params(name)))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["promote", "2"]) == 0
+    client = MlflowClient()
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 2
+    with pytest.raises(mlflow.exceptions.MlflowException):  # challenger pointed at version 2: removed
+        client.get_model_version_by_alias(name, "challenger")
+    assert "champion moved from version 1 to version 2" in capsys.readouterr().out
+    assert cli.main(["promote", "9"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: registered model '{name}' has no version 9 (versions: 1, 2)"]
+
+
+def test_a_test_split_metric_is_refused(store_root, prepared_mnist, tmp_path):
+    root = make_pipeline_root(tmp_path / "run", prepared_mnist, valid_acc=0.6)
+    with pytest.raises(DiffinjectError, match=r"'debiased.test.acc' is on the test split; model selection and search use the valid split only"):
+        register.run(params("m-test", metric="debiased.test.acc"), root)
+
+
+def test_a_missing_metric_fails_before_anything_is_logged(store_root, prepared_mnist, tmp_path):
+    root = make_pipeline_root(tmp_path / "run", prepared_mnist, valid_acc=0.6)
+    (root / "metrics" / "eval.json").write_text(json.dumps({"vanilla": {"valid": {"acc": 0.5}}}))
+    with pytest.raises(runs.MissingMetricError, match="'debiased.valid.acc' not found"):
+        register.run(params("m-missing"), root)
+    assert MlflowClient().search_registered_models("name = 'm-missing'") == []

@@ -1,0 +1,326 @@
+"""The Optuna search with a cheap fake trial pipeline (the real one: one tiny end-to-end trial, slow):
+trials recorded in Optuna and MLflow, failures recorded while the study goes on, a missing metric stops
+it, pruning from the validation curve, the outputs, and two processes sharing one SQLite study."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import torch
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from diffinject.errors import DiffinjectError
+from diffinject.tracking import runs, search, store
+from tests.conftest import REPO
+
+STATE = optuna.trial.TrialState
+SPACE_KEYS = {"injection.h_gamma", "debiased.bias_conflict_ratio", "debiased.lr"}
+
+
+def objective_of(params: dict) -> float:
+    """The fake pipeline's validation accuracy: best at h_gamma 0.6, ratio 0.2."""
+    return 1 - (params["injection"]["h_gamma"] - 0.6) ** 2 - (params["debiased"]["bias_conflict_ratio"] - 0.2) ** 2
+
+
+def write_curve(path: Path, final: float, epochs: int = 3) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", "train_acc", "valid_acc"])
+        for e in range(1, epochs + 1):
+            writer.writerow([e, final, final * e / epochs])
+
+
+def fake_pipeline(params: dict, root: Path, curve: search.ValidationCurve) -> None:
+    """Stands in for inject -> train_debiased -> evaluate: a curve, then metrics/eval.json."""
+    assert (root / "data" / "prepared").is_symlink() and params["debiased"]["pool"] == "trial-pool.parquet"
+    value = objective_of(params)
+    write_curve(root / "curve.csv", value)
+    curve.report(root / "curve.csv")
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / "eval.json").write_text(json.dumps({"debiased": {"valid": {"acc": value}}}))
+    (root / "evaluated").write_text("")
+
+
+def setup(pipeline=fake_pipeline) -> search.TrialSetup:
+    return search.TrialSetup(pipeline=pipeline, required_inputs=(Path("data/prepared"),), curve_column="valid_acc",
+                             fixed={"debiased.pool": "trial-pool.parquet"})
+
+
+def params(study: str, **keys) -> dict:
+    return {"seed": 0, "injection": {"h_gamma": 0.7}, "debiased": {"lr": 1e-3, "bias_conflict_ratio": 0.1, "pool": None},
+            "registry": {"metric": "debiased.valid.acc"},
+            "search": {"study_name": study, "sampler": "random", "pruner": "none", **keys}}
+
+
+def repo_root(tmp_path: Path) -> Path:
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DVC_ROOT", str(root))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        runs.setup_experiment("diffinject")
+        yield root
+        os.environ.pop("MLFLOW_TRACKING_URI", None)  # exported by mlflow.set_tracking_uri; mp restores a user's
+
+
+def trial_runs(study_name: str, client: MlflowClient | None = None) -> list:
+    client = client or MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (parent,) = client.search_runs(experiments, f"tags.`optuna.study` = '{study_name}' and tags.`diffinject.kind` = 'search'")
+    return client.search_runs(experiments, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+
+
+def load(study: str, root: Path) -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=store.optuna_storage_url(None, root))
+
+
+def test_trials_are_recorded_and_the_best_is_written(store_root, tmp_path):
+    root = repo_root(tmp_path)
+    p = params("s-basic", n_trials=5)
+    summary = search.run_search(p, root, setup())
+    study = load("s-basic", store_root)
+    values = [t.value for t in study.trials]
+    assert summary["n_trials"] == {"complete": 5, "failed": 0, "pruned": 0, "running": 0}
+    assert summary["best_value"] == max(values) and set(summary["best_params"]) == SPACE_KEYS
+    assert json.loads((root / "metrics" / "search.json").read_text()) == summary
+    best = yaml.safe_load((root / "params.best.yaml").read_text())
+    assert best["injection"]["h_gamma"] == summary["best_params"]["injection.h_gamma"]
+    assert best["debiased"]["pool"] is None  # trial-only settings are not part of the best params
+    assert "# Apply it to the pipeline: dvc exp run -S injection.h_gamma=" in (root / "params.best.yaml").read_text()
+    assert {p.name for p in (root / "metrics" / "plots" / "search").iterdir()} == {
+        "history.png", "intermediate_values.png", "importances.png"}
+    for trial in study.trials:  # every sampled value inside its range, lr on its log range
+        lo, hi = p["search"].get("h_gamma", [0.1, 0.9])
+        assert lo <= trial.params["injection.h_gamma"] <= hi and 1e-4 <= trial.params["debiased.lr"] <= 1e-2
+    children = trial_runs("s-basic")
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [0, 1, 2, 3, 4]
+    for run in children:
+        trial = study.trials[int(run.data.tags["optuna.trial"])]
+        assert run.info.status == "FINISHED" and run.data.metrics["debiased.valid.acc"] == trial.value
+        assert float(run.data.params["injection.h_gamma"]) == trial.params["injection.h_gamma"]
+    assert not list((store_root / "mlruns" / "search" / "s-basic").iterdir())  # trial folders removed
+
+
+def test_a_failed_trial_is_recorded_and_the_study_goes_on(store_root, tmp_path):
+    calls = []
+
+    def flaky(params, root, curve):
+        calls.append(1)
+        if len(calls) == 2:
+            raise DiffinjectError("params 'debiased.lr': diverged")
+        if len(calls) == 3:
+            raise RuntimeError("CUDA out of memory\nsecond line")
+        fake_pipeline(params, root, curve)
+
+    summary = search.run_search(params("s-flaky", n_trials=4), repo_root(tmp_path), setup(flaky))
+    assert summary["n_trials"] == {"complete": 2, "failed": 2, "pruned": 0, "running": 0}
+    study = load("s-flaky", store_root)
+    assert [t.state for t in study.trials] == [STATE.COMPLETE, STATE.FAIL, STATE.FAIL, STATE.COMPLETE]
+    assert study.trials[1].user_attrs["error"] == "DiffinjectError: params 'debiased.lr': diverged"
+    assert study.trials[2].user_attrs["error"] == "RuntimeError: CUDA out of memory"
+    failed = {r.data.tags["optuna.trial"]: r for r in trial_runs("s-flaky") if r.info.status == "FAILED"}
+    assert set(failed) == {"1", "2"} and failed["2"].data.tags["error"] == "RuntimeError: CUDA out of memory"
+
+
+def test_a_nan_metric_fails_the_trial_in_optuna_and_mlflow(store_root, tmp_path):
+    def nan_eval(params, root, curve):
+        fake_pipeline(params, root, curve)
+        (root / "metrics" / "eval.json").write_text('{"debiased": {"valid": {"acc": NaN}}}')
+
+    with pytest.raises(DiffinjectError, match="no complete trial \\(1 failed"):
+        search.run_search(params("s-nan", n_trials=1), repo_root(tmp_path), setup(nan_eval))
+    (run,) = trial_runs("s-nan")
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "debiased.valid.acc is NaN"
+
+
+def test_a_missing_metric_stops_the_search_loudly(store_root, tmp_path):
+    def forgets_eval(params, root, curve):
+        write_curve(root / "curve.csv", 0.5)
+        curve.report(root / "curve.csv")
+
+    root = repo_root(tmp_path)
+    with pytest.raises(runs.MissingMetricError, match="'debiased.valid.acc' not found"):
+        search.run_search(params("s-missing", n_trials=3), root, setup(forgets_eval))
+    assert [t.state for t in load("s-missing", store_root).trials] == [STATE.FAIL]  # stopped at the first
+    assert not (root / "metrics" / "search.json").exists()
+
+
+def test_a_curve_without_the_pruning_column_stops_the_search(store_root, tmp_path):
+    def bad_curve(params, root, curve):
+        (root / "curve.csv").write_text("epoch,valid/acc\n1,0.5\n")
+        curve.report(root / "curve.csv")
+
+    with pytest.raises(runs.MissingMetricError, match="no column 'valid_acc' to prune on"):
+        search.run_search(params("s-badcurve", n_trials=2), repo_root(tmp_path), setup(bad_curve))
+
+
+def test_a_hopeless_trial_is_pruned_before_evaluation(store_root, tmp_path):
+    url = store.optuna_storage_url(None, store_root)
+    storage = search.open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="s-prune", direction="maximize")
+    for h_gamma in (0.6, 0.5, 0.1):  # two good trials, then one whose curve is below their median
+        study.enqueue_trial({"injection.h_gamma": h_gamma, "debiased.bias_conflict_ratio": 0.2, "debiased.lr": 1e-3})
+    root = repo_root(tmp_path)
+    summary = search.run_search(params("s-prune", n_trials=3, pruner="median", pruner_startup_trials=2, keep_trial_dirs=True),
+                                root, setup())
+    trials = load("s-prune", store_root).trials
+    assert [t.state for t in trials] == [STATE.COMPLETE, STATE.COMPLETE, STATE.PRUNED]
+    assert trials[2].intermediate_values == pytest.approx({e: objective_of(
+        {"injection": {"h_gamma": 0.1}, "debiased": {"bias_conflict_ratio": 0.2}}) * e / 3 for e in (1, 2, 3)})
+    trial_dirs = store_root / "mlruns" / "search" / "s-prune"
+    assert (trial_dirs / "trial-1" / "evaluated").exists() and not (trial_dirs / "trial-2" / "evaluated").exists()
+    assert summary["n_trials"]["pruned"] == 1
+    pruned = [r for r in trial_runs("s-prune") if r.data.tags["optuna.trial"] == "2"][0]
+    assert pruned.info.status == "KILLED" and pruned.data.tags["optuna.state"] == "PRUNED"
+
+
+@pytest.mark.parametrize("running_best, reported", [(True, {1: 0.8, 2: 0.8, 3: 0.9}), (False, {1: 0.8, 2: 0.3, 3: 0.9})])
+def test_the_curve_reports_the_running_best_so_a_late_dip_does_not_prune(tmp_path, running_best, reported):
+    (tmp_path / "c.csv").write_text("epoch,valid/acc\n1,0.8\n2,0.3\n3,0.9\n")
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    logged = []
+    search.ValidationCurve(study.ask(), "valid/acc", running_best, logged.append).report(tmp_path / "c.csv")
+    assert study.trials[0].intermediate_values == reported
+    assert [r["valid/acc"] for r in logged[0]] == [0.8, 0.3, 0.9]  # MLflow gets the raw curve
+
+
+def test_no_complete_trial_is_an_error(store_root, tmp_path):
+    def always_fails(params, root, curve):
+        raise ValueError("bad")
+
+    with pytest.raises(DiffinjectError, match="has no complete trial \\(2 failed, 0 pruned\\)"):
+        search.run_search(params("s-allfail", n_trials=2), repo_root(tmp_path), setup(always_fails))
+
+
+@pytest.mark.parametrize("keys, match", [
+    ({"h_gamma": [0.9, 0.1]}, r"'search.h_gamma': got \[0.9, 0.1\], expected \[low, high\]"),
+    ({"lr": [0, 0.1]}, "a log-scale range needs low > 0"),
+    ({"h_gamma": [0.1, 1.5]}, "within \\[0, 1\\]"),
+    ({"study_name": "a b"}, "'search.study_name'"),
+    ({"sampler": "grid"}, "'search.sampler': got 'grid'"),
+])
+def test_bad_search_params_name_the_key(tmp_path, keys, match):
+    with pytest.raises(DiffinjectError, match=match):
+        search.run_search(params("s-bad", **keys), repo_root(tmp_path), setup())
+
+
+def test_the_search_never_optimises_a_test_metric(tmp_path):
+    p = params("s-test")
+    p["registry"]["metric"] = "debiased.test.acc"
+    with pytest.raises(DiffinjectError, match="is on the test split"):
+        search.run_search(p, repo_root(tmp_path), setup())
+
+
+def test_missing_inputs_fail_before_the_study(tmp_path):
+    with pytest.raises(DiffinjectError, match="data/prepared: search input not found"):
+        search.run_search(params("s-noinput"), tmp_path, setup())
+
+
+def test_a_study_of_another_metric_is_not_joined(store_root, tmp_path):
+    search.run_search(params("s-metric", n_trials=1), repo_root(tmp_path / "a"), setup())
+    p = params("s-metric", n_trials=1)
+    p["registry"].update(metric="debiased.valid.dp_gap", direction="minimize")
+    with pytest.raises(DiffinjectError, match="already optimises debiased.valid.acc \\(maximize\\)"):
+        search.run_search(p, repo_root(tmp_path / "b"), setup())
+
+
+def slow_fake_pipeline(params: dict, root: Path, curve: search.ValidationCurve) -> None:
+    time.sleep(1.0)  # long enough for the two workers' trials to overlap
+    fake_pipeline(params, root, curve)
+
+
+def worker(root: str, n_trials: str) -> None:
+    """Entry point of one search process in the two-process test."""
+    search.run_search(params("s-two", n_trials=int(n_trials)), Path(root), setup(slow_fake_pipeline))
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_sqlite_study_record_every_trial_once(tmp_path, monkeypatch):
+    k = 3
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # this test's store, also for the checks below
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it
+    env = dict(os.environ, DVC_ROOT=str(tmp_path), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = []
+    for i in range(2):  # both start on an empty store: schema and study creation race too
+        root = repo_root(tmp_path / f"worker{i}")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", f"from tests.test_search import worker; worker({str(root)!r}, '{k}')"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(outputs)
+    study = load("s-two", tmp_path)
+    assert sorted(t.number for t in study.trials) == list(range(2 * k))
+    assert all(t.state == STATE.COMPLETE for t in study.trials)
+    assert study.user_attrs[search.WORKERS_ATTR] == 2
+    assert sorted(o.split(", worker ")[1][0] for o in outputs) == ["0", "1"]
+    # the two workers drew different random values (seeds 0 and 1)
+    assert len({t.params["injection.h_gamma"] for t in study.trials}) == 2 * k
+    children = trial_runs("s-two", MlflowClient(store.tracking_uri(tmp_path)))
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(2 * k))
+    assert {r.data.tags["diffinject.worker"] for r in children} == {"0", "1"}
+    spans = {w: [(t.datetime_start, t.datetime_complete) for r in children for t in study.trials
+                 if r.data.tags["diffinject.worker"] == w and int(r.data.tags["optuna.trial"]) == t.number] for w in "01"}
+    assert max(s for s, _ in spans["0"] + spans["1"]) < min(max(e for _, e in spans[w]) for w in "01")  # they overlapped
+
+
+def inversions_root(root: Path, prepared: Path, unet, scheduler, n_steps: int) -> Path:
+    """A repository after `dvc repro invert` on the tiny DDPM: prepared data, the model, 20 content and
+    20 style inversions."""
+    from diffinject.data.tensors import load_split
+    from diffinject.diffusion.inversion_store import CONTENT, STYLE, InvertedSet, save_inverted
+    from diffinject.diffusion.model import save_diffusion, to_model_range
+    from diffinject.diffusion.sampler import ddim_invert
+
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "prepared").symlink_to(prepared)
+    save_diffusion(unet, scheduler, root / "models" / "diffusion")
+    train = load_split(prepared, "train")
+    rows = torch.arange(0, 4000, 200)  # 20 images over all classes (the split is sorted by class)
+    with torch.no_grad():
+        c = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(train.images[rows]), n_steps, keep_h=True)
+        s = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(train.images[rows + 1]), n_steps, keep_h=False)
+    (root / "data" / "inversions").mkdir()
+    save_inverted(InvertedSet(c.x_T, train.ids[rows], train.targets[rows], c.hs, c.timesteps), root / "data/inversions" / CONTENT)
+    save_inverted(InvertedSet(s.x_T, train.ids[rows + 1], train.targets[rows + 1]), root / "data/inversions" / STYLE)
+    return root
+
+
+@pytest.mark.slow
+def test_one_real_trial_injects_trains_and_evaluates_on_valid_only(tiny_ddpm, prepared_mnist, tmp_path, monkeypatch):
+    from diffinject.stages import search as search_stage
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "store"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    n_steps = 6
+    root = inversions_root(tmp_path / "repo", prepared_mnist, *tiny_ddpm, n_steps)
+    p = {"seed": 0, "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+         "injection": {"n_inv_step": n_steps, "n_gen_step": n_steps, "n_samples": 20, "batch_size": 10},
+         "debiased": {"epochs": 2, "pool": None}, "evaluate": {"models": ["vanilla", "debiased"]}, "registry": {},
+         "search": {"study_name": "real", "n_trials": 1, "pruner": "none"}}
+    summary = search_stage.run(p, root)
+    assert summary["n_trials"]["complete"] == 1
+    (trial,) = trial_runs("real", MlflowClient(store.tracking_uri(root)))
+    metrics = trial.data.metrics
+    assert metrics["debiased.valid.acc"] == summary["best_value"]
+    # evaluate's valid accuracy is the training run's selected-epoch valid accuracy: same weights, same split
+    assert metrics["debiased.valid.acc"] == pytest.approx(metrics["debiased/valid.acc"], abs=1e-6)
+    assert metrics["debiased/n_pool"] == round(summary["best_params"]["debiased.bias_conflict_ratio"] * 4000)
+    assert metrics["inject/n_samples"] == 20
+    assert not [k for k in metrics if ".test." in k or k.startswith("vanilla.")]  # valid split, searched model only
+    assert not (root / "data" / "synthetic").exists() and not (root / "models" / "debiased").exists()
