@@ -34,12 +34,12 @@ class ClassifierModule(lightning.LightningModule):
 
     `self.net` is the network that is selected, saved and evaluated; subclasses (LfF) may train more.
 
-    Metrics are summed over the epoch in the module and, at its end, stored as `{stage}/{name}` in
+    Performance on CPU, where an MLP step takes only 3-7 ms (benchmarks/classifier_training.py):
+    metrics are summed over the epoch in the module and, at its end, stored as `{stage}/{name}` in
     `self.epoch_metrics` (what EpochSelector records); only `valid/acc` also goes through `self.log`, for
-    the progress bar and any monitoring callback. Lightning's `self.log` costs ~0.7 ms per call on this
-    CPU (it moves its result object to the device on every call), a fifth of an MLP training step: per-step
-    logging made Lightning 40 % slower than a plain loop, and each epoch-end call still costs ~1 % of an
-    epoch (benchmarks/classifier_training.py).
+    the progress bar and any monitoring callback. `self.log` costs ~0.7 ms per call (Lightning moves its
+    result object to the device on every call): logging loss and accuracy every step made training ~30 %
+    slower than a plain loop. Optimisation is manual (`_optimise`) for the same reason.
     """
 
     def __init__(self, net: nn.Module, loss: str = "ce", gce_q: float = DEFAULT_GCE_Q, lr: float = 1e-3,
