@@ -232,3 +232,24 @@ def test_cli_missing_model(root, monkeypatch, capsys):
 def test_unknown_trainer_key_is_named(root):
     with pytest.raises(DiffinjectError, match=r"params 'trainer.gpus': unknown key"):
         vanilla.run(params(trainer={"gpus": 1}), root)
+
+
+def test_mine_and_evaluate_without_bias_labels(tmp_path, prepared_mnist):
+    """User data without bias labels: mining still chooses, reports no precision/recall; evaluate
+    reports accuracy only (no null metrics)."""
+    root = tmp_path / "root"
+    prepared = root / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    manifest = read_manifest(prepared_mnist)
+    manifest["bias"] = pd.array([None] * len(manifest), dtype="Int64")
+    manifest["aligned"] = pd.array([None] * len(manifest), dtype="boolean")
+    write_manifest(manifest, prepared)
+    for split in ("train", "valid", "test"):
+        os.symlink(prepared_mnist / split, prepared / split)
+    cfg = NetConfig("mlp", 10, (3, 28, 28))
+    (root / "models" / "biased").mkdir(parents=True)
+    save_classifier(root / "models" / "biased", build_network(cfg), cfg, {})
+    report = mine.run(params(), root)
+    assert report == {"k": 10, "n_mined": 100, "n_train": 4000}
+    results = evaluate.run(params(evaluate={"models": ["biased"]}), root)
+    assert results["biased"]["test"].keys() == {"acc"}

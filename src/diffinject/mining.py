@@ -16,6 +16,9 @@ import pandas as pd
 from diffinject.errors import DiffinjectError
 
 CONFLICTS_COLUMNS = ("id", "target", "loss", "rank")
+# The loss histogram plot: size in inches at PLOT_DPI (600 x 350 pixels).
+PLOT_SIZE = (6.0, 3.5)
+PLOT_DPI = 100
 
 
 def check_k(targets: np.ndarray, k: int, where: str, param: str = "mine.k") -> None:
@@ -64,12 +67,12 @@ def loss_histogram_png(losses: np.ndarray, conflict: np.ndarray | None, mined: n
 
     losses = np.asarray(losses, dtype=np.float64)
     edges = np.histogram_bin_edges(losses, bins=bins)
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = plt.subplots(figsize=PLOT_SIZE, dpi=PLOT_DPI)
     if conflict is None:
         ax.hist(losses, bins=edges, color="tab:gray", label="train samples (no bias labels)")
     else:
         conflict = np.asarray(conflict, dtype=bool)
-        ax.hist(losses[~conflict], bins=edges, color="tab:blue", alpha=0.6, label=f"bias-aligned ({(~conflict).sum()})")
+        ax.hist(losses[~conflict], bins=edges, color="tab:blue", alpha=0.6, label=f"bias-aligned ({(~conflict).sum()})")  # translucent: conflicts show through
         ax.hist(losses[conflict], bins=edges, color="tab:red", alpha=0.8, label=f"bias-conflicting ({conflict.sum()})")
     mined = np.asarray(mined, dtype=bool)
     ax.hist(losses[mined], bins=edges, histtype="step", color="black", linewidth=1.2, label=f"mined ({mined.sum()})")

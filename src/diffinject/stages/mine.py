@@ -71,10 +71,11 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
         metrics.update(mining_report(mined["id"].to_numpy(), train.ids.numpy(), conflict))
     is_mined = np.isin(train.ids.numpy(), mined["id"].to_numpy())
 
-    with atomic_file(root / CONFLICTS) as tmp:
-        mined.to_csv(tmp, index=False)
+    # The plot first: it is the output most likely to fail, and then nothing else has been written.
     with atomic_file(root / PLOT) as tmp:
         loss_histogram_png(losses, conflict, is_mined, cfg.hist_bins, tmp)
+    with atomic_file(root / CONFLICTS) as tmp:
+        mined.to_csv(tmp, index=False)
     write_json(root / METRICS / "mine.json", metrics)
     report = (f", precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f} "
               f"({metrics['n_found']} of {metrics['n_true_conflicts']} true conflicts)" if conflict is not None else
