@@ -14,7 +14,7 @@ from diffinject.errors import DiffinjectError
 from diffinject.stages import train_diffusion
 
 TINY = {"block_out_channels": [8, 16], "norm_num_groups": 4, "batch_size": 16, "warmup_steps": 2,
-        "sample_grid": 4}
+        "sample_grid": 4, "sample_steps": 10}
 
 
 def _root(tmp_path: Path, prepared: Path) -> Path:

@@ -31,6 +31,7 @@ class DiffusionConfig:
     ema_decay: float = 0.999  # upper bound of the EMA decay (diffusers' EMAModel warm-up ramps up to it)
     checkpoint_every: int = 250  # steps between resumable checkpoints
     sample_grid: int = 64  # images generated from noise for the sample-grid plot
+    sample_steps: int = 1000  # ancestral DDPM steps of that grid (fewer: faster, blurrier)
 
     def check(self) -> None:
         for c in self.block_out_channels:

@@ -3,11 +3,12 @@ fidelity (DESIGN.md: the number to drive up in train_diffusion)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from diffinject.data.colour import nearest_palette_colour
 from diffinject.diffusion.model import to_model_range, to_uint8
@@ -20,15 +21,15 @@ PLAIN_DDIM = dict(h_gamma=0.0, t_edit=0, t_boost=-1, dt_lambda=1.0)
 @torch.no_grad()
 def sample_from_noise(unet: UNet2DModel, scheduler: DDPMScheduler, n: int, n_steps: int,
                       generator: torch.Generator) -> torch.Tensor:
-    """n images (uint8, (n, C, H, W)) by deterministic DDIM from Gaussian noise."""
-    c, s = unet.config.in_channels, unet.config.sample_size
-    x_T = torch.randn((n, c, s, s), generator=generator)
-    config = InjectionConfig(n_gen_step=n_steps, clip_x0=True, **PLAIN_DDIM)
-    sampler = InjectionSampler(unet, scheduler.alphas_cumprod, config)
-    try:
-        return to_uint8(sampler.generate(x_T, None, None))
-    finally:
-        sampler.close()
+    """n images (uint8, (n, C, H, W)) by ancestral DDPM sampling (diffusers' DDPMPipeline) on n_steps.
+
+    Ancestral, not deterministic DDIM: measured on the default CPU model (264 K parameters, 4,000 steps),
+    DDIM from noise at 20-50 steps gives washed-out, colourless shapes or saturated squares, while
+    1,000 ancestral steps give coloured digits; its injected noise corrects the small model's errors."""
+    pipeline = DDPMPipeline(unet=unet, scheduler=copy.deepcopy(scheduler))
+    pipeline.set_progress_bar_config(desc="samples from noise", leave=False)
+    images = pipeline(batch_size=n, generator=generator, num_inference_steps=n_steps, output_type="np").images
+    return torch.from_numpy((images * 255).round().astype(np.uint8)).permute(0, 3, 1, 2)
 
 
 @dataclass

@@ -37,7 +37,7 @@ RESUME = MODELS / ".diffusion-resume"
 PLOTS = METRICS / "plots" / "diffusion"
 # Reconstruction fidelity is measured on this many valid images with the injection's step counts.
 N_RECONSTRUCT = 64
-SAMPLE_STEPS = 20
+DEFAULT_INJECTION_STEPS = 20
 
 
 def resume_key(cfg: DiffusionConfig, seed: int, prepared: Path) -> str:
@@ -105,7 +105,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     metrics["parameters"] = sum(p.numel() for p in unet.parameters())
     # Fidelity of inversion -> reconstruction on valid images, with the injection's default step counts.
     injection = params.get("injection") or {}
-    n_inv, n_gen = int(injection.get("n_inv_step", SAMPLE_STEPS)), int(injection.get("n_gen_step", SAMPLE_STEPS))
+    n_inv, n_gen = int(injection.get("n_inv_step", DEFAULT_INJECTION_STEPS)), int(injection.get("n_gen_step", DEFAULT_INJECTION_STEPS))
     valid = load_split(root / PREPARED, "valid", read_manifest(root / PREPARED))
     generator = torch.Generator().manual_seed(seed)
     subset = valid.images[torch.randperm(len(valid), generator=generator)[:N_RECONSTRUCT]]
@@ -113,7 +113,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     metrics["reconstruction"] = {"mse": round(rec.mse, 5), "n_images": len(subset), "n_inv_step": n_inv, "n_gen_step": n_gen}
     if rec.colour_kept is not None:
         metrics["reconstruction"]["colour_kept"] = rec.colour_kept
-    samples = sample_from_noise(unet, scheduler, cfg.sample_grid, SAMPLE_STEPS, generator)
+    samples = sample_from_noise(unet, scheduler, cfg.sample_grid, cfg.sample_steps, generator)
     with atomic_dir(root / OUT) as tmp:
         save_diffusion(unet, scheduler, tmp)
     save_grid(samples, root / PLOTS / "samples.png", nrow=8)
