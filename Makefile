@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
+# dvc runs each stage's `python -m diffinject ...` through the shell: the venv's python must come first.
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 export PYTHONHASHSEED := 0
 
 .PHONY: pipeline test test-fast install lock clean-venv

@@ -3,11 +3,18 @@
 For each seed s, `prepare` writes a fresh data/prepared with seed s (so the split, the colours and
 which samples conflict change with the seed) into a temporary root, and train_biased, mine, vanilla,
 lff, train_debiased and evaluate run there with `seed: s` — the stages' own `run()` functions, at the
-params of params.yaml plus any `--set section.key=value` overrides. The diffusion stages do not run, so
-train_debiased has no pool (`debiased.pool: null`) unless `--set debiased.pool=PATH` gives one.
+params of params.yaml plus any `--set section.key=value` overrides. Without `--diffusion` the diffusion
+stages do not run, so train_debiased has no pool (`debiased.pool: null`).
 
-    python benchmarks/seeds_table.py                       # seeds 0 1 2, params.yaml
-    python benchmarks/seeds_table.py --set lff.epochs=100  # a variant
+With `--diffusion DIR` (a trained models/diffusion/ folder, e.g. the pipeline's), `invert` and `inject`
+run too with that DDPM, and train_debiased mixes in the synthetic pool: the DiffInject row. The DDPM has
+seen the train images of the split it was trained on, and another seed's split would put some of them
+in valid/test, so in this mode the data stay those of `--data-seed` (default: params.yaml's `seed`, the
+pipeline's split) and only the training seeds (models, mining, style draws, injection noise) change.
+
+    python benchmarks/seeds_table.py                                    # seeds 0 1 2, no pool
+    python benchmarks/seeds_table.py --diffusion models/diffusion       # + DiffInject
+    python benchmarks/seeds_table.py --set lff.epochs=100               # a variant
 
 Prints per-seed rows, then mean ± std; the last line is one JSON object with every figure.
 """
@@ -26,12 +33,15 @@ from pathlib import Path
 import yaml
 
 from diffinject.config import load_params
-from diffinject.stages import evaluate, lff, mine, prepare, train_biased, train_debiased, vanilla
+from diffinject.stages import evaluate, inject, invert, lff, mine, prepare, train_biased, train_debiased, vanilla
+from diffinject.stages.common import MODELS as MODELS_DIR
 from diffinject.stages.common import PREPARED
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINING = (("train_biased", train_biased), ("mine", mine), ("vanilla", vanilla), ("lff", lff),
-            ("train_debiased", train_debiased), ("evaluate", evaluate))
+CLASSIFIERS = (("train_biased", train_biased), ("mine", mine), ("vanilla", vanilla), ("lff", lff))
+INJECTION = (("invert", invert), ("inject", inject))
+DEBIASED = (("train_debiased", train_debiased), ("evaluate", evaluate))
+POOL = "data/synthetic/manifest.parquet"
 MODELS = ("vanilla", "biased", "lff", "debiased")
 
 
@@ -47,15 +57,23 @@ def apply_overrides(params: dict, overrides: list[str]) -> dict:
     return params
 
 
-def run_seed(params: dict, seed: int, root: Path) -> dict:
+def run_seed(params: dict, seed: int, root: Path, data_seed: int | None = None,
+             diffusion: Path | None = None) -> dict:
+    """All stages for one seed in `root`; data from `data_seed` (None: `seed`), injection if `diffusion`."""
     params = dict(params, seed=seed)
     params.setdefault("trainer", {})["enable_progress_bar"] = False
     seconds = {}
     start = time.perf_counter()
-    prepare.run(params, out_dir=root / PREPARED, plots_dir=root / "metrics" / "plots" / "prepare")
+    prepare.run(dict(params, seed=seed if data_seed is None else data_seed), out_dir=root / PREPARED,
+                plots_dir=root / "metrics" / "plots" / "prepare")
     seconds["prepare"] = time.perf_counter() - start
+    stages = CLASSIFIERS + DEBIASED
+    if diffusion is not None:
+        (root / MODELS_DIR).mkdir(parents=True, exist_ok=True)
+        (root / MODELS_DIR / "diffusion").symlink_to(diffusion.resolve())
+        stages = CLASSIFIERS + INJECTION + DEBIASED
     out = {}
-    for name, stage in TRAINING:
+    for name, stage in stages:
         start = time.perf_counter()
         out[name] = stage.run(params, root)
         seconds[name] = time.perf_counter() - start
@@ -64,6 +82,8 @@ def run_seed(params: dict, seed: int, root: Path) -> dict:
         row[f"{model}_test_acc"] = out["evaluate"][model]["test"]["acc"]
         row[f"{model}_test_conflict_acc"] = out["evaluate"][model]["test"]["conflict_acc"]
         row[f"{model}_best_epoch"] = json.loads((root / "metrics" / f"{model}.json").read_text())["best_epoch"]
+    if diffusion is not None:
+        row["inject"] = {k: v for k, v in out["inject"].items() if isinstance(v, (int, float))}
     row["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     return row
 
@@ -73,12 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--diffusion", type=Path, help="a trained models/diffusion/ folder: add invert + inject")
+    parser.add_argument("--data-seed", type=int, help="with --diffusion: the split's seed (default: params' seed)")
     args = parser.parse_args(argv)
-    params = apply_overrides(load_params(args.params), ["debiased.pool=null", *args.overrides])
+    pool = POOL if args.diffusion else "null"
+    params = apply_overrides(load_params(args.params), [f"debiased.pool={pool}", *args.overrides])
+    data_seed = None
+    if args.diffusion is not None:
+        if not (args.diffusion / "unet" / "config.json").is_file():
+            parser.error(f"--diffusion {args.diffusion}: expected a diffusion folder with unet/config.json")
+        data_seed = params["seed"] if args.data_seed is None else args.data_seed
     rows = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix=f"seeds-{seed}-") as tmp:
-            rows.append(run_seed(params, seed, Path(tmp)))
+            rows.append(run_seed(params, seed, Path(tmp), data_seed, args.diffusion))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     keys = ["precision", "recall"] + [f"{m}_test_acc" for m in MODELS]
     print("| seed | mining precision | mining recall | " + " | ".join(f"{m} test acc" for m in MODELS) + " |")
@@ -88,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {k: {"mean": statistics.fmean(r[k] for r in rows),
                    "std": statistics.stdev(r[k] for r in rows) if len(rows) > 1 else 0.0} for k in keys}
     print("| mean ± std | " + " | ".join(f"{summary[k]['mean']:.3f} ± {summary[k]['std']:.3f}" for k in keys) + " |")
-    print(json.dumps({"overrides": args.overrides, "rows": rows, "summary": summary}))
+    print(json.dumps({"overrides": args.overrides, "diffusion": str(args.diffusion) if args.diffusion else None,
+                      "data_seed": data_seed, "rows": rows, "summary": summary}))
     return 0
 
 

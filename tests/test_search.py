@@ -324,3 +324,43 @@ def test_one_real_trial_injects_trains_and_evaluates_on_valid_only(tiny_ddpm, pr
     assert metrics["inject/n_samples"] == 20
     assert not [k for k in metrics if ".test." in k or k.startswith("vanilla.")]  # valid split, searched model only
     assert not (root / "data" / "synthetic").exists() and not (root / "models" / "debiased").exists()
+
+
+class PruneFromEpoch(optuna.pruners.BasePruner):
+    """Prunes every trial once it has reported `epoch` epochs."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def prune(self, study, trial) -> bool:
+        return trial.last_step is not None and trial.last_step >= self.epoch
+
+
+@pytest.mark.parametrize("prune_at, epochs_run", [(2, 2), (99, 4)])
+def test_pruning_stops_the_training_at_the_rejected_epoch(prepared_mnist, prune_at, epochs_run):
+    """The callback reports each validation epoch as it ends, and the pruner's first 'no' ends training."""
+    from diffinject.data.tensors import load_split
+    from diffinject.models.classifier import SELECT_METRIC
+    from diffinject.models.training import TrainConfig, TrainerConfig, train_classifier
+
+    study = optuna.create_study(direction="maximize", pruner=PruneFromEpoch(prune_at))
+    curve = search.ValidationCurve(study.ask(), "valid_acc", True, lambda rows: None)
+    train, valid = load_split(prepared_mnist, "train"), load_split(prepared_mnist, "valid")
+    result = train_classifier(train, valid, 10, TrainConfig(epochs=4, batch_size=512),
+                              TrainerConfig(enable_progress_bar=False), 0, "debiased",
+                              callbacks=[curve.lightning_callback(SELECT_METRIC)])
+    assert len(result.history) == epochs_run
+    assert sorted(study.trials[0].intermediate_values) == list(range(1, epochs_run + 1))
+    assert (curve.pruned_reason is not None) == (epochs_run < 4)
+
+
+def test_pruning_callback_names_a_missing_metric(prepared_mnist):
+    from diffinject.data.tensors import load_split
+    from diffinject.models.training import TrainConfig, TrainerConfig, train_classifier
+
+    study = optuna.create_study(direction="maximize")
+    curve = search.ValidationCurve(study.ask(), "valid_acc", True, lambda rows: None)
+    train, valid = load_split(prepared_mnist, "train"), load_split(prepared_mnist, "valid")
+    with pytest.raises(runs.MissingMetricError, match="'valid/auc' not logged"):
+        train_classifier(train, valid, 10, TrainConfig(epochs=1, batch_size=512), TrainerConfig(enable_progress_bar=False),
+                         0, "debiased", callbacks=[curve.lightning_callback("valid/auc")])

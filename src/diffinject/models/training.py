@@ -192,10 +192,12 @@ def _check_data(train: ImageTensors, valid: ImageTensors) -> None:
 
 
 def fit(module: ClassifierModule, net_cfg: NetConfig, train: ImageTensors, valid: ImageTensors,
-        cfg: OptimConfig, trainer_cfg: TrainerConfig, seed: int) -> FitResult:
-    """Train `module` for cfg.epochs, validating every epoch, and return the selected epoch's weights."""
+        cfg: OptimConfig, trainer_cfg: TrainerConfig, seed: int,
+        callbacks: list[lightning.Callback] | None = None) -> FitResult:
+    """Train `module` for cfg.epochs (or until a callback stops it), validating every epoch, and return
+    the selected epoch's weights."""
     selector = EpochSelector(cfg.select)
-    trainer = build_trainer(trainer_cfg, cfg.epochs, [selector])
+    trainer = build_trainer(trainer_cfg, cfg.epochs, [selector, *(callbacks or [])])
     data = ImageDataModule(train, valid, cfg.batch_size, seed)
     start = time.perf_counter()
     with _quiet_worker_warning():
@@ -210,14 +212,15 @@ def fit(module: ClassifierModule, net_cfg: NetConfig, train: ImageTensors, valid
 
 
 def train_classifier(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: TrainConfig,
-                     trainer_cfg: TrainerConfig, seed: int, section: str) -> FitResult:
+                     trainer_cfg: TrainerConfig, seed: int, section: str,
+                     callbacks: list[lightning.Callback] | None = None) -> FitResult:
     """One network with loss cfg.loss (ce | gce); `section` names the params section in messages."""
     cfg.check(section)
     _check_data(train, valid)
     lightning.seed_everything(seed, workers=True, verbose=False)
     net, net_cfg = build_net(cfg, num_classes, train.shape, section)
     module = ClassifierModule(net, loss=cfg.loss, gce_q=cfg.gce_q, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed)
+    return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed, callbacks)
 
 
 def train_lff(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: LfFConfig,

@@ -33,7 +33,7 @@ CURVE_COLUMN = SELECT_METRIC.replace("/", "_")
 
 def trial_pipeline(params: dict[str, Any], root: Path, curve: ValidationCurve) -> None:
     inject.run(params, root)
-    train_debiased.run(params, root)
+    train_debiased.run(params, root, callbacks=[curve.lightning_callback(SELECT_METRIC)])
     curve.report(root / CURVES / f"{train_debiased.SECTION}.csv")
     evaluate.run(params, root)
 

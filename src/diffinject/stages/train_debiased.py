@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightning
+
 from diffinject.config import load_params, section
 from diffinject.data.tensors import concat, draw_from_pool, load_pool
 from diffinject.models.training import DebiasedConfig, train_classifier
@@ -23,7 +25,8 @@ from diffinject.stages.common import common_inputs, load_training_data, write_tr
 SECTION = "debiased"
 
 
-def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+def run(params: dict[str, Any], root: Path = Path("."), callbacks: list[lightning.Callback] | None = None) -> dict[str, Any]:
+    """`callbacks` join the training's Trainer (the search's pruning callback)."""
     cfg = section(params, SECTION, DebiasedConfig)
     cfg.check(SECTION)
     trainer_cfg, seed = common_inputs(params)
@@ -49,7 +52,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
                   f"drawn {how} of {pool.source}")
             train = concat(data.train, pool.take(draw.rows))
             n_pool = len(draw.rows)
-    result = train_classifier(train, data.valid, data.num_classes, cfg, trainer_cfg, seed, SECTION)
+    result = train_classifier(train, data.valid, data.num_classes, cfg, trainer_cfg, seed, SECTION, callbacks)
     extra = {"n_train": n_train, "n_pool": n_pool}
     return write_training_outputs(root, SECTION, result, cfg, seed, extra)
 

@@ -14,10 +14,9 @@ sampler, trials and seed in `search.*`), optimising the validation metric `regis
   (`search-<study>`; logged here with the client API, not optuna-integration's deprecated callback).
 - A trial whose pipeline raises one of `TRIAL_FAILURES` is recorded FAIL (MLflow: FAILED, with the error)
   and the study goes on. A missing metric is not a trial failure: it stops the search with an error.
-- Pruning: the pipeline hands the validation curve to `ValidationCurve.report` after training; each
-  epoch's (running best) validation accuracy is reported, and a trial the pruner finds hopeless is
-  PRUNED before evaluation. Reported after training, so today a pruned trial saves only its evaluation;
-  stopping inside training needs a callback hook in the training stage.
+- Pruning: the pipeline gives its training `ValidationCurve.lightning_callback`, which reports each
+  epoch's (running best) validation accuracy as it ends; training stops at the first epoch the pruner
+  rejects, and `ValidationCurve.report` then marks the trial PRUNED before evaluation.
 - At the end: metrics/search.json, params.best.yaml, and history / importance / curve plots (also
   artifacts of the study's run).
 """
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import lightning
 import optuna
 import yaml
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -132,13 +132,35 @@ def suggest(trial: optuna.Trial, cfg: SearchConfig) -> dict[str, float]:
 
 
 class ValidationCurve:
-    """Reports a trial's validation curve (one row per epoch) to Optuna and MLflow, and prunes the trial
-    when the pruner finds it hopeless. With `running_best`, epoch e reports the best value up to e (the
-    epoch a `select: best` training keeps), so a late dip does not prune a good trial."""
+    """Reports a trial's validation curve to Optuna and MLflow and prunes the trial when the pruner finds
+    it hopeless. During training, `lightning_callback` reports each epoch as it ends and stops the
+    training at the first epoch the pruner rejects; `report(csv)` then logs the curve the training wrote
+    and raises TrialPruned (a pipeline without the callback gets its whole curve reported there). With
+    `running_best`, epoch e reports the best value up to e (the epoch a `select: best` training keeps),
+    so a late dip does not prune a good trial."""
 
     def __init__(self, trial: optuna.Trial, column: str, running_best: bool, log: Callable[[list[dict[str, float]]], None]):
         self.trial, self.column, self.running_best, self.log = trial, column, running_best, log
         self.maximize = trial.study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self._best: float | None = None
+        self._reported: set[int] = set()
+        self.pruned_reason: str | None = None
+
+    def add(self, epoch: int, value: float) -> bool:
+        """Report one epoch's value; True when the trial should stop (the pruner rejected it)."""
+        if self.running_best and self._best is not None:
+            value = max(self._best, value) if self.maximize else min(self._best, value)
+        self._best = value
+        if epoch not in self._reported:
+            self.trial.report(value, epoch)
+            self._reported.add(epoch)
+        if self.pruned_reason is None and self.trial.should_prune():
+            self.pruned_reason = f"{self.column} {value:.4f} at epoch {epoch} is below the pruner's threshold"
+        return self.pruned_reason is not None
+
+    def lightning_callback(self, monitor: str) -> lightning.Callback:
+        """A callback reporting the logged metric `monitor` after every validation epoch."""
+        return PruneDuringTraining(self, monitor)
 
     def report(self, curve_csv: Path) -> None:
         if not curve_csv.is_file():
@@ -148,16 +170,34 @@ class ValidationCurve:
             have = ", ".join(rows[0]) if rows else "no rows"
             raise MissingMetricError(f"{curve_csv}: no column {self.column!r} to prune on (columns: {have})")
         self.log(rows)
-        best = None
-        for row in rows:
-            value = row[self.column]
-            if self.running_best and best is not None:
-                value = max(best, value) if self.maximize else min(best, value)
-            best = value
-            self.trial.report(value, int(row[runs.CURVE_STEP]))
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"{self.column} {best:.4f} at epoch {int(rows[-1][runs.CURVE_STEP])} "
-                                     "is below the pruner's threshold")
+        if not self._reported:  # no callback during training: report the whole curve now
+            for row in rows:
+                self.add(int(row[runs.CURVE_STEP]), row[self.column])
+        if self.pruned_reason is not None:
+            raise optuna.TrialPruned(self.pruned_reason)
+
+
+class PruneDuringTraining(lightning.Callback):
+    """Stops a trial's training at the first epoch the pruner rejects, so a hopeless trial costs only the
+    epochs it took to see that. Rank zero talks to Optuna; the decision is broadcast to every rank."""
+
+    def __init__(self, curve: ValidationCurve, monitor: str):
+        self.curve, self.monitor = curve, monitor
+
+    # on_validation_end, like Lightning's EarlyStopping: it runs after the module's on_validation_epoch_end
+    # has logged the epoch's metric (callbacks' on_validation_epoch_end run before the module's).
+    def on_validation_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        stop = False
+        if trainer.is_global_zero:
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is None:
+                have = ", ".join(sorted(trainer.callback_metrics)) or "none"
+                raise MissingMetricError(f"validation metric {self.monitor!r} not logged by the training (logged: {have})")
+            stop = self.curve.add(trainer.current_epoch + 1, float(value))
+        if trainer.strategy.broadcast(stop):
+            trainer.should_stop = True
 
 
 # pipeline(params, trial_root, curve): run the trial's stages in trial_root and call curve.report(csv)
