@@ -4,7 +4,10 @@ The official DiffStyle/DiffInject code handles one (content, style) pair at a ti
 loads the model for the pair, DDIM-inverts the content (recomputing its h) and the style, then
 generates. Ours inverts every content and style image once, in batches, and generates all pairs in
 batches from the cache. Same UNet, steps and pairs; images per second of each and their ratio, side by
-side in one run. Peak RSS of `invert` and `inject` alone is measured in subprocesses.
+side in one run. The pairs have the default pipeline's shape: 400 samples from 100 mined contents and
+200 style images, so each content serves 4 pairs and each style 2 (`make_pairs`, as `inject` draws
+them); the reference's time is measured on the first pairs and reported per image. Peak RSS of
+inverting and of generating alone is measured in subprocesses.
 
     python benchmarks/injection_speed.py [--quick] [--model models/diffusion]
 
@@ -42,37 +45,52 @@ def _setup(model: str | None, tmp: Path) -> Path:
     return tmp / "diffusion"
 
 
+# The default pipeline's pool: injection.n_samples 400 from mine.k 10 x 10 contents, 20 x 10 styles.
+PAIRS_PER_CONTENT, PAIRS_PER_STYLE = 4, 2
+
+
 def _images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n distinct train images (the first half of them go to contents in `_workload`)."""
     from diffinject.data.prepare import DataConfig, prepare
     from diffinject.data.tensors import load_split
 
     with tempfile.TemporaryDirectory() as d:
         prepare(DataConfig(), 0, Path(d))
         train = load_split(d, "train")
-    g = torch.Generator().manual_seed(0)
-    rows = torch.randperm(len(train), generator=g)[: 2 * n]
-    return train.images[rows[:n]], train.images[rows[n:]]  # content, style
+    rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
+    return train.images[rows], train.targets[rows]
 
 
-def reference_loop(model_dir: Path, contents, styles, cfg) -> float:
+def _workload(n_pairs: int):
+    """contents, styles (uint8) and the pairs (indices into them) of an n_pairs-image pool."""
+    from diffinject.diffusion.injection import make_pairs
+
+    n_content, n_style = n_pairs // PAIRS_PER_CONTENT, n_pairs // PAIRS_PER_STYLE
+    images, targets = _images(n_content + n_style)
+    contents, styles = images[:n_content], images[n_content:]
+    pairs = make_pairs(targets[:n_content].numpy(), targets[n_content:].numpy(), n_pairs, seed=0)
+    return contents, styles, torch.as_tensor(pairs.content), torch.as_tensor(pairs.style)
+
+
+def reference_loop(model_dir: Path, contents, styles, pair_content, pair_style, cfg) -> float:
     """One pair at a time, batch 1, model loaded per pair, content h recomputed per pair."""
     from diffinject.diffusion.model import load_diffusion, to_model_range, to_uint8
     from diffinject.diffusion.sampler import InjectionSampler, ddim_invert
 
     start = time.perf_counter()
-    for k in range(len(contents)):
+    for k, (ci, si) in enumerate(zip(pair_content.tolist(), pair_style.tolist())):
         unet, scheduler = load_diffusion(model_dir)
         unet.eval()
         with torch.no_grad():
-            c = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(contents[k:k + 1]), cfg.n_gen_step, keep_h=True)
-            s = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(styles[k:k + 1]), cfg.n_gen_step, keep_h=False)
+            c = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(contents[ci:ci + 1]), cfg.n_gen_step, keep_h=True)
+            s = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(styles[si:si + 1]), cfg.n_gen_step, keep_h=False)
             sampler = InjectionSampler(unet, scheduler.alphas_cumprod, cfg)
             to_uint8(sampler.generate(s.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(k)))
             sampler.close()
     return time.perf_counter() - start
 
 
-def ours(model_dir: Path, contents, styles, cfg, batch_size: int) -> tuple[float, float, float]:
+def ours(model_dir: Path, contents, styles, pair_content, pair_style, cfg, batch_size: int) -> tuple[float, float, float]:
     """Batched inversion of every image once, then batched generation of all pairs from the cache."""
     from diffinject.diffusion.model import load_diffusion, to_model_range, to_uint8
     from diffinject.diffusion.sampler import InjectionSampler, ddim_invert
@@ -80,17 +98,17 @@ def ours(model_dir: Path, contents, styles, cfg, batch_size: int) -> tuple[float
     start = time.perf_counter()
     unet, scheduler = load_diffusion(model_dir)
     unet.eval()
-    hs, c_T, s_T = [], [], []
     with torch.no_grad():
-        for b in range(0, len(contents), batch_size):
-            c = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(contents[b:b + batch_size]), cfg.n_gen_step, keep_h=True)
-            s = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(styles[b:b + batch_size]), cfg.n_gen_step, keep_h=False)
-            hs.append(c.hs), c_T.append(c.x_T), s_T.append(s.x_T)
-        timesteps = c.timesteps
+        c_inv = [ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(contents[b:b + batch_size]), cfg.n_gen_step, keep_h=True)
+                 for b in range(0, len(contents), batch_size)]
+        s_T = torch.cat([ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(styles[b:b + batch_size]), cfg.n_gen_step,
+                                     keep_h=False).x_T for b in range(0, len(styles), batch_size)])
+        hs, timesteps = torch.cat([c.hs for c in c_inv], 1), c_inv[0].timesteps  # (n_inv, N, c, h, w)
         inverted = time.perf_counter()
         sampler = InjectionSampler(unet, scheduler.alphas_cumprod, cfg)
-        for i, b in enumerate(range(0, len(contents), batch_size)):
-            to_uint8(sampler.generate(s_T[i], hs[i], timesteps, torch.Generator().manual_seed(i)))
+        for i, b in enumerate(range(0, len(pair_content), batch_size)):
+            ci, si = pair_content[b:b + batch_size], pair_style[b:b + batch_size]
+            to_uint8(sampler.generate(s_T[si], hs[:, ci], timesteps, torch.Generator().manual_seed(i)))
         sampler.close()
     end = time.perf_counter()
     return end - start, inverted - start, end - inverted
@@ -107,7 +125,7 @@ def _child(kind: str, model_dir: str, n: int, batch_size: int) -> None:
     from diffinject.diffusion.model import load_diffusion, to_model_range
     from diffinject.diffusion.sampler import InjectionSampler, ddim_invert
 
-    contents, styles = _images(n)
+    contents, _ = _images(n)
     cfg = InjectionParams().sampler_config()
     unet, scheduler = load_diffusion(model_dir)
     unet.eval()
@@ -123,22 +141,23 @@ def _child(kind: str, model_dir: str, n: int, batch_size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="16 pairs instead of 128")
+    parser.add_argument("--quick", action="store_true", help="64 pairs instead of 400")
     parser.add_argument("--model", default=None, help="a diffusers UNet folder (default: untrained default architecture)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     from diffinject.diffusion.injection import InjectionParams
 
-    n_pairs = 16 if args.quick else 128
-    n_reference = 4 if args.quick else 16  # the reference is slow: time a subset, report per image
+    n_pairs = 64 if args.quick else 400
+    n_reference = 4 if args.quick else 16  # the reference is slow: time the first pairs, report per image
     cfg = InjectionParams().sampler_config()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = _setup(args.model, Path(tmp))
-        contents, styles = _images(n_pairs)
-        ref_seconds = reference_loop(model_dir, contents[:n_reference], styles[:n_reference], cfg)
-        total, inv_s, gen_s = ours(model_dir, contents, styles, cfg, args.batch_size)
-        peak_invert = _peak_child("invert", model_dir, n_pairs, args.batch_size)
-        peak_inject = _peak_child("inject", model_dir, n_pairs, args.batch_size)
+        contents, styles, pair_content, pair_style = _workload(n_pairs)
+        ref_seconds = reference_loop(model_dir, contents, styles, pair_content[:n_reference], pair_style[:n_reference], cfg)
+        total, inv_s, gen_s = ours(model_dir, contents, styles, pair_content, pair_style, cfg, args.batch_size)
+        n_inverted = len(contents) + len(styles)
+        peak_invert = _peak_child("invert", model_dir, n_inverted, args.batch_size)
+        peak_inject = _peak_child("inject", model_dir, n_inverted, args.batch_size)
     ref_ips, our_ips = n_reference / ref_seconds, n_pairs / total
     result = {
         "benchmark": "injection_speed",
@@ -148,6 +167,8 @@ def main() -> None:
         "reference_pairs": n_reference,
         "reference_images_per_s": round(ref_ips, 3),
         "ours_pairs": n_pairs,
+        "ours_contents": len(contents),
+        "ours_styles": len(styles),
         "ours_images_per_s": round(our_ips, 3),
         "speedup": round(our_ips / ref_ips, 1),
         "ours_invert_seconds_per_pair": round(inv_s / n_pairs, 4),

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _idx_subset import write_idx_subset  # benchmarks/ is on sys.path: run as python benchmarks/NAME.py
+
 DEFAULT_PATH = "/usr/share/datasets/fashion-mnist"
 QUICK_IMAGES = 7000
 
@@ -67,24 +69,6 @@ def _measure(kind: str, src: str, out: str, limit: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _subset(src: str, n: int, dest: Path) -> str:
-    """Write the first n training images (and a proportional t10k part) of an IDX folder."""
-    import gzip
-    import struct
-
-    from diffinject.data.sources import load_idx_folder
-
-    grey = load_idx_folder(src)
-    test = grey.official_test
-    for part, mask in (("train", ~test), ("t10k", test)):
-        k = int(n * mask.mean())
-        imgs, labels = grey.images[mask][:k], grey.targets[mask][:k].astype("uint8")
-        for kind, arr in (("images-idx3", imgs), ("labels-idx1", labels)):
-            header = bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", s) for s in arr.shape)
-            (dest / f"{part}-{kind}-ubyte.gz").write_bytes(gzip.compress(header + arr.tobytes(), 1))
-    return str(dest)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"use {QUICK_IMAGES} images instead of all")
@@ -94,7 +78,7 @@ def main() -> None:
         raise SystemExit(f"{args.path}: not found (apt-get install dataset-fashion-mnist, or pass --path)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        src = _subset(args.path, QUICK_IMAGES, tmp) if args.quick else args.path
+        src = write_idx_subset(args.path, QUICK_IMAGES, tmp) if args.quick else args.path
         (tmp / "bare").mkdir()
         (tmp / "prepared").mkdir()
         bare = _measure("bare_png_loop", src, str(tmp / "bare"), 0)

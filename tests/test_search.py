@@ -244,8 +244,13 @@ def slow_fake_pipeline(params: dict, root: Path, curve: search.ValidationCurve) 
     fake_pipeline(params, root, curve)
 
 
-def worker(root: str, n_trials: str) -> None:
-    """Entry point of one search process in the two-process test."""
+def worker(root: str, n_trials: str, barrier: str, index: int) -> None:
+    """Entry point of one search process in the two-process test. Both wait at a file barrier first:
+    their imports take seconds and vary under load, and the test wants their trials to overlap."""
+    (Path(barrier) / f"ready-{index}").touch()
+    deadline = time.monotonic() + 120
+    while len(list(Path(barrier).glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     search.run_search(params("s-two", n_trials=int(n_trials)), Path(root), setup(slow_fake_pipeline))
 
 
@@ -257,10 +262,12 @@ def test_two_processes_on_one_sqlite_study_record_every_trial_once(tmp_path, mon
     env = dict(os.environ, DVC_ROOT=str(tmp_path), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     env.pop("MLFLOW_TRACKING_URI", None)
     procs = []
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     for i in range(2):  # both start on an empty store: schema and study creation race too
         root = repo_root(tmp_path / f"worker{i}")
         procs.append(subprocess.Popen(
-            [sys.executable, "-c", f"from tests.test_search import worker; worker({str(root)!r}, '{k}')"],
+            [sys.executable, "-c", f"from tests.test_search import worker; worker({str(root)!r}, '{k}', {str(barrier)!r}, {i})"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(outputs)

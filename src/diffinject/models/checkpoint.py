@@ -5,7 +5,6 @@ summary of the training run)."""
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from diffinject.errors import DiffinjectError
-from diffinject.models.networks import NetConfig, build_network, first_line
+from diffinject.models.networks import NetConfig, build_network, read_state_dict
 
 WEIGHTS_NAME = "model.pt"
 CONFIG_NAME = "model.json"
@@ -69,15 +68,7 @@ def load_classifier(
             f"{model_dir}: checkpoint takes images of shape {tuple(cfg.image_shape)} (C, H, W), the data has {tuple(image_shape)}"
         )
     net = build_network(cfg)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        # weights_only=True refuses anything but tensors and plain containers: never unpickle code.
-        raise DiffinjectError(
-            f"{weights}: not a loadable weights-only state_dict (torch.load(weights_only=True): {first_line(exc)})"
-        ) from exc
-    if not isinstance(state, dict):
-        raise DiffinjectError(f"{weights}: expected a state_dict, got {type(state).__name__}")
+    state = read_state_dict(weights)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:

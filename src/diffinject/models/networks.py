@@ -81,14 +81,8 @@ def build_network(cfg: NetConfig) -> nn.Module:
     return ResNet18(cfg.num_classes, channels)
 
 
-def load_imagenet_weights(net: nn.Module, path: str | Path, param: str) -> None:
-    """Load a local torchvision resnet18 ImageNet state_dict (e.g. resnet18-f37072fd.pth) into every
-    layer but the classification head. `param` names the parameter that gave the path."""
-    path = Path(path)
-    if not isinstance(net, ResNet18):
-        raise DiffinjectError(f"params '{param}': pretrained weights are for resnet18 only (got a {type(net).__name__})")
-    if not path.is_file():
-        raise DiffinjectError(f"params '{param}': {path} not found (expected a torchvision resnet18 state_dict .pth)")
+def read_state_dict(path: Path) -> dict:
+    """A state_dict file, loaded with weights_only=True; anything else is a one-line DiffinjectError."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
@@ -98,6 +92,18 @@ def load_imagenet_weights(net: nn.Module, path: str | Path, param: str) -> None:
         ) from exc
     if not isinstance(state, dict):
         raise DiffinjectError(f"{path}: expected a state_dict (a mapping of tensors), got {type(state).__name__}")
+    return state
+
+
+def load_imagenet_weights(net: nn.Module, path: str | Path, param: str) -> None:
+    """Load a local torchvision resnet18 ImageNet state_dict (e.g. resnet18-f37072fd.pth) into every
+    layer but the classification head. `param` names the parameter that gave the path."""
+    path = Path(path)
+    if not isinstance(net, ResNet18):
+        raise DiffinjectError(f"params '{param}': pretrained weights are for resnet18 only (got a {type(net).__name__})")
+    if not path.is_file():
+        raise DiffinjectError(f"params '{param}': {path} not found (expected a torchvision resnet18 state_dict .pth)")
+    state = read_state_dict(path)
     body = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = net.body.load_state_dict(body, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from diffinject.config import section, seed_of
 from diffinject.data.manifest import read_manifest
@@ -92,11 +92,13 @@ def common_inputs(params: dict[str, Any]) -> tuple[TrainerConfig, int]:
     return trainer_cfg, seed_of(params)
 
 
-def classifier_stage(params: dict[str, Any], name: str, root: Path) -> dict[str, Any]:
-    """train_biased and vanilla: one network with the loss of params section `name`."""
-    cfg = section(params, name, TrainConfig)
+def classifier_stage(params: dict[str, Any], name: str, root: Path, config_class: type = TrainConfig,
+                     train: Callable[..., FitResult] = train_classifier) -> dict[str, Any]:
+    """train_biased, vanilla (one network with the loss of params section `name`) and, with
+    (LfFConfig, train_lff), lff: train on the prepared train split, select on valid, write the outputs."""
+    cfg = section(params, name, config_class)
     cfg.check(name)
     trainer_cfg, seed = common_inputs(params)
     data = load_training_data(root)
-    result = train_classifier(data.train, data.valid, data.num_classes, cfg, trainer_cfg, seed, name)
+    result = train(data.train, data.valid, data.num_classes, cfg, trainer_cfg, seed, name)
     return write_training_outputs(root, name, result, cfg, seed)

@@ -9,20 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params, section
+from diffinject.config import load_params
 from diffinject.models.training import LfFConfig, train_lff
-from diffinject.stages.common import common_inputs, load_training_data, write_training_outputs
+from diffinject.stages.common import classifier_stage
 
 SECTION = "lff"
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    cfg = section(params, SECTION, LfFConfig)
-    cfg.check(SECTION)
-    trainer_cfg, seed = common_inputs(params)
-    data = load_training_data(root)
-    result = train_lff(data.train, data.valid, data.num_classes, cfg, trainer_cfg, seed, SECTION)
-    return write_training_outputs(root, SECTION, result, cfg, seed)
+    return classifier_stage(params, SECTION, root, LfFConfig, train_lff)
 
 
 def main(params_path: str = "params.yaml") -> None:
