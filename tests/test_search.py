@@ -176,7 +176,8 @@ def test_a_hopeless_trial_is_pruned_before_evaluation(store_root, tmp_path):
     for h_gamma in (0.6, 0.5, 0.1):  # two good trials, then one whose curve is below their median
         study.enqueue_trial({"injection.h_gamma": h_gamma, "debiased.bias_conflict_ratio": 0.2, "debiased.lr": 1e-3})
     root = repo_root(tmp_path)
-    summary = search.run_search(params("s-prune", n_trials=3, pruner="median", pruner_startup_trials=2, keep_trial_dirs=True),
+    summary = search.run_search(params("s-prune", n_trials=3, pruner="median", pruner_startup_trials=2, pruner_warmup_epochs=0,
+                                       keep_trial_dirs=True),
                                 root, setup())
     trials = load("s-prune", store_root).trials
     assert [t.state for t in trials] == [STATE.COMPLETE, STATE.COMPLETE, STATE.PRUNED]

@@ -87,6 +87,7 @@ class SearchConfig:
     lr: list[float] = field(default_factory=lambda: [1e-4, 1e-2])  # log scale
     pruner: Literal["median", "none"] = "median"
     pruner_startup_trials: int = 3  # complete trials before the median pruner prunes any
+    pruner_warmup_epochs: int = 5  # epochs of a trial's curve before it may be pruned (early epochs are noisy)
     keep_trial_dirs: bool = False  # keep mlruns/search/<study>/trial-<n>/ (synthetic set, model) after a trial
 
     def check(self) -> None:
@@ -94,6 +95,8 @@ class SearchConfig:
             raise DiffinjectError(f"params '{SECTION}.study_name': got {self.study_name!r}, expected letters, digits, _ . -")
         if self.n_trials < 1:
             raise DiffinjectError(f"params '{SECTION}.n_trials' (or --n-trials): got {self.n_trials}, expected >= 1")
+        if self.pruner_warmup_epochs < 0:
+            raise DiffinjectError(f"params '{SECTION}.pruner_warmup_epochs': got {self.pruner_warmup_epochs}, expected >= 0")
         if self.pruner_startup_trials < 0:
             raise DiffinjectError(f"params '{SECTION}.pruner_startup_trials': got {self.pruner_startup_trials}, expected >= 0")
         for key, (_, log) in SPACE.items():
@@ -250,7 +253,7 @@ def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def make_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
     if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials)
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_epochs)
     return optuna.pruners.NopPruner()
 
 
