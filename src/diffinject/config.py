@@ -96,6 +96,15 @@ def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
     return build_config(cls, params.get(name), name)
 
 
+def check_at_least(config: Any, section_name: str, minimum: float, *keys: str, strict: bool = False) -> None:
+    """Every `keys` attribute of `config` must be >= minimum (> minimum with `strict`); else a one-line
+    error naming the dotted parameter, the value and the bound."""
+    for key in keys:
+        value = getattr(config, key)
+        if value <= minimum if strict else value < minimum:
+            raise DiffinjectError(f"params '{section_name}.{key}': got {value}, expected {'>' if strict else '>='} {minimum}")
+
+
 def seed_of(params: dict[str, Any]) -> int:
     seed = params.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):

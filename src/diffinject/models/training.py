@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import nn
 
+from diffinject.config import check_at_least
 from diffinject.data.tensors import ImageDataModule, ImageTensors, make_loader
 from diffinject.errors import DiffinjectError
 from diffinject.models.classifier import SELECT_MODES, ClassifierModule, EpochSelector, TrainProgressBar
@@ -69,14 +70,9 @@ class OptimConfig:
     select: Literal["best", "last"] = "best"  # epoch kept: best validation accuracy, or the last one
 
     def check(self, section: str) -> None:
-        if self.lr <= 0:
-            raise DiffinjectError(f"params '{section}.lr': got {self.lr}, expected > 0")
-        if self.weight_decay < 0:
-            raise DiffinjectError(f"params '{section}.weight_decay': got {self.weight_decay}, expected >= 0")
-        if self.batch_size < 1:
-            raise DiffinjectError(f"params '{section}.batch_size': got {self.batch_size}, expected >= 1")
-        if self.epochs < 1:
-            raise DiffinjectError(f"params '{section}.epochs': got {self.epochs}, expected >= 1")
+        check_at_least(self, section, 0, "lr", strict=True)
+        check_at_least(self, section, 0, "weight_decay")
+        check_at_least(self, section, 1, "batch_size", "epochs")
         if self.select not in SELECT_MODES:
             raise DiffinjectError(f"params '{section}.select': got {self.select!r}, expected one of {', '.join(SELECT_MODES)}")
         if self.pretrained is not None and self.model != "resnet18":

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diffinject.config import load_params, section
+from diffinject.config import check_at_least, load_params, section
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.errors import DiffinjectError
@@ -47,8 +47,7 @@ class EvaluateConfig:
         for split in self.splits:
             if split not in EVAL_SPLITS:
                 raise DiffinjectError(f"params '{SECTION}.splits': got {split!r}, expected some of {', '.join(EVAL_SPLITS)}")
-        if self.batch_size < 1:
-            raise DiffinjectError(f"params '{SECTION}.batch_size': got {self.batch_size}, expected >= 1")
+        check_at_least(self, SECTION, 1, "batch_size")
 
 
 def _bias_columns(rows: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -52,10 +52,11 @@ def work_dir(root: Path, cfg: InjectionParams, seed: int) -> Path:
     return root / "data" / f".synthetic-partial-{digest.hexdigest()[:16]}"
 
 
-def quality_report(root: Path, pool: pd.DataFrame, images: torch.Tensor, trainer_cfg) -> dict[str, Any]:
-    """metrics/inject.json; parts whose model or labels are missing are left out with a note."""
+def quality_report(root: Path, manifest: pd.DataFrame, pool: pd.DataFrame, images: torch.Tensor,
+                   trainer_cfg) -> dict[str, Any]:
+    """metrics/inject.json; parts whose model or labels are missing are left out with a note.
+    `manifest` is data/prepared's (already read by the stage)."""
     prepared = root / PREPARED
-    manifest = read_manifest(prepared)
     info = json.loads((prepared / INFO_NAME).read_text()) if (prepared / INFO_NAME).is_file() else {}
     n_classes = num_classes_of(manifest)
     targets = pool["target"].to_numpy()
@@ -128,7 +129,7 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
         images[: len(shown)],
     ], 1).flatten(0, 1)
     save_grid(triples, root / PLOTS / "content_style_injected.png", nrow=6)
-    report = quality_report(root, pool, images, trainer_cfg)
+    report = quality_report(root, manifest, pool, images, trainer_cfg)
     report.update(seconds=round(seconds, 2), seconds_per_image=round(seconds / max(1, n), 4))
     write_json(root / METRICS / "inject.json", report)
     print(f"inject: {n} synthetic samples in {seconds:.1f} s -> {root / OUT}; quality {report}")

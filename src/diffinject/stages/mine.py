@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch.nn.functional as F
 
-from diffinject.config import load_params, section
+from diffinject.config import check_at_least, load_params, section
 from diffinject.data.manifest import MANIFEST_NAME, read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.errors import DiffinjectError
@@ -38,10 +38,7 @@ class MineConfig:
     hist_bins: int = 50  # bins of the loss histogram plot
 
     def check(self) -> None:
-        if self.batch_size < 1:
-            raise DiffinjectError(f"params '{SECTION}.batch_size': got {self.batch_size}, expected >= 1")
-        if self.hist_bins < 1:
-            raise DiffinjectError(f"params '{SECTION}.hist_bins': got {self.hist_bins}, expected >= 1")
+        check_at_least(self, SECTION, 1, "batch_size", "hist_bins")
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:

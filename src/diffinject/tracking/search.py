@@ -40,7 +40,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
-from diffinject.config import section, seed_of
+from diffinject.config import check_at_least, section, seed_of
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_file, write_json
 from diffinject.tracking import runs, store
@@ -95,10 +95,7 @@ class SearchConfig:
             raise DiffinjectError(f"params '{SECTION}.study_name': got {self.study_name!r}, expected letters, digits, _ . -")
         if self.n_trials < 1:
             raise DiffinjectError(f"params '{SECTION}.n_trials' (or --n-trials): got {self.n_trials}, expected >= 1")
-        if self.pruner_warmup_epochs < 0:
-            raise DiffinjectError(f"params '{SECTION}.pruner_warmup_epochs': got {self.pruner_warmup_epochs}, expected >= 0")
-        if self.pruner_startup_trials < 0:
-            raise DiffinjectError(f"params '{SECTION}.pruner_startup_trials': got {self.pruner_startup_trials}, expected >= 0")
+        check_at_least(self, SECTION, 0, "pruner_warmup_epochs", "pruner_startup_trials")
         for key, (_, log) in SPACE.items():
             bounds = getattr(self, key)
             if len(bounds) != 2 or not bounds[0] < bounds[1]:
