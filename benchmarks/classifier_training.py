@@ -51,10 +51,30 @@ MEMORY_EPOCHS = 2
 # Throughput again on the prepared Fashion-MNIST train split (~53,000 images), where Lightning's fixed
 # per-epoch cost is spread over 13x more samples than on the 4,000-image Colored MNIST.
 FASHION_EPOCHS, FASHION_REPEATS = 3, 3
+NVML_CHECK_VAR = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+@contextlib.contextmanager
+def without_lightning_environment():
+    """The environment of a script that never imports Lightning: Lightning sets
+    PYTORCH_NVML_BASED_CUDA_CHECK=1 at import, which makes every Adam step probe NVML (see
+    diffinject.devices.skip_failing_nvml_probe), a cost a plain PyTorch script does not pay."""
+    saved = os.environ.pop(NVML_CHECK_VAR, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[NVML_CHECK_VAR] = saved
 
 
 def plain_loop(train, valid, num_classes: int, cfg, seed: int) -> float:
-    """The same work as `train_classifier`, written out by hand; returns wall seconds."""
+    """The same work as `train_classifier`, written out by hand, in a plain script's environment;
+    returns wall seconds."""
+    with without_lightning_environment():
+        return _plain_loop(train, valid, num_classes, cfg, seed)
+
+
+def _plain_loop(train, valid, num_classes: int, cfg, seed: int) -> float:
     import lightning
     import torch
 

@@ -12,6 +12,7 @@ import torch
 from diffinject.data.tensors import load_split
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, InvertedSet, save_inverted
 from diffinject.diffusion.model import save_diffusion, to_model_range
+from diffinject.diffusion.precision import autocast
 from diffinject.diffusion.quality import PLAIN_DDIM, reconstruct
 from diffinject.diffusion.sampler import InjectionConfig, InjectionSampler, ddim_invert
 from diffinject.stages import inject
@@ -98,3 +99,21 @@ def test_inject_resumes_to_identical_files(tiny_ddpm, prepared_mnist, tmp_path):
     inject.run(params, root=resumed)
     assert not list((resumed / "data").glob(".synthetic-partial-*"))
     assert _hashes(whole / "data" / "synthetic") == _hashes(resumed / "data" / "synthetic")
+
+
+def test_bf16_autocast_keeps_reconstruction_and_fp32_outputs(tiny_ddpm, prepared_mnist):
+    """diffusion.precision bf16-mixed: the network runs in bf16, but ε, the captured h and the DDIM
+    updates stay fp32, and inversion -> generation still reconstructs within the same bound."""
+    unet, scheduler = tiny_ddpm
+    images = load_split(prepared_mnist, "valid").images[:16]
+    x0 = to_model_range(images[:4])
+    with autocast("bf16-mixed", torch.device("cpu")):
+        rec = reconstruct(unet, scheduler, images, RECONSTRUCTION_STEPS, RECONSTRUCTION_STEPS)
+        inv = ddim_invert(unet, scheduler.alphas_cumprod, x0, 5, keep_h=True)
+        sampler = InjectionSampler(unet, scheduler.alphas_cumprod, InjectionConfig(n_gen_step=5, h_gamma=0.5, t_boost=-1))
+        out = sampler.generate(inv.x_T, inv.hs.flip(1), inv.timesteps)
+        sampler.close()
+    assert rec.mse < RECONSTRUCTION_MSE_BOUND
+    assert inv.x_T.dtype == inv.hs.dtype == out.dtype == torch.float32
+    fp32 = reconstruct(unet, scheduler, images, RECONSTRUCTION_STEPS, RECONSTRUCTION_STEPS)
+    assert abs(rec.mse - fp32.mse) < 0.5 * fp32.mse  # same reconstruction quality, not just "below the bound"

@@ -56,14 +56,17 @@ class HSpaceHook:
         self.captured: torch.Tensor | None = None
 
     def _on_mid_block(self, module: nn.Module, inputs: tuple, h: torch.Tensor) -> torch.Tensor | None:
+        # h is bf16/fp16 under mixed precision (diffusion.precision); capture and slerp it in fp32
+        # (acos of a cosine near 1 loses everything in bf16) and hand the decoder its own dtype back.
         if self._capturing:
-            self.captured = h.detach()
+            self.captured = h.detach().float()
         if self._content is None:
             return None
-        content = self._content.to(device=h.device, dtype=h.dtype)
+        content = self._content.to(device=h.device, dtype=torch.float32)
         if content.shape != h.shape:
             raise ValueError(f"content h has shape {tuple(content.shape)}, the mid block produced {tuple(h.shape)}")
-        return slerp(h, rescale_to(content, h), self._gamma)
+        h32 = h.float()
+        return slerp(h32, rescale_to(content, h32), self._gamma).to(h.dtype)
 
     @contextlib.contextmanager
     def capture(self) -> Iterator["HSpaceHook"]:

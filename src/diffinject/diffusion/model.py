@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from diffinject.diffusion.precision import PRECISIONS
 from diffinject.errors import DiffinjectError
 
 UNET_DIR = "unet"
@@ -32,12 +33,15 @@ class DiffusionConfig:
     checkpoint_every: int = 250  # steps between resumable checkpoints
     sample_grid: int = 64  # images generated from noise for the sample-grid plot
     sample_steps: int = 1000  # ancestral DDPM steps of that grid (fewer: faster, blurrier)
+    precision: str = "auto"  # DDPM training and inference: auto | 32-true | bf16-mixed | 16-mixed (precision.py)
 
     def check(self) -> None:
         for c in self.block_out_channels:
             if c % self.norm_num_groups:
                 raise DiffinjectError(
                     f"params 'diffusion.norm_num_groups': {self.norm_num_groups} does not divide block channels {self.block_out_channels}")
+        if self.precision not in PRECISIONS:
+            raise DiffinjectError(f"params 'diffusion.precision': got {self.precision!r}, expected one of {', '.join(PRECISIONS)}")
         if self.train_steps < 1 or self.batch_size < 1:
             raise DiffinjectError("params 'diffusion.train_steps' and 'diffusion.batch_size': expected positive integers")
 

@@ -92,12 +92,18 @@ def ddim_invert(unet: nn.Module, alphas_cumprod: torch.Tensor, x0: torch.Tensor,
     return Inversion(x_T=x, timesteps=grid, hs=torch.stack(hs) if keep_h else None)
 
 
+def _eps(unet: nn.Module, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """ε_θ(x_t, t) in fp32: under bf16/fp16 autocast (diffusion.precision) only the network's own
+    arithmetic is rounded, never the DDIM update."""
+    return unet(x, timestep).sample.float()
+
+
 def _predict(unet: nn.Module, x: torch.Tensor, t: int, hook: HSpaceHook | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
     if hook is None:
-        return unet(x, timestep).sample, None
+        return _eps(unet, x, timestep), None
     with hook.capture():
-        eps = unet(x, timestep).sample
+        eps = _eps(unet, x, timestep)
     return eps, hook.captured
 
 
@@ -142,12 +148,12 @@ class InjectionSampler:
         for t, t_next in tqdm(steps, desc="inject: DDIM steps", disable=not progress, leave=False):
             t, t_next = int(t), int(t_next)
             timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-            eps = self.unet(x, timestep).sample
+            eps = _eps(self.unet, x, timestep)
             eps_inj = eps
             if content_hs is not None and t >= cfg.t_edit and cfg.h_gamma > 0:
                 h_c = content_hs[int(np.abs(content_timesteps - t).argmin())]
                 with self.hook.inject(h_c, cfg.h_gamma):
-                    eps_inj = self.unet(x, timestep).sample
+                    eps_inj = _eps(self.unet, x, timestep)
             eta = 1.0 if t <= cfg.t_boost else 0.0
             noise = None
             if eta > 0:

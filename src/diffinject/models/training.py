@@ -23,6 +23,7 @@ from torch import nn
 
 from diffinject.config import check_at_least
 from diffinject.data.tensors import ImageDataModule, ImageTensors, make_loader
+from diffinject.devices import skip_failing_nvml_probe
 from diffinject.errors import DiffinjectError
 from diffinject.models.classifier import SELECT_MODES, ClassifierModule, EpochSelector, TrainProgressBar
 from diffinject.models.lff import DEFAULT_EMA_ALPHA, LfFModule
@@ -143,6 +144,7 @@ def build_trainer(cfg: TrainerConfig, max_epochs: int = 1, callbacks: list[light
     """A Trainer from `trainer.*`. Inference (mining, evaluation) runs on one device of the same
     accelerator: the sets are small and per-sample outputs then need no gathering."""
     cfg.check()
+    skip_failing_nvml_probe()
     callbacks = list(callbacks or [])
     if cfg.enable_progress_bar and not inference:
         callbacks.append(TrainProgressBar(refresh_rate=cfg.progress_bar_refresh_rate))

@@ -26,7 +26,8 @@ from diffinject.data.tensors import ImageTensors, load_images, load_split, num_c
 from diffinject.devices import inference_device
 from diffinject.diffusion.injection import InjectionParams, collect_manifest, generate_pool, make_pairs
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, load_inverted
-from diffinject.diffusion.model import load_diffusion
+from diffinject.diffusion.model import DiffusionConfig, load_diffusion
+from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.diffusion.sampler import InjectionSampler
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid
@@ -44,9 +45,9 @@ GRID_ROWS = 16
 COLOUR_BIASED_SOURCES = ("mnist5k", "idx")
 
 
-def work_dir(root: Path, cfg: InjectionParams, seed: int) -> Path:
-    """Partial results are only reused by a run with the same params, seed and inversions."""
-    digest = hashlib.sha256(json.dumps({"cfg": vars(cfg), "seed": seed}, sort_keys=True).encode())
+def work_dir(root: Path, cfg: InjectionParams, seed: int, precision: str) -> Path:
+    """Partial results are only reused by a run with the same params, precision, seed and inversions."""
+    digest = hashlib.sha256(json.dumps({"cfg": vars(cfg), "seed": seed, "precision": precision}, sort_keys=True).encode())
     for name in (CONTENT, STYLE):
         digest.update((root / INVERSIONS / name).read_bytes())
     return root / "data" / f".synthetic-partial-{digest.hexdigest()[:16]}"
@@ -99,14 +100,16 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed)
     unet, scheduler = load_diffusion(root / MODELS / "diffusion")
     unet = unet.to(device).eval()
+    precision = resolve_precision(section(params, "diffusion", DiffusionConfig).precision, device)
     sampler = InjectionSampler(unet, scheduler.alphas_cumprod.to(device), cfg.sampler_config())
-    work = work_dir(root, cfg, seed)
+    work = work_dir(root, cfg, seed, precision)
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     try:
-        generate_pool(sampler, contents, styles, pairs, cfg.label_from, cfg.batch_size, seed, work,
-                      rank=rank, world_size=world, on_batch=on_batch)
+        with autocast(precision, device):
+            generate_pool(sampler, contents, styles, pairs, cfg.label_from, cfg.batch_size, seed, work,
+                          rank=rank, world_size=world, on_batch=on_batch)
     finally:
         sampler.close()
     seconds = time.perf_counter() - start
@@ -130,7 +133,7 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     ], 1).flatten(0, 1)
     save_grid(triples, root / PLOTS / "content_style_injected.png", nrow=6)
     report = quality_report(root, manifest, pool, images, trainer_cfg)
-    report.update(seconds=round(seconds, 2), seconds_per_image=round(seconds / max(1, n), 4))
+    report.update(seconds=round(seconds, 2), seconds_per_image=round(seconds / max(1, n), 4), precision=precision)
     write_json(root / METRICS / "inject.json", report)
     print(f"inject: {n} synthetic samples in {seconds:.1f} s -> {root / OUT}; quality {report}")
     return report

@@ -22,7 +22,8 @@ from diffinject.devices import inference_device
 from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
 from diffinject.diffusion.injection import InjectionParams
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, InvertedSet, save_inverted
-from diffinject.diffusion.model import load_diffusion, to_model_range
+from diffinject.diffusion.model import DiffusionConfig, load_diffusion, to_model_range
+from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.diffusion.sampler import ddim_invert
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, write_json
@@ -87,8 +88,9 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
 
     unet, scheduler = load_diffusion(root / DIFFUSION)
     unet = unet.to(device).eval()
+    precision = resolve_precision(section(params, "diffusion", DiffusionConfig).precision, device)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision, device):
         contents = invert_set(unet, scheduler.alphas_cumprod, train, content_rows, cfg.n_inv_step, True, cfg.batch_size, device)
         styles = invert_set(unet, scheduler.alphas_cumprod, train, style_rows, cfg.n_inv_step, False, cfg.batch_size, device)
     seconds = time.perf_counter() - start
@@ -97,11 +99,11 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
         save_inverted(styles, tmp / STYLE)
         (tmp / "index.json").write_text(json.dumps({
             "n_inv_step": cfg.n_inv_step, "n_content": len(content_rows), "n_style": len(style_rows),
-            "content_ids": contents.ids.tolist(), "style_ids": styles.ids.tolist(), "seed": seed,
+            "content_ids": contents.ids.tolist(), "style_ids": styles.ids.tolist(), "seed": seed, "precision": precision,
         }, indent=2) + "\n")
     n = len(content_rows) + len(style_rows)
     metrics = {"n_content": len(content_rows), "n_style": len(style_rows), "n_inv_step": cfg.n_inv_step,
-               "seconds": round(seconds, 2), "seconds_per_image": round(seconds / n, 4)}
+               "seconds": round(seconds, 2), "seconds_per_image": round(seconds / n, 4), "precision": precision}
     write_json(root / METRICS / "invert.json", metrics)
     print(f"invert: {len(content_rows)} content (with h) + {len(style_rows)} style images in {seconds:.1f} s -> {root / OUT}")
     return metrics

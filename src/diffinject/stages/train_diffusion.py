@@ -24,8 +24,10 @@ from diffinject.config import load_params, section
 from diffinject.data.manifest import MANIFEST_NAME, read_manifest
 from diffinject.data.tensors import load_split, make_loader
 from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet, load_diffusion, save_diffusion
+from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.diffusion.quality import reconstruct, sample_from_noise
 from diffinject.diffusion.training import DiffusionModule
+from diffinject.devices import inference_device, skip_failing_nvml_probe
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid
@@ -47,15 +49,16 @@ def resume_key(cfg: DiffusionConfig, seed: int, prepared: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _trainer(trainer_cfg: TrainerConfig, cfg: DiffusionConfig, ckpt_dir: Path) -> lightning.Trainer:
+def _trainer(trainer_cfg: TrainerConfig, cfg: DiffusionConfig, ckpt_dir: Path, precision: str) -> lightning.Trainer:
     callbacks: list[lightning.Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=0),
     ]
     if trainer_cfg.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=trainer_cfg.progress_bar_refresh_rate))
+    skip_failing_nvml_probe()
     return lightning.Trainer(
         accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices, strategy=trainer_cfg.strategy,
-        num_nodes=trainer_cfg.num_nodes, precision=trainer_cfg.precision, deterministic=trainer_cfg.deterministic,
+        num_nodes=trainer_cfg.num_nodes, precision=precision, deterministic=trainer_cfg.deterministic,
         max_steps=cfg.train_steps, max_epochs=-1, callbacks=callbacks, logger=False,
         enable_progress_bar=trainer_cfg.enable_progress_bar, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0,
@@ -76,7 +79,8 @@ def train(cfg: DiffusionConfig, trainer_cfg: TrainerConfig, seed: int, root: Pat
     last = ckpt_dir / "last.ckpt"
     if last.is_file():
         print(f"train_diffusion: resuming from {last}")
-    trainer = _trainer(trainer_cfg, cfg, ckpt_dir)
+    precision = resolve_precision(cfg.precision, inference_device(trainer_cfg.accelerator))
+    trainer = _trainer(trainer_cfg, cfg, ckpt_dir, precision)
     start = time.perf_counter()
     trainer.fit(module, make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed),
                 ckpt_path=str(last) if last.is_file() else None)
@@ -102,18 +106,20 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     if not is_zero:
         return metrics
     unet = unet.cpu().eval()
-    metrics["parameters"] = sum(p.numel() for p in unet.parameters())
+    precision = resolve_precision(cfg.precision, torch.device("cpu"))
+    metrics.update(parameters=sum(p.numel() for p in unet.parameters()), precision=precision)
     # Fidelity of inversion -> reconstruction on valid images, with the injection's default step counts.
     injection = params.get("injection") or {}
     n_inv, n_gen = int(injection.get("n_inv_step", DEFAULT_INJECTION_STEPS)), int(injection.get("n_gen_step", DEFAULT_INJECTION_STEPS))
     valid = load_split(root / PREPARED, "valid", read_manifest(root / PREPARED))
     generator = torch.Generator().manual_seed(seed)
     subset = valid.images[torch.randperm(len(valid), generator=generator)[:N_RECONSTRUCT]]
-    rec = reconstruct(unet, scheduler, subset, n_inv, n_gen)
+    with autocast(precision, torch.device("cpu")):
+        rec = reconstruct(unet, scheduler, subset, n_inv, n_gen)
+        samples = sample_from_noise(unet, scheduler, cfg.sample_grid, cfg.sample_steps, generator)
     metrics["reconstruction"] = {"mse": round(rec.mse, 5), "n_images": len(subset), "n_inv_step": n_inv, "n_gen_step": n_gen}
     if rec.colour_kept is not None:
         metrics["reconstruction"]["colour_kept"] = rec.colour_kept
-    samples = sample_from_noise(unet, scheduler, cfg.sample_grid, cfg.sample_steps, generator)
     with atomic_dir(root / OUT) as tmp:
         save_diffusion(unet, scheduler, tmp)
     save_grid(samples, root / PLOTS / "samples.png", nrow=8)

@@ -1,0 +1,52 @@
+"""Numeric precision of the DDPM (`diffusion.precision`), for its training and for every UNet call of
+inversion, injection and sampling.
+
+`auto` picks bf16 mixed precision where the hardware computes bf16 natively — a CUDA device that
+supports it, or a CPU with AVX512-BF16 or AMX — and full fp32 elsewhere: on a CPU without those
+instructions bf16 convolutions are emulated and slower than fp32. Measured on this repository's 2-core
+AVX512-BF16 machine with the default 264 K-parameter UNet: a batch-64 forward pass takes 0.54 ms per
+image in bf16 against 1.10 ms in fp32, a training step 0.12 s against 0.19 s, and DDIM inversion ->
+reconstruction of 64 valid images keeps its error (MSE 0.0359 against 0.0345).
+
+Mixed precision means: weights stay fp32, autocast runs convolutions and matmuls in bf16, and every
+UNet output is cast back to fp32 before the DDIM arithmetic and the h-space slerp (see `sampler.py`,
+`hspace.py`), so only the network's own arithmetic is rounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+from diffinject.errors import DiffinjectError
+
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+_AUTOCAST_DTYPE = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Does `device` compute bf16 in hardware?"""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`diffusion.precision` -> a Lightning precision string ('32-true', 'bf16-mixed' or '16-mixed')."""
+    if precision not in PRECISIONS:
+        raise DiffinjectError(f"params 'diffusion.precision': got {precision!r}, expected one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16-mixed" if native_bf16(device) else "32-true"
+    return precision
+
+
+def autocast(precision: str, device: torch.device) -> ContextManager:
+    """The autocast context of a resolved precision for inference on `device` (no-op for 32-true)."""
+    dtype = _AUTOCAST_DTYPE.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
