@@ -57,6 +57,16 @@ class ClassifierModule(lightning.LightningModule):
         # same three calls in a closure whose bookkeeping cost ~0.25 ms per step, 4 % of an MLP epoch.
         self.automatic_optimization = False
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets `_current_fx_name` (a str or None) around every hook it calls, ~32 times per
+        # training step. nn.Module.__setattr__ first checks whether the value is a parameter, buffer or
+        # submodule, which a str never is, so storing it directly is the same and saves ~50 µs per step
+        # (measured: Lightning's per-step overhead on a 1-feature linear model, 354 -> 302 µs).
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(to_unit_float(images))  # (B, num_classes)
 
