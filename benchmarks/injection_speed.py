@@ -93,12 +93,10 @@ def reference_loop(model_dir: Path, contents, styles, pair_content, pair_style, 
 
 def pipeline_precision() -> str:
     """`diffusion.precision` of params.yaml, resolved for this CPU as the invert and inject stages do."""
-    from diffinject.config import load_params, section
-    from diffinject.diffusion.model import DiffusionConfig
-    from diffinject.diffusion.precision import resolve_precision
+    from diffinject.config import load_params
+    from diffinject.diffusion.model import diffusion_precision
 
-    cfg = section(load_params(REPO / "params.yaml"), "diffusion", DiffusionConfig)
-    return resolve_precision(cfg.precision, torch.device("cpu"))
+    return diffusion_precision(load_params(REPO / "params.yaml"), torch.device("cpu"))
 
 
 def ours(model_dir: Path, contents, styles, pair_content, pair_style, cfg, batch_size: int,

@@ -10,7 +10,8 @@ from typing import Literal
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from diffinject.diffusion.precision import PRECISIONS
+from diffinject.config import section
+from diffinject.diffusion.precision import check_precision, resolve_precision
 from diffinject.errors import DiffinjectError
 
 UNET_DIR = "unet"
@@ -40,10 +41,14 @@ class DiffusionConfig:
             if c % self.norm_num_groups:
                 raise DiffinjectError(
                     f"params 'diffusion.norm_num_groups': {self.norm_num_groups} does not divide block channels {self.block_out_channels}")
-        if self.precision not in PRECISIONS:
-            raise DiffinjectError(f"params 'diffusion.precision': got {self.precision!r}, expected one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if self.train_steps < 1 or self.batch_size < 1:
             raise DiffinjectError("params 'diffusion.train_steps' and 'diffusion.batch_size': expected positive integers")
+
+
+def diffusion_precision(params: dict, device: torch.device) -> str:
+    """The resolved `diffusion.precision` of `params` for `device` (what invert and inject run in)."""
+    return resolve_precision(section(params, "diffusion", DiffusionConfig).precision, device)
 
 
 def build_unet(cfg: DiffusionConfig, image_size: int, channels: int) -> UNet2DModel:

@@ -35,10 +35,14 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`diffusion.precision` -> a Lightning precision string ('32-true', 'bf16-mixed' or '16-mixed')."""
+def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise DiffinjectError(f"params 'diffusion.precision': got {precision!r}, expected one of {', '.join(PRECISIONS)}")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`diffusion.precision` -> a Lightning precision string ('32-true', 'bf16-mixed' or '16-mixed')."""
+    check_precision(precision)
     if precision == "auto":
         return "bf16-mixed" if native_bf16(device) else "32-true"
     return precision

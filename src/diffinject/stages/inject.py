@@ -26,8 +26,8 @@ from diffinject.data.tensors import ImageTensors, load_images, load_split, num_c
 from diffinject.devices import inference_device
 from diffinject.diffusion.injection import InjectionParams, collect_manifest, generate_pool, make_pairs
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, load_inverted
-from diffinject.diffusion.model import DiffusionConfig, load_diffusion
-from diffinject.diffusion.precision import autocast, resolve_precision
+from diffinject.diffusion.model import diffusion_precision, load_diffusion
+from diffinject.diffusion.precision import autocast
 from diffinject.diffusion.sampler import InjectionSampler
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid
@@ -100,7 +100,7 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed)
     unet, scheduler = load_diffusion(root / MODELS / "diffusion")
     unet = unet.to(device).eval()
-    precision = resolve_precision(section(params, "diffusion", DiffusionConfig).precision, device)
+    precision = diffusion_precision(params, device)
     sampler = InjectionSampler(unet, scheduler.alphas_cumprod.to(device), cfg.sampler_config())
     work = work_dir(root, cfg, seed, precision)
     work.mkdir(parents=True, exist_ok=True)

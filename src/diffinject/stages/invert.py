@@ -22,8 +22,8 @@ from diffinject.devices import inference_device
 from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
 from diffinject.diffusion.injection import InjectionParams
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, InvertedSet, save_inverted
-from diffinject.diffusion.model import DiffusionConfig, load_diffusion, to_model_range
-from diffinject.diffusion.precision import autocast, resolve_precision
+from diffinject.diffusion.model import diffusion_precision, load_diffusion, to_model_range
+from diffinject.diffusion.precision import autocast
 from diffinject.diffusion.sampler import ddim_invert
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, write_json
@@ -88,7 +88,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
 
     unet, scheduler = load_diffusion(root / DIFFUSION)
     unet = unet.to(device).eval()
-    precision = resolve_precision(section(params, "diffusion", DiffusionConfig).precision, device)
+    precision = diffusion_precision(params, device)
     start = time.perf_counter()
     with torch.no_grad(), autocast(precision, device):
         contents = invert_set(unet, scheduler.alphas_cumprod, train, content_rows, cfg.n_inv_step, True, cfg.batch_size, device)
