@@ -7,6 +7,10 @@ digit when the judge gives one class probability >= 0.9; the same is measured on
 the prepared set, the ceiling for this judge. Also reported: how many classes the recognisable samples
 cover. (Colour is no test here: the failed samples are blobs of the palette's orange.)
 
+Also the ink: the share of an image's pixels that are foreground (brightest channel above
+FOREGROUND), for samples and real test images, and the share of samples with more ink than
+HEAVY_QUANTILE of the real ones, a count of the blobs that needs no judge.
+
     python scripts/diffusion_sample_quality.py [--repo .] [--n 256] [--seed 0] [--precision 32-true]
 
 Needs models/diffusion, models/judge and data/prepared (after `dvc repro train_judge`). Last line: JSON.
@@ -33,6 +37,13 @@ from diffinject.models.training import TrainerConfig, predict_logits
 from diffinject.synthetic_quality import to_grey
 
 CONFIDENT = 0.9  # judge probability that counts as "recognisable"
+FOREGROUND = 0.3 * 255  # brightest channel above this: a foreground (ink) pixel; backgrounds are ~0
+HEAVY_QUANTILE = 0.995  # a sample with more ink than this quantile of real images counts as heavy
+
+
+def ink(images: torch.Tensor) -> np.ndarray:
+    """Per uint8 image (N, C, H, W): the fraction of its pixels that are foreground."""
+    return (images.amax(1).float() > FOREGROUND).float().mean((1, 2)).numpy()
 
 
 def judge_view(judge, images: torch.Tensor, trainer_cfg: TrainerConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +82,7 @@ def main() -> None:
     s_conf, s_pred = judge_view(judge, samples, trainer_cfg)
     r_conf, _ = judge_view(judge, real, trainer_cfg)
     recognisable = s_conf >= CONFIDENT
+    s_ink, r_ink = ink(samples), ink(real)
     result = {
         "script": "diffusion_sample_quality",
         "n": args.n,
@@ -80,9 +92,13 @@ def main() -> None:
         "samples_recognisable": round(float(recognisable.mean()), 3),
         "real_test_recognisable": round(float((r_conf >= CONFIDENT).mean()), 3),
         "classes_among_recognisable": int(len(np.unique(s_pred[recognisable]))),
+        "samples_ink": round(float(s_ink.mean()), 3),
+        "real_test_ink": round(float(r_ink.mean()), 3),
+        "samples_heavier_than_real": round(float((s_ink > np.quantile(r_ink, HEAVY_QUANTILE)).mean()), 3),
     }
     print(f"recognisable digits (judge p >= {CONFIDENT}): samples {result['samples_recognisable']:.1%}, "
-          f"real test images {result['real_test_recognisable']:.1%}")
+          f"real test images {result['real_test_recognisable']:.1%}; ink {result['samples_ink']:.1%} of pixels "
+          f"against {result['real_test_ink']:.1%}")
     print(json.dumps(result))
 
 

@@ -12,6 +12,7 @@ from diffinject.diffusion.hspace import HSpaceHook, rescale_to, slerp
 from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet
 from diffinject.diffusion.sampler import (InjectionConfig, InjectionSampler, ddim_invert, ddim_step,
                                           timestep_grid)
+from diffinject.diffusion.shared_encoder import SharedEncoder
 
 
 def test_slerp_endpoints():
@@ -122,3 +123,40 @@ def test_inversion_closed_form_with_zero_eps():
     assert inv.hs.shape == (10, 2, 3, 8, 8)
     sampler = InjectionSampler(ZeroEps(), scheduler.alphas_cumprod, InjectionConfig(h_gamma=0.0, t_boost=-1, dt_lambda=1.0, n_gen_step=10))
     torch.testing.assert_close(sampler.generate(inv.x_T, inv.hs, inv.timesteps), x0, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("t_edit", [0, 500])
+def test_shared_encoder_generation_equals_two_full_passes(t_edit):
+    unet, scheduler = tiny_unet()
+    torch.manual_seed(0)
+    content, style = torch.rand(4, 3, 28, 28) * 2 - 1, torch.rand(4, 3, 28, 28) * 2 - 1
+    with torch.no_grad():
+        c = ddim_invert(unet, scheduler.alphas_cumprod, content, 8, keep_h=True)
+        s = ddim_invert(unet, scheduler.alphas_cumprod, style, 8, keep_h=False)
+    cfg = InjectionConfig(h_gamma=0.7, t_edit=t_edit, t_boost=300, n_gen_step=8)
+    out = {}
+    for share in (True, False):
+        sampler = InjectionSampler(unet, scheduler.alphas_cumprod, cfg, share_encoder=share)
+        out[share] = sampler.generate(s.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(1))
+        sampler.close()
+    assert torch.equal(out[True], out[False])
+    assert all("forward" not in m.__dict__ for m in [unet.conv_in, *unet.down_blocks, unet.mid_block])
+
+
+def test_shared_encoder_replays_the_recorded_encoder_once():
+    unet, _ = tiny_unet()
+    encoder = SharedEncoder(unet)
+    x, t = torch.randn(2, 3, 28, 28), torch.tensor([100, 700])
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="no complete recorded pass"):
+            with encoder.replay():
+                pass
+        with encoder.record():
+            recorded = unet(x, t).sample
+        with encoder.replay():  # the encoder's outputs are x's, whatever the input: it is not recomputed
+            replayed = unet(torch.randn_like(x), t).sample
+        assert torch.equal(replayed, recorded)
+        with pytest.raises(RuntimeError):  # one replay per recorded pass
+            with encoder.replay():
+                pass
+        assert not torch.equal(unet(torch.randn_like(x), t).sample, recorded)  # forwards are restored

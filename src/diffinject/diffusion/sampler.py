@@ -14,6 +14,7 @@ batch dimension, inversions are cached and reused across h_gamma values.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from diffinject.diffusion.hspace import HSpaceHook
+from diffinject.diffusion.shared_encoder import SharedEncoder
 
 # Asyrp / DiffInject scale the noise-direction term by dt_lambda only early in generation, for
 # t >= 950 of the 1000-step schedule (Asyrp `denoising_step`, `dt_lambda` and `t_edit` of its configs).
@@ -124,14 +126,18 @@ class InjectionSampler:
         ε̃ = ε_θ(x_t, t | h ← slerp(h, h_c', h_gamma)),   ε = ε_θ(x_t, t)
         x_{t−1} = √ᾱ_{t−1}·P_t(ε̃) + √(1−ᾱ_{t−1}−σ²)·ε·λ_t + σ·z
     with σ from eta = 1 at t <= t_boost (else 0) and λ_t = dt_lambda at t >= 950 (else 1).
-    h_c at step t is the content h stored at the nearest inversion timestep.
+    h_c at step t is the content h stored at the nearest inversion timestep. ε and ε̃ share the
+    encoder pass (conv_in, down blocks, mid block: `SharedEncoder`) unless share_encoder is False or the
+    network lacks UNet2DModel's layout (then each is a full pass).
     """
 
-    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, config: InjectionConfig):
+    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, config: InjectionConfig,
+                 share_encoder: bool = True):
         self.unet = unet
         self.alphas_cumprod = alphas_cumprod
         self.config = config
         self.hook = HSpaceHook(unet)
+        self.encoder = SharedEncoder(unet) if share_encoder and SharedEncoder.fits(unet) else None
         self.grid = timestep_grid(config.n_gen_step, len(alphas_cumprod))
 
     def close(self) -> None:
@@ -148,12 +154,14 @@ class InjectionSampler:
         for t, t_next in tqdm(steps, desc="inject: DDIM steps", disable=not progress, leave=False):
             t, t_next = int(t), int(t_next)
             timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-            eps = _eps(self.unet, x, timestep)
-            eps_inj = eps
             if content_hs is not None and t >= cfg.t_edit and cfg.h_gamma > 0:
                 h_c = content_hs[int(np.abs(content_timesteps - t).argmin())]
-                with self.hook.inject(h_c, cfg.h_gamma):
+                with self.encoder.record() if self.encoder else contextlib.nullcontext():
+                    eps = _eps(self.unet, x, timestep)
+                with self.encoder.replay() if self.encoder else contextlib.nullcontext(), self.hook.inject(h_c, cfg.h_gamma):
                     eps_inj = _eps(self.unet, x, timestep)
+            else:
+                eps = eps_inj = _eps(self.unet, x, timestep)
             eta = 1.0 if t <= cfg.t_boost else 0.0
             noise = None
             if eta > 0:
