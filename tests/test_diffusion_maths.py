@@ -11,7 +11,7 @@ import torch
 from diffinject.diffusion.hspace import HSpaceHook, rescale_to, slerp
 from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet
 from diffinject.diffusion.sampler import (InjectionConfig, InjectionSampler, ddim_invert, ddim_step,
-                                          timestep_grid)
+                                          eps_from_v, timestep_grid)
 from diffinject.diffusion.shared_encoder import SharedEncoder
 
 
@@ -118,10 +118,11 @@ class ZeroEps(torch.nn.Module):
 def test_inversion_closed_form_with_zero_eps():
     scheduler = build_scheduler(DiffusionConfig())
     x0 = torch.randn(2, 3, 8, 8)
-    inv = ddim_invert(ZeroEps(), scheduler.alphas_cumprod, x0, 10, keep_h=True)
+    inv = ddim_invert(ZeroEps(), scheduler.alphas_cumprod, x0, 10, keep_h=True, prediction_type="epsilon")
     torch.testing.assert_close(inv.x_T, scheduler.alphas_cumprod[999].sqrt() * x0)
     assert inv.hs.shape == (10, 2, 3, 8, 8)
-    sampler = InjectionSampler(ZeroEps(), scheduler.alphas_cumprod, InjectionConfig(h_gamma=0.0, t_boost=-1, dt_lambda=1.0, n_gen_step=10))
+    sampler = InjectionSampler(ZeroEps(), scheduler.alphas_cumprod, InjectionConfig(h_gamma=0.0, t_boost=-1, dt_lambda=1.0, n_gen_step=10),
+                               prediction_type="epsilon")
     torch.testing.assert_close(sampler.generate(inv.x_T, inv.hs, inv.timesteps), x0, atol=1e-4, rtol=1e-4)
 
 
@@ -131,12 +132,12 @@ def test_shared_encoder_generation_equals_two_full_passes(t_edit):
     torch.manual_seed(0)
     content, style = torch.rand(4, 3, 28, 28) * 2 - 1, torch.rand(4, 3, 28, 28) * 2 - 1
     with torch.no_grad():
-        c = ddim_invert(unet, scheduler.alphas_cumprod, content, 8, keep_h=True)
-        s = ddim_invert(unet, scheduler.alphas_cumprod, style, 8, keep_h=False)
+        c = ddim_invert(unet, scheduler.alphas_cumprod, content, 8, keep_h=True, prediction_type=scheduler.config.prediction_type)
+        s = ddim_invert(unet, scheduler.alphas_cumprod, style, 8, keep_h=False, prediction_type=scheduler.config.prediction_type)
     cfg = InjectionConfig(h_gamma=0.7, t_edit=t_edit, t_boost=300, n_gen_step=8)
     out = {}
     for share in (True, False):
-        sampler = InjectionSampler(unet, scheduler.alphas_cumprod, cfg, share_encoder=share)
+        sampler = InjectionSampler(unet, scheduler.alphas_cumprod, cfg, share_encoder=share, prediction_type=scheduler.config.prediction_type)
         out[share] = sampler.generate(s.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(1))
         sampler.close()
     assert torch.equal(out[True], out[False])
@@ -160,3 +161,38 @@ def test_shared_encoder_replays_the_recorded_encoder_once():
             with encoder.replay():
                 pass
         assert not torch.equal(unet(torch.randn_like(x), t).sample, recorded)  # forwards are restored
+
+
+def test_eps_from_v_recovers_the_noise():
+    scheduler = build_scheduler(DiffusionConfig(prediction_type="v_prediction"))
+    x0, eps = torch.rand(3, 3, 8, 8) * 2 - 1, torch.randn(3, 3, 8, 8)
+    for t in (0, 500, 999):
+        timesteps = torch.full((3,), t)
+        x_t = scheduler.add_noise(x0, eps, timesteps)
+        v = scheduler.get_velocity(x0, eps, timesteps)
+        torch.testing.assert_close(eps_from_v(v, x_t, scheduler.alphas_cumprod[t]), eps, atol=1e-5, rtol=1e-5)
+
+
+def test_v_and_epsilon_models_give_the_same_inversion():
+    """A v-predicting network that is exactly the ε network in v form inverts to the same x_T."""
+    unet, scheduler = tiny_unet()
+    a = scheduler.alphas_cumprod
+
+    class AsV(torch.nn.Module):  # v = √ᾱ·ε − √(1−ᾱ)·x0, with x0 implied by x_t and ε
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.mid_block = inner, inner.mid_block
+
+        def forward(self, x, timestep):
+            eps = self.inner(x, timestep).sample
+            a_t = a[timestep].view(-1, 1, 1, 1)
+            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            return type("Out", (), {"sample": a_t.sqrt() * eps - (1 - a_t).sqrt() * x0})()
+
+    x0 = torch.rand(2, 3, 28, 28) * 2 - 1
+    with torch.no_grad():
+        by_eps = ddim_invert(unet, a, x0, 6, keep_h=False, prediction_type="epsilon")
+        by_v = ddim_invert(AsV(unet), a, x0, 6, keep_h=False, prediction_type="v_prediction")
+    torch.testing.assert_close(by_v.x_T, by_eps.x_T, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="prediction_type 'sample'"):
+        ddim_invert(unet, a, x0, 6, keep_h=False, prediction_type="sample")

@@ -53,6 +53,7 @@ def test_not_a_unet_folder_is_one_line(tmp_path):
 @pytest.mark.parametrize("cfg, param", [
     ({"block_out_channels": [12, 16], "norm_num_groups": 8}, "diffusion.norm_num_groups"),
     ({"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4}, "diffusion.block_out_channels"),
+    ({"prediction_type": "sample"}, "diffusion.prediction_type"),
 ])
 def test_bad_architecture_names_the_param(cfg, param):
     with pytest.raises(DiffinjectError, match=param.replace(".", r"\.")):

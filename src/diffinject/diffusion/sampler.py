@@ -28,6 +28,8 @@ from diffinject.diffusion.shared_encoder import SharedEncoder
 # Asyrp / DiffInject scale the noise-direction term by dt_lambda only early in generation, for
 # t >= 950 of the 1000-step schedule (Asyrp `denoising_step`, `dt_lambda` and `t_edit` of its configs).
 DT_LAMBDA_FROM_T = 950
+# What the UNet predicts (diffusers' scheduler `prediction_type`); the sampler converts to ε.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def timestep_grid(n_steps: int, num_train_timesteps: int) -> np.ndarray:
@@ -71,8 +73,10 @@ class Inversion:
 
 @torch.no_grad()
 def ddim_invert(unet: nn.Module, alphas_cumprod: torch.Tensor, x0: torch.Tensor, n_steps: int,
-                keep_h: bool, hook: HSpaceHook | None = None) -> Inversion:
-    """Deterministic DDIM inversion (eta 0) from t = 0 up to t = T−1 on `n_steps` timesteps."""
+                keep_h: bool, hook: HSpaceHook | None = None, *, prediction_type: str) -> Inversion:
+    """Deterministic DDIM inversion (eta 0) from t = 0 up to t = T−1 on `n_steps` timesteps.
+    prediction_type: what the UNet predicts (the scheduler's config), see `_eps`."""
+    check_prediction_type(prediction_type)
     grid = timestep_grid(n_steps, len(alphas_cumprod))
     own_hook = keep_h and hook is None
     if own_hook:
@@ -81,31 +85,45 @@ def ddim_invert(unet: nn.Module, alphas_cumprod: torch.Tensor, x0: torch.Tensor,
         x = x0
         hs = []
         for t, t_next in zip(grid[:-1], grid[1:]):
-            eps, h = _predict(unet, x, int(t), hook if keep_h else None)
-            hs.append(h)
             a_t, a_next = _alpha(alphas_cumprod, int(t)).to(x), _alpha(alphas_cumprod, int(t_next)).to(x)
+            eps, h = _predict(unet, x, int(t), a_t, prediction_type, hook if keep_h else None)
+            hs.append(h)
             x = ddim_step(x, eps, eps, a_t, a_next)
         if keep_h:
             # h of x_T itself, so a generation on the same grid finds content h at every one of its steps
-            hs.append(_predict(unet, x, int(grid[-1]), hook)[1])
+            hs.append(_predict(unet, x, int(grid[-1]), _alpha(alphas_cumprod, int(grid[-1])).to(x), prediction_type, hook)[1])
     finally:
         if own_hook:
             hook.remove()
     return Inversion(x_T=x, timesteps=grid, hs=torch.stack(hs) if keep_h else None)
 
 
-def _eps(unet: nn.Module, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-    """ε_θ(x_t, t) in fp32: under bf16/fp16 autocast (diffusion.precision) only the network's own
-    arithmetic is rounded, never the DDIM update."""
-    return unet(x, timestep).sample.float()
+def check_prediction_type(prediction_type: str) -> None:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type {prediction_type!r}: expected one of {', '.join(PREDICTION_TYPES)}")
 
 
-def _predict(unet: nn.Module, x: torch.Tensor, t: int, hook: HSpaceHook | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def eps_from_v(v: torch.Tensor, x_t: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+    """ε from a v-prediction (Salimans & Ho 2022): v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 and
+    x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε give ε = √ᾱ_t·v + √(1−ᾱ_t)·x_t, exactly."""
+    return a_t.sqrt() * v + (1 - a_t).sqrt() * x_t
+
+
+def _eps(unet: nn.Module, x: torch.Tensor, timestep: torch.Tensor, a_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """ε_θ(x_t, t) in fp32, whatever the UNet predicts: the DDIM and DiffInject updates are written in ε.
+    Under bf16/fp16 autocast (diffusion.precision) only the network's own arithmetic is rounded, never
+    the DDIM update."""
+    out = unet(x, timestep).sample.float()
+    return out if prediction_type == "epsilon" else eps_from_v(out, x, a_t)
+
+
+def _predict(unet: nn.Module, x: torch.Tensor, t: int, a_t: torch.Tensor, prediction_type: str,
+             hook: HSpaceHook | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
     if hook is None:
-        return _eps(unet, x, timestep), None
+        return _eps(unet, x, timestep, a_t, prediction_type), None
     with hook.capture():
-        eps = _eps(unet, x, timestep)
+        eps = _eps(unet, x, timestep, a_t, prediction_type)
     return eps, hook.captured
 
 
@@ -132,7 +150,9 @@ class InjectionSampler:
     """
 
     def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, config: InjectionConfig,
-                 share_encoder: bool = True):
+                 share_encoder: bool = True, *, prediction_type: str):
+        check_prediction_type(prediction_type)
+        self.prediction_type = prediction_type
         self.unet = unet
         self.alphas_cumprod = alphas_cumprod
         self.config = config
@@ -154,22 +174,21 @@ class InjectionSampler:
         for t, t_next in tqdm(steps, desc="inject: DDIM steps", disable=not progress, leave=False):
             t, t_next = int(t), int(t_next)
             timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+            a_t, a_next = _alpha(self.alphas_cumprod, t).to(x), _alpha(self.alphas_cumprod, t_next).to(x)
             if content_hs is not None and t >= cfg.t_edit and cfg.h_gamma > 0:
                 h_c = content_hs[int(np.abs(content_timesteps - t).argmin())]
                 with self.encoder.record() if self.encoder else contextlib.nullcontext():
-                    eps = _eps(self.unet, x, timestep)
+                    eps = _eps(self.unet, x, timestep, a_t, self.prediction_type)
                 with self.encoder.replay() if self.encoder else contextlib.nullcontext(), self.hook.inject(h_c, cfg.h_gamma):
-                    eps_inj = _eps(self.unet, x, timestep)
+                    eps_inj = _eps(self.unet, x, timestep, a_t, self.prediction_type)
             else:
-                eps = eps_inj = _eps(self.unet, x, timestep)
+                eps = eps_inj = _eps(self.unet, x, timestep, a_t, self.prediction_type)
             eta = 1.0 if t <= cfg.t_boost else 0.0
             noise = None
             if eta > 0:
                 noise = torch.randn(x.shape, generator=generator, device=x.device if generator is None else generator.device).to(x)
             x = ddim_step(
-                x, eps_inj, eps,
-                _alpha(self.alphas_cumprod, t).to(x), _alpha(self.alphas_cumprod, t_next).to(x),
-                eta=eta, dir_scale=cfg.dt_lambda if t >= DT_LAMBDA_FROM_T else 1.0, noise=noise,
+                x, eps_inj, eps, a_t, a_next, eta=eta, dir_scale=cfg.dt_lambda if t >= DT_LAMBDA_FROM_T else 1.0, noise=noise,
                 clip_x0=cfg.clip_x0,
             )
         return x

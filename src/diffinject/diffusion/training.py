@@ -1,5 +1,6 @@
-"""DDPM training as a LightningModule: ε-prediction MSE (Ho et al. 2020, Algorithm 1) with an EMA of
-the weights (diffusers' EMAModel, with its warm-up), AdamW, linear warm-up then cosine decay."""
+"""DDPM training as a LightningModule: ε- or v-prediction MSE (Ho et al. 2020, Algorithm 1; Salimans &
+Ho 2022; `diffusion.prediction_type`) with an EMA of the weights (diffusers' EMAModel, with its
+warm-up), AdamW, linear warm-up then cosine decay."""
 
 from __future__ import annotations
 
@@ -33,7 +34,11 @@ class DiffusionModule(lightning.LightningModule):
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
         x_t = self.noise_scheduler.add_noise(x0, noise, t)  # √ᾱ_t·x0 + √(1−ᾱ_t)·ε
-        loss = F.mse_loss(self.unet(x_t, t).sample, noise)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(x0, noise, t)  # √ᾱ_t·ε − √(1−ᾱ_t)·x0
+        else:
+            target = noise
+        loss = F.mse_loss(self.unet(x_t, t).sample, target)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 

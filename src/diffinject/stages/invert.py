@@ -48,12 +48,13 @@ def choose_styles(losses: np.ndarray, targets: np.ndarray, per_class: int, easie
     return np.sort(np.concatenate(rows))
 
 
-def invert_set(unet, alphas_cumprod, data: ImageTensors, rows: np.ndarray, n_steps: int, keep_h: bool,
+def invert_set(unet, scheduler, data: ImageTensors, rows: np.ndarray, n_steps: int, keep_h: bool,
                batch_size: int, device: torch.device) -> InvertedSet:
     x_Ts, hss = [], []
     for start in range(0, len(rows), batch_size):
         chunk = torch.as_tensor(rows[start:start + batch_size])
-        inv = ddim_invert(unet, alphas_cumprod.to(device), to_model_range(data.images[chunk]).to(device), n_steps, keep_h)
+        inv = ddim_invert(unet, scheduler.alphas_cumprod.to(device), to_model_range(data.images[chunk]).to(device), n_steps,
+                          keep_h, prediction_type=scheduler.config.prediction_type)
         x_Ts.append(inv.x_T.cpu())
         if keep_h:
             hss.append(inv.hs.cpu())
@@ -91,8 +92,8 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     precision = diffusion_precision(params, device)
     start = time.perf_counter()
     with torch.no_grad(), autocast(precision, device):
-        contents = invert_set(unet, scheduler.alphas_cumprod, train, content_rows, cfg.n_inv_step, True, cfg.batch_size, device)
-        styles = invert_set(unet, scheduler.alphas_cumprod, train, style_rows, cfg.n_inv_step, False, cfg.batch_size, device)
+        contents = invert_set(unet, scheduler, train, content_rows, cfg.n_inv_step, True, cfg.batch_size, device)
+        styles = invert_set(unet, scheduler, train, style_rows, cfg.n_inv_step, False, cfg.batch_size, device)
     seconds = time.perf_counter() - start
     with atomic_dir(root / OUT) as tmp:
         save_inverted(contents, tmp / CONTENT)
