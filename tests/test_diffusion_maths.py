@@ -132,12 +132,15 @@ def test_shared_encoder_generation_equals_two_full_passes(t_edit):
     torch.manual_seed(0)
     content, style = torch.rand(4, 3, 28, 28) * 2 - 1, torch.rand(4, 3, 28, 28) * 2 - 1
     with torch.no_grad():
-        c = ddim_invert(unet, scheduler.alphas_cumprod, content, 8, keep_h=True, prediction_type=scheduler.config.prediction_type)
-        s = ddim_invert(unet, scheduler.alphas_cumprod, style, 8, keep_h=False, prediction_type=scheduler.config.prediction_type)
+        c = ddim_invert(unet, scheduler.alphas_cumprod, content, 8, keep_h=True,
+                        prediction_type=scheduler.config.prediction_type)
+        s = ddim_invert(unet, scheduler.alphas_cumprod, style, 8, keep_h=False,
+                        prediction_type=scheduler.config.prediction_type)
     cfg = InjectionConfig(h_gamma=0.7, t_edit=t_edit, t_boost=300, n_gen_step=8)
     out = {}
     for share in (True, False):
-        sampler = InjectionSampler(unet, scheduler.alphas_cumprod, cfg, share_encoder=share, prediction_type=scheduler.config.prediction_type)
+        sampler = InjectionSampler(unet, scheduler.alphas_cumprod, cfg, share_encoder=share,
+                                   prediction_type=scheduler.config.prediction_type)
         out[share] = sampler.generate(s.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(1))
         sampler.close()
     assert torch.equal(out[True], out[False])
