@@ -87,13 +87,10 @@ def reference_loop(model_dir: Path, contents, styles, pair_content, pair_style, 
         unet, scheduler = load_diffusion(model_dir)
         unet.eval()
         with torch.no_grad():
-            c = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(contents[ci:ci + 1]), cfg.n_gen_step, keep_h=True,
-                            prediction_type=scheduler.config.prediction_type)
-            s = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(styles[si:si + 1]), cfg.n_gen_step, keep_h=False,
-                            prediction_type=scheduler.config.prediction_type)
+            c = ddim_invert(unet, scheduler, to_model_range(contents[ci:ci + 1]), cfg.n_gen_step, keep_h=True)
+            s = ddim_invert(unet, scheduler, to_model_range(styles[si:si + 1]), cfg.n_gen_step, keep_h=False)
             # two full UNet passes per injected step, as the official code runs them
-            sampler = InjectionSampler(unet, scheduler.alphas_cumprod, cfg, share_encoder=False,
-                                       prediction_type=scheduler.config.prediction_type)
+            sampler = InjectionSampler(unet, scheduler, cfg, share_encoder=False)
             to_uint8(sampler.generate(s.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(k)))
             sampler.close()
     return time.perf_counter() - start
@@ -118,15 +115,14 @@ def ours(model_dir: Path, contents, styles, pair_content, pair_style, cfg, batch
     start = time.perf_counter()
     unet, scheduler = load_diffusion(model_dir)
     unet.eval()
-    kind = scheduler.config.prediction_type
     with torch.no_grad(), autocast(precision, torch.device("cpu")):
-        c_inv = [ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(contents[b:b + batch_size]), cfg.n_gen_step,
-                             keep_h=True, prediction_type=kind) for b in range(0, len(contents), batch_size)]
-        s_T = torch.cat([ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(styles[b:b + batch_size]), cfg.n_gen_step,
-                                     keep_h=False, prediction_type=kind).x_T for b in range(0, len(styles), batch_size)])
+        c_inv = [ddim_invert(unet, scheduler, to_model_range(contents[b:b + batch_size]), cfg.n_gen_step, keep_h=True)
+                 for b in range(0, len(contents), batch_size)]
+        s_T = torch.cat([ddim_invert(unet, scheduler, to_model_range(styles[b:b + batch_size]), cfg.n_gen_step,
+                                     keep_h=False).x_T for b in range(0, len(styles), batch_size)])
         hs, timesteps = torch.cat([c.hs for c in c_inv], 1), c_inv[0].timesteps  # (n_inv, N, c, h, w)
         inverted = time.perf_counter()
-        sampler = InjectionSampler(unet, scheduler.alphas_cumprod, cfg, share_encoder=share_encoder, prediction_type=kind)
+        sampler = InjectionSampler(unet, scheduler, cfg, share_encoder=share_encoder)
         for i, b in enumerate(range(0, len(pair_content), batch_size)):
             ci, si = pair_content[b:b + batch_size], pair_style[b:b + batch_size]
             to_uint8(sampler.generate(s_T[si], hs[:, ci], timesteps, torch.Generator().manual_seed(i)))
@@ -171,11 +167,9 @@ def _child(kind: str, model_dir: str, n: int, batch_size: int) -> None:
     unet.eval()
     with torch.no_grad(), autocast(pipeline_precision(), torch.device("cpu")):
         for b in range(0, n, batch_size):
-            c = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(contents[b:b + batch_size]), cfg.n_gen_step, keep_h=True,
-                            prediction_type=scheduler.config.prediction_type)
+            c = ddim_invert(unet, scheduler, to_model_range(contents[b:b + batch_size]), cfg.n_gen_step, keep_h=True)
             if kind == "inject":
-                sampler = InjectionSampler(unet, scheduler.alphas_cumprod, cfg,
-                                           prediction_type=scheduler.config.prediction_type)
+                sampler = InjectionSampler(unet, scheduler, cfg)
                 sampler.generate(c.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(b))
                 sampler.close()
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

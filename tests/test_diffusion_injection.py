@@ -42,12 +42,9 @@ def test_full_injection_of_own_h_reproduces_reconstruction(tiny_ddpm, prepared_m
     unet, scheduler = tiny_ddpm
     x0 = to_model_range(load_split(prepared_mnist, "valid").images[:8])
     steps = RECONSTRUCTION_STEPS
-    inv = ddim_invert(unet, scheduler.alphas_cumprod, x0, steps, keep_h=True,
-                      prediction_type=scheduler.config.prediction_type)
-    plain = InjectionSampler(unet, scheduler.alphas_cumprod, InjectionConfig(n_gen_step=steps, **PLAIN_DDIM),
-                             prediction_type=scheduler.config.prediction_type)
-    own = InjectionSampler(unet, scheduler.alphas_cumprod, InjectionConfig(n_gen_step=steps, **{**PLAIN_DDIM, "h_gamma": 1.0}),
-                           prediction_type=scheduler.config.prediction_type)
+    inv = ddim_invert(unet, scheduler, x0, steps, keep_h=True)
+    plain = InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=steps, **PLAIN_DDIM))
+    own = InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=steps, **{**PLAIN_DDIM, "h_gamma": 1.0}))
     a = plain.generate(inv.x_T, inv.hs, inv.timesteps)
     b = own.generate(inv.x_T, inv.hs, inv.timesteps)
     other = own.generate(inv.x_T, inv.hs.flip(1), inv.timesteps)  # someone else's h
@@ -64,10 +61,8 @@ def _inject_root(tmp_path: Path, prepared: Path, unet, scheduler, name: str) -> 
     train = load_split(prepared, "train")
     rows = torch.arange(0, 4000, 200)  # 20 images over all classes (the split is sorted by id, ids by class)
     with torch.no_grad():
-        c = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(train.images[rows]), 6, keep_h=True,
-                        prediction_type=scheduler.config.prediction_type)
-        s = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(train.images[rows + 1]), 6, keep_h=False,
-                        prediction_type=scheduler.config.prediction_type)
+        c = ddim_invert(unet, scheduler, to_model_range(train.images[rows]), 6, keep_h=True)
+        s = ddim_invert(unet, scheduler, to_model_range(train.images[rows + 1]), 6, keep_h=False)
     (root / "data" / "inversions").mkdir()
     save_inverted(InvertedSet(c.x_T, train.ids[rows], train.targets[rows], c.hs, c.timesteps), root / "data/inversions" / CONTENT)
     save_inverted(InvertedSet(s.x_T, train.ids[rows + 1], train.targets[rows + 1]), root / "data/inversions" / STYLE)
@@ -114,10 +109,8 @@ def test_bf16_autocast_keeps_reconstruction_and_fp32_outputs(tiny_ddpm, prepared
     x0 = to_model_range(images[:4])
     with autocast("bf16-mixed", torch.device("cpu")):
         rec = reconstruct(unet, scheduler, images, RECONSTRUCTION_STEPS, RECONSTRUCTION_STEPS)
-        inv = ddim_invert(unet, scheduler.alphas_cumprod, x0, 5, keep_h=True,
-                          prediction_type=scheduler.config.prediction_type)
-        sampler = InjectionSampler(unet, scheduler.alphas_cumprod, InjectionConfig(n_gen_step=5, h_gamma=0.5, t_boost=-1),
-                                   prediction_type=scheduler.config.prediction_type)
+        inv = ddim_invert(unet, scheduler, x0, 5, keep_h=True)
+        sampler = InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=5, h_gamma=0.5, t_boost=-1))
         out = sampler.generate(inv.x_T, inv.hs.flip(1), inv.timesteps)
         sampler.close()
     assert rec.mse < RECONSTRUCTION_MSE_BOUND

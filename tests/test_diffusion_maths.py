@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
 from diffinject.diffusion.hspace import HSpaceHook, rescale_to, slerp
 from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet
@@ -116,13 +117,12 @@ class ZeroEps(torch.nn.Module):
 
 
 def test_inversion_closed_form_with_zero_eps():
-    scheduler = build_scheduler(DiffusionConfig())
+    scheduler = build_scheduler(DiffusionConfig(prediction_type="epsilon"))
     x0 = torch.randn(2, 3, 8, 8)
-    inv = ddim_invert(ZeroEps(), scheduler.alphas_cumprod, x0, 10, keep_h=True, prediction_type="epsilon")
+    inv = ddim_invert(ZeroEps(), scheduler, x0, 10, keep_h=True)
     torch.testing.assert_close(inv.x_T, scheduler.alphas_cumprod[999].sqrt() * x0)
     assert inv.hs.shape == (10, 2, 3, 8, 8)
-    sampler = InjectionSampler(ZeroEps(), scheduler.alphas_cumprod, InjectionConfig(h_gamma=0.0, t_boost=-1, dt_lambda=1.0, n_gen_step=10),
-                               prediction_type="epsilon")
+    sampler = InjectionSampler(ZeroEps(), scheduler, InjectionConfig(h_gamma=0.0, t_boost=-1, dt_lambda=1.0, n_gen_step=10))
     torch.testing.assert_close(sampler.generate(inv.x_T, inv.hs, inv.timesteps), x0, atol=1e-4, rtol=1e-4)
 
 
@@ -132,15 +132,12 @@ def test_shared_encoder_generation_equals_two_full_passes(t_edit):
     torch.manual_seed(0)
     content, style = torch.rand(4, 3, 28, 28) * 2 - 1, torch.rand(4, 3, 28, 28) * 2 - 1
     with torch.no_grad():
-        c = ddim_invert(unet, scheduler.alphas_cumprod, content, 8, keep_h=True,
-                        prediction_type=scheduler.config.prediction_type)
-        s = ddim_invert(unet, scheduler.alphas_cumprod, style, 8, keep_h=False,
-                        prediction_type=scheduler.config.prediction_type)
+        c = ddim_invert(unet, scheduler, content, 8, keep_h=True)
+        s = ddim_invert(unet, scheduler, style, 8, keep_h=False)
     cfg = InjectionConfig(h_gamma=0.7, t_edit=t_edit, t_boost=300, n_gen_step=8)
     out = {}
     for share in (True, False):
-        sampler = InjectionSampler(unet, scheduler.alphas_cumprod, cfg, share_encoder=share,
-                                   prediction_type=scheduler.config.prediction_type)
+        sampler = InjectionSampler(unet, scheduler, cfg, share_encoder=share)
         out[share] = sampler.generate(s.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(1))
         sampler.close()
     assert torch.equal(out[True], out[False])
@@ -178,8 +175,9 @@ def test_eps_from_v_recovers_the_noise():
 
 def test_v_and_epsilon_models_give_the_same_inversion():
     """A v-predicting network that is exactly the ε network in v form inverts to the same x_T."""
-    unet, scheduler = tiny_unet()
-    a = scheduler.alphas_cumprod
+    unet, _ = tiny_unet()
+    by_type = {kind: build_scheduler(DiffusionConfig(prediction_type=kind)) for kind in ("epsilon", "v_prediction")}
+    a = by_type["epsilon"].alphas_cumprod
 
     class AsV(torch.nn.Module):  # v = √ᾱ·ε − √(1−ᾱ)·x0, with x0 implied by x_t and ε
         def __init__(self, inner):
@@ -194,8 +192,8 @@ def test_v_and_epsilon_models_give_the_same_inversion():
 
     x0 = torch.rand(2, 3, 28, 28) * 2 - 1
     with torch.no_grad():
-        by_eps = ddim_invert(unet, a, x0, 6, keep_h=False, prediction_type="epsilon")
-        by_v = ddim_invert(AsV(unet), a, x0, 6, keep_h=False, prediction_type="v_prediction")
+        by_eps = ddim_invert(unet, by_type["epsilon"], x0, 6, keep_h=False)
+        by_v = ddim_invert(AsV(unet), by_type["v_prediction"], x0, 6, keep_h=False)
     torch.testing.assert_close(by_v.x_T, by_eps.x_T, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="prediction_type 'sample'"):
-        ddim_invert(unet, a, x0, 6, keep_h=False, prediction_type="sample")
+        ddim_invert(unet, DDPMScheduler(prediction_type="sample"), x0, 6, keep_h=False)

@@ -301,10 +301,8 @@ def inversions_root(root: Path, prepared: Path, unet, scheduler, n_steps: int) -
     train = load_split(prepared, "train")
     rows = torch.arange(0, 4000, 200)  # 20 images over all classes (the split is sorted by class)
     with torch.no_grad():
-        c = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(train.images[rows]), n_steps, keep_h=True,
-                        prediction_type=scheduler.config.prediction_type)
-        s = ddim_invert(unet, scheduler.alphas_cumprod, to_model_range(train.images[rows + 1]), n_steps, keep_h=False,
-                        prediction_type=scheduler.config.prediction_type)
+        c = ddim_invert(unet, scheduler, to_model_range(train.images[rows]), n_steps, keep_h=True)
+        s = ddim_invert(unet, scheduler, to_model_range(train.images[rows + 1]), n_steps, keep_h=False)
     (root / "data" / "inversions").mkdir()
     save_inverted(InvertedSet(c.x_T, train.ids[rows], train.targets[rows], c.hs, c.timesteps), root / "data/inversions" / CONTENT)
     save_inverted(InvertedSet(s.x_T, train.ids[rows + 1], train.targets[rows + 1]), root / "data/inversions" / STYLE)

@@ -44,8 +44,8 @@ def reconstruct(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tenso
                 n_gen_step: int) -> Reconstruction:
     """DDIM-invert uint8 images to x_T and generate them back (h_gamma 0, eta 0)."""
     x0 = to_model_range(images)
-    inversion = ddim_invert(unet, scheduler.alphas_cumprod, x0, n_inv_step, keep_h=False, prediction_type=scheduler.config.prediction_type)
-    sampler = InjectionSampler(unet, scheduler.alphas_cumprod, InjectionConfig(n_gen_step=n_gen_step, **PLAIN_DDIM), prediction_type=scheduler.config.prediction_type)
+    inversion = ddim_invert(unet, scheduler, x0, n_inv_step, keep_h=False)
+    sampler = InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=n_gen_step, **PLAIN_DDIM))
     try:
         x_rec = sampler.generate(inversion.x_T, None, None)
     finally:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from diffusers import DDPMScheduler
 from torch import nn
 from tqdm import tqdm
 
@@ -72,11 +73,11 @@ class Inversion:
 
 
 @torch.no_grad()
-def ddim_invert(unet: nn.Module, alphas_cumprod: torch.Tensor, x0: torch.Tensor, n_steps: int,
-                keep_h: bool, hook: HSpaceHook | None = None, *, prediction_type: str) -> Inversion:
-    """Deterministic DDIM inversion (eta 0) from t = 0 up to t = T−1 on `n_steps` timesteps.
-    prediction_type: what the UNet predicts (the scheduler's config), see `_eps`."""
-    check_prediction_type(prediction_type)
+def ddim_invert(unet: nn.Module, scheduler: DDPMScheduler, x0: torch.Tensor, n_steps: int,
+                keep_h: bool, hook: HSpaceHook | None = None) -> Inversion:
+    """Deterministic DDIM inversion (eta 0) from t = 0 up to t = T−1 on `n_steps` timesteps, with the
+    noise schedule (`alphas_cumprod`) and `prediction_type` of the UNet's `scheduler`."""
+    alphas_cumprod, prediction_type = scheduler.alphas_cumprod, checked_prediction_type(scheduler)
     grid = timestep_grid(n_steps, len(alphas_cumprod))
     own_hook = keep_h and hook is None
     if own_hook:
@@ -98,9 +99,12 @@ def ddim_invert(unet: nn.Module, alphas_cumprod: torch.Tensor, x0: torch.Tensor,
     return Inversion(x_T=x, timesteps=grid, hs=torch.stack(hs) if keep_h else None)
 
 
-def check_prediction_type(prediction_type: str) -> None:
+def checked_prediction_type(scheduler: DDPMScheduler) -> str:
+    """What the UNet predicts, from its scheduler's config: epsilon or v_prediction."""
+    prediction_type = scheduler.config.prediction_type
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type {prediction_type!r}: expected one of {', '.join(PREDICTION_TYPES)}")
+    return prediction_type
 
 
 def eps_from_v(v: torch.Tensor, x_t: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
@@ -149,16 +153,14 @@ class InjectionSampler:
     network lacks UNet2DModel's layout (then each is a full pass).
     """
 
-    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor, config: InjectionConfig,
-                 share_encoder: bool = True, *, prediction_type: str):
-        check_prediction_type(prediction_type)
-        self.prediction_type = prediction_type
+    def __init__(self, unet: nn.Module, scheduler: DDPMScheduler, config: InjectionConfig, share_encoder: bool = True):
+        self.prediction_type = checked_prediction_type(scheduler)
         self.unet = unet
-        self.alphas_cumprod = alphas_cumprod
+        self.alphas_cumprod = scheduler.alphas_cumprod
         self.config = config
         self.hook = HSpaceHook(unet)
         self.encoder = SharedEncoder(unet) if share_encoder and SharedEncoder.fits(unet) else None
-        self.grid = timestep_grid(config.n_gen_step, len(alphas_cumprod))
+        self.grid = timestep_grid(config.n_gen_step, len(self.alphas_cumprod))
 
     def close(self) -> None:
         self.hook.remove()

@@ -6,7 +6,7 @@ skip connections they emit, h itself) is identical in the two passes: only the d
 injected h (skip connections come from the style path, DESIGN.md). So the first pass records those
 modules' outputs and the second replays them instead of recomputing them; the h-space hook on
 `mid_block` still runs on the replayed h. The result is bit-for-bit the same as two full passes
-(tests/test_diffusion_injection.py) and saves the encoder's share of the second pass.
+(tests/test_diffusion_maths.py) and saves the encoder's share of the second pass.
 
 Works for any diffusers UNet2DModel-like network whose forward calls `conv_in`, each of `down_blocks`
 and `mid_block` exactly once (UNet2DModel's forward does); the modules' `forward` is swapped per
@@ -28,8 +28,7 @@ class SharedEncoder:
     def __init__(self, unet: nn.Module):
         if not self.fits(unet):
             raise ValueError("the UNet has no conv_in / down_blocks / mid_block; its encoder cannot be shared")
-        down_blocks = unet.down_blocks
-        self.modules: list[nn.Module] = [unet.conv_in, *down_blocks, unet.mid_block]
+        self.modules: list[nn.Module] = [unet.conv_in, *unet.down_blocks, unet.mid_block]
         self._outputs: dict[int, Any] = {}
 
     @staticmethod

@@ -101,8 +101,7 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     unet, scheduler = load_diffusion(root / MODELS / "diffusion")
     unet = unet.to(device).eval()
     precision = diffusion_precision(params, device)
-    sampler = InjectionSampler(unet, scheduler.alphas_cumprod.to(device), cfg.sampler_config(),
-                               prediction_type=scheduler.config.prediction_type)
+    sampler = InjectionSampler(unet, scheduler, cfg.sampler_config())
     work = work_dir(root, cfg, seed, precision)
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -53,8 +53,7 @@ def invert_set(unet, scheduler, data: ImageTensors, rows: np.ndarray, n_steps: i
     x_Ts, hss = [], []
     for start in range(0, len(rows), batch_size):
         chunk = torch.as_tensor(rows[start:start + batch_size])
-        inv = ddim_invert(unet, scheduler.alphas_cumprod.to(device), to_model_range(data.images[chunk]).to(device), n_steps,
-                          keep_h, prediction_type=scheduler.config.prediction_type)
+        inv = ddim_invert(unet, scheduler, to_model_range(data.images[chunk]).to(device), n_steps, keep_h)
         x_Ts.append(inv.x_T.cpu())
         if keep_h:
             hss.append(inv.hs.cpu())
