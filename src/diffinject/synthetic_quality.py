@@ -5,6 +5,8 @@ label, is it balanced, how far is it from real images?
   (nearest LfF palette colour of the foreground) is not their label's colour;
 - label_fidelity: accuracy of a colour-blind judge (a classifier trained on grey-scale train images,
   used for evaluation only) against the synthetic labels;
+- faithful_conflict_fraction: both at once, per sample: the judge agrees with the label and the
+  measured colour is another class's;
 - bias_imbalance: the mean pairwise gap of the measured-colour frequencies within each class, averaged
   over classes (0 = every colour equally frequent in every class);
 - frechet_distance: between synthetic and real test images in the penultimate-layer features of the
@@ -17,7 +19,6 @@ import itertools
 
 import numpy as np
 import torch
-from scipy import linalg
 from torch import nn
 
 from diffinject.data.colour import nearest_palette_colour
@@ -36,6 +37,12 @@ def colour_conflict_fraction(images: torch.Tensor, targets: np.ndarray) -> tuple
     """(share of images whose measured colour is not their label's, measured colour per image)."""
     colour = nearest_palette_colour(images.permute(0, 2, 3, 1).numpy())
     return float(np.mean(colour != targets)), colour
+
+
+def faithful_conflict_fraction(judged: np.ndarray, colour: np.ndarray, targets: np.ndarray) -> float:
+    """Share of samples debiasing can use: the colour-blind judge sees the label's digit and the
+    measured colour is another class's (palette colour c is class c's bias colour)."""
+    return float(np.mean((judged == targets) & (colour != targets)))
 
 
 def bias_imbalance(targets: np.ndarray, bias: np.ndarray, n_bias: int) -> float:
@@ -63,8 +70,15 @@ def penultimate_features(net: nn.Module, images: torch.Tensor, batch_size: int =
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½)."""
+    """‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½).
+
+    Tr((Σ_a Σ_b)^½) is taken as Σ √λ over the eigenvalues of the symmetric Σ_a^½ Σ_b Σ_a^½ (same
+    spectrum): ReLU features have dead units, so the covariances are singular and a general matrix
+    square root (scipy's sqrtm) warns and can return complex noise; symmetric eigendecompositions do not.
+    """
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = np.real(linalg.sqrtm(cov_a @ cov_b))
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    w, v = np.linalg.eigh(cov_a)
+    sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)

@@ -9,6 +9,7 @@ from typing import Literal
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.utils import is_accelerate_available
 
 from diffinject.config import section
 from diffinject.diffusion.precision import check_precision, resolve_precision
@@ -93,7 +94,9 @@ def load_diffusion(path: str | Path, default_scheduler: DDPMScheduler | None = N
     if not (unet_dir / "config.json").is_file():
         raise DiffinjectError(f"{path}: not a diffusers UNet2DModel folder (expected config.json and weights, or a unet/ subfolder)")
     try:
-        unet = UNet2DModel.from_pretrained(unet_dir)
+        # diffusers defaults to low_cpu_mem_usage, which needs `accelerate` (not a dependency) and
+        # otherwise falls back to False with a multi-line warning at every load
+        unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=is_accelerate_available())
     except (OSError, ValueError, EnvironmentError) as exc:
         raise DiffinjectError(f"{unet_dir}: cannot load a UNet2DModel ({str(exc).splitlines()[0]})") from exc
     if getattr(unet, "mid_block", None) is None:

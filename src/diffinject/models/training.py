@@ -25,6 +25,7 @@ from diffinject.config import check_at_least
 from diffinject.data.tensors import ImageDataModule, ImageTensors, make_loader
 from diffinject.devices import skip_failing_nvml_probe
 from diffinject.errors import DiffinjectError
+from diffinject.quiet import quiet_lightning
 from diffinject.models.classifier import SELECT_MODES, ClassifierModule, EpochSelector, TrainProgressBar
 from diffinject.models.lff import DEFAULT_EMA_ALPHA, LfFModule
 from diffinject.models.losses import DEFAULT_GCE_Q
@@ -145,6 +146,7 @@ def build_trainer(cfg: TrainerConfig, max_epochs: int = 1, callbacks: list[light
     accelerator: the sets are small and per-sample outputs then need no gathering."""
     cfg.check()
     skip_failing_nvml_probe()
+    quiet_lightning()
     callbacks = list(callbacks or [])
     if cfg.enable_progress_bar and not inference:
         callbacks.append(TrainProgressBar(refresh_rate=cfg.progress_bar_refresh_rate))

@@ -34,8 +34,8 @@ from diffinject.imaging import save_grid
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.training import predict_logits
 from diffinject.stages.common import METRICS, MODELS, PREPARED, common_inputs, model_dir
-from diffinject.synthetic_quality import (bias_imbalance, colour_conflict_fraction, frechet_distance,
-                                          penultimate_features, to_grey)
+from diffinject.synthetic_quality import (bias_imbalance, colour_conflict_fraction, faithful_conflict_fraction,
+                                          frechet_distance, penultimate_features, to_grey)
 
 INVERSIONS = Path("data/inversions")
 OUT = Path("data/synthetic")
@@ -62,6 +62,7 @@ def quality_report(root: Path, manifest: pd.DataFrame, pool: pd.DataFrame, image
     n_classes = num_classes_of(manifest)
     targets = pool["target"].to_numpy()
     report: dict[str, Any] = {"n_samples": len(pool), "label_from": str(pool["label_from"].iloc[0])}
+    colour = None
     if info.get("source") in COLOUR_BIASED_SOURCES and images.shape[1] == 3:
         fraction, colour = colour_conflict_fraction(images, targets)
         report["colour_conflict_fraction"] = fraction
@@ -70,11 +71,14 @@ def quality_report(root: Path, manifest: pd.DataFrame, pool: pd.DataFrame, image
     notes = []
     if (model_dir(root, "judge") / "model.json").is_file():
         judge, _, _ = load_classifier(model_dir(root, "judge"), num_classes=n_classes, image_shape=tuple(images.shape[1:]))
-        grey = ImageTensors(to_grey(images), torch.as_tensor(targets), torch.as_tensor(pool["id"].to_numpy()), "synthetic")
+        # torch.tensor copies: the manifest's arrays are read-only views, which torch.as_tensor warns about
+        grey = ImageTensors(to_grey(images), torch.tensor(targets), torch.tensor(pool["id"].to_numpy()), "synthetic")
         predicted = predict_logits(judge, grey, 1024, trainer_cfg).argmax(1).numpy()
         report["label_fidelity"] = float(np.mean(predicted == targets))
         report["judge_agrees_with_content"] = float(np.mean(predicted == pool["content_target"].to_numpy()))
         report["judge_agrees_with_style"] = float(np.mean(predicted == pool["style_target"].to_numpy()))
+        if colour is not None:
+            report["faithful_conflict_fraction"] = faithful_conflict_fraction(predicted, colour, targets)
     else:
         notes.append("label_fidelity: no models/judge (run train_judge)")
     if (model_dir(root, "vanilla") / "model.json").is_file():

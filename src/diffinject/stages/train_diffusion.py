@@ -31,6 +31,7 @@ from diffinject.devices import inference_device, skip_failing_nvml_probe
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid
+from diffinject.quiet import quiet_lightning
 from diffinject.models.training import TrainerConfig
 from diffinject.stages.common import METRICS, MODELS, PREPARED, common_inputs
 
@@ -56,6 +57,7 @@ def _trainer(trainer_cfg: TrainerConfig, cfg: DiffusionConfig, ckpt_dir: Path, p
     if trainer_cfg.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=trainer_cfg.progress_bar_refresh_rate))
     skip_failing_nvml_probe()
+    quiet_lightning()
     return lightning.Trainer(
         accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices, strategy=trainer_cfg.strategy,
         num_nodes=trainer_cfg.num_nodes, precision=precision, deterministic=trainer_cfg.deterministic,
