@@ -31,8 +31,8 @@ from diffinject.devices import inference_device, skip_failing_nvml_probe
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid
-from diffinject.quiet import quiet_lightning
 from diffinject.models.training import TrainerConfig
+from diffinject.quiet import quiet_lightning
 from diffinject.stages.common import METRICS, MODELS, PREPARED, common_inputs
 
 OUT = MODELS / "diffusion"
