@@ -7,8 +7,9 @@ image once, in batches, and generates all pairs in batches from the cache, the t
 sharing the UNet's encoder (`shared_encoder_speedup`: against two full passes), in the pipeline's
 `diffusion.precision` (bf16 autocast on a CPU with AVX512-BF16; the same loop in fp32 is timed too,
 `speedup_fp32`). Same UNet, steps and pairs; images per second of each and their ratio, side by side
-in one run. The pairs have the default pipeline's shape: 400 samples from 100 mined contents and 200
-style images, so each content serves 4 pairs and each style 2 (`make_pairs`, as `inject` draws them);
+in one run. The pairs have the default pipeline's shape, from params.yaml: `injection.n_samples` pairs
+from `mine.k` x 10 mined contents and `injection.styles_per_class` x 10 style images (400 from 30 and
+200 at the defaults: each content serves ~13 pairs, each style 2; `make_pairs`, as `inject` draws them);
 the reference's time is measured on the first pairs, in a fresh process, and reported per image.
 Every ratio is the median over rounds (`--rounds`, default 3) of the ratio within a round. Peak RSS
 of inverting and of generating alone is measured in subprocesses.
@@ -50,12 +51,23 @@ def _setup(model: str | None, tmp: Path) -> Path:
     return tmp / "diffusion"
 
 
-# The default pipeline's pool: injection.n_samples 400 from mine.k 10 x 10 contents, 20 x 10 styles.
-PAIRS_PER_CONTENT, PAIRS_PER_STYLE = 4, 2
+N_CLASSES = 10  # Colored MNIST, the default dataset
+
+
+def pool_shape(n_pairs: int) -> tuple[int, int]:
+    """(contents, styles) of an n_pairs pool shaped like the default pipeline's (params.yaml):
+    mine.k x classes contents and styles_per_class x classes styles per injection.n_samples pairs."""
+    from diffinject.config import load_params
+
+    params = load_params(REPO / "params.yaml")
+    per_pair = n_pairs / params["injection"]["n_samples"]
+    n_content = max(1, round(params["mine"]["k"] * N_CLASSES * per_pair))
+    n_style = max(1, round(params["injection"]["styles_per_class"] * N_CLASSES * per_pair))
+    return n_content, n_style
 
 
 def _images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n distinct train images (the first half of them go to contents in `_workload`)."""
+    """n distinct train images, drawn seeded (`_workload` takes the first ones as contents)."""
     from diffinject.data.prepare import DataConfig, prepare
     from diffinject.data.tensors import load_split
 
@@ -70,7 +82,7 @@ def _workload(n_pairs: int):
     """contents, styles (uint8) and the pairs (indices into them) of an n_pairs-image pool."""
     from diffinject.diffusion.injection import make_pairs
 
-    n_content, n_style = n_pairs // PAIRS_PER_CONTENT, n_pairs // PAIRS_PER_STYLE
+    n_content, n_style = pool_shape(n_pairs)
     images, targets = _images(n_content + n_style)
     contents, styles = images[:n_content], images[n_content:]
     pairs = make_pairs(targets[:n_content].numpy(), targets[n_content:].numpy(), n_pairs, seed=0)
