@@ -284,7 +284,9 @@ def test_two_processes_on_one_sqlite_study_record_every_trial_once(tmp_path, mon
     assert {r.data.tags["diffinject.worker"] for r in children} == {"0", "1"}
     spans = {w: [(t.datetime_start, t.datetime_complete) for r in children for t in study.trials
                  if r.data.tags["diffinject.worker"] == w and int(r.data.tags["optuna.trial"]) == t.number] for w in "01"}
-    assert max(s for s, _ in spans["0"] + spans["1"]) < min(max(e for _, e in spans[w]) for w in "01")  # they overlapped
+    # they ran concurrently: some trial of worker 0 overlaps some trial of worker 1 in time (not every
+    # trial: under load one worker's last trial may start just after the other worker has finished)
+    assert any(s0 < e1 and s1 < e0 for s0, e0 in spans["0"] for s1, e1 in spans["1"])
 
 
 def inversions_root(root: Path, prepared: Path, unet, scheduler, n_steps: int) -> Path:
