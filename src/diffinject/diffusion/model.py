@@ -13,7 +13,7 @@ from diffusers.utils import is_accelerate_available
 
 from diffinject.config import section
 from diffinject.diffusion.precision import check_precision, resolve_precision
-from diffinject.diffusion.sampler import PREDICTION_TYPES
+from diffinject.diffusion.sampler import PREDICTION_TYPES, checked_prediction_type
 from diffinject.errors import DiffinjectError
 
 UNET_DIR = "unet"
@@ -107,9 +107,10 @@ def load_diffusion(path: str | Path, default_scheduler: DDPMScheduler | None = N
         scheduler = default_scheduler
     else:
         raise DiffinjectError(f"{path}: no scheduler/ folder and no default schedule given")
-    if scheduler.config.prediction_type not in PREDICTION_TYPES:
-        raise DiffinjectError(f"{path}: the scheduler's prediction_type is {scheduler.config.prediction_type!r}, "
-                              f"expected one of {', '.join(PREDICTION_TYPES)}")
+    try:
+        checked_prediction_type(scheduler)
+    except ValueError as exc:
+        raise DiffinjectError(f"{path}: the scheduler's {exc}") from exc
     return unet, scheduler
 
 
