@@ -6,9 +6,10 @@ peak memory of `train_biased` on the 60,000-image Fashion-MNIST train file.
    `train_biased` stage does: once by `diffinject.models.training.train_classifier` (Lightning, the
    default `trainer.*` params including the progress bar) and once by a hand-written loop doing the same
    work (same network, initial weights, data loader, Adam, loss, validation and weight copy). The two
-   run back to back, as a pair, several times in one process. The headline ratio is the median over
-   pairs of Lightning time / plain time: pairing cancels the slow drifts of a shared VM (the same run
-   varies by ±20 % here) and the median drops pairs hit by another process. The fastest run of each
+   run back to back, as a pair, several times in one process, taking turns at going first. The headline
+   ratio is the median over pairs of Lightning time / plain time, with its quartiles: pairing cancels
+   the slow drifts of a shared VM (the same run varies by ±20 % here) and the median drops pairs hit by
+   another process. The fastest run of each
    gives samples/s. Each wall time covers the whole call (Trainer construction included).
    The same comparison runs again on the Fashion-MNIST train split of part 2 (~53,000 images, 3 epochs),
    where Lightning's fixed cost per epoch weighs 13x less per sample (keys `fashion_*`).
@@ -45,7 +46,7 @@ QUICK_IMAGES = 7000
 # Epochs per timed training run: the default of the vanilla and debiased stages (quick: a short run, where
 # Trainer construction weighs more).
 EPOCHS, QUICK_EPOCHS = 50, 10
-REPEATS, QUICK_REPEATS = 7, 3
+REPEATS, QUICK_REPEATS = 9, 3
 # Epochs of the peak-memory run (peak memory does not grow with epochs; time does).
 MEMORY_EPOCHS = 2
 # Throughput again on the prepared Fashion-MNIST train split (~53,000 images), where Lightning's fixed
@@ -131,16 +132,27 @@ def throughput(prepared: Path, epochs: int, repeats: int) -> dict:
     train, valid = load_split(prepared, "train", manifest), load_split(prepared, "valid", manifest)
     num_classes = num_classes_of(manifest)
     plain_loop(train, valid, num_classes, cfg, 0)  # warm-up: first-touch allocations, oneDNN kernels
-    lightning_s, plain_s = [], []
-    for _ in range(repeats):
+    def lightning_run() -> float:
         start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the progress bar draws on stdout; keep stdout for results
             train_classifier(train, valid, num_classes, cfg, trainer_cfg, 0, "biased")
-        lightning_s.append(time.perf_counter() - start)
-        plain_s.append(plain_loop(train, valid, num_classes, cfg, 0))
+        return time.perf_counter() - start
+
+    lightning_s, plain_s = [], []
+    for pair in range(repeats):
+        # Alternate which side runs first, so a drift within a pair (or the cost of following the other
+        # side: allocator state, caches) does not always land on the same side.
+        if pair % 2 == 0:
+            lightning_s.append(lightning_run())
+            plain_s.append(plain_loop(train, valid, num_classes, cfg, 0))
+        else:
+            plain_s.append(plain_loop(train, valid, num_classes, cfg, 0))
+            lightning_s.append(lightning_run())
     samples = epochs * len(train)
     lt, pt = min(lightning_s), min(plain_s)
-    ratio = statistics.median(l / p for l, p in zip(lightning_s, plain_s))
+    ratios = [l / p for l, p in zip(lightning_s, plain_s)]
+    ratio = statistics.median(ratios)
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratio, ratio, ratio]
     return {
         "throughput_train_images": len(train),
         "throughput_epochs": epochs,
@@ -149,6 +161,7 @@ def throughput(prepared: Path, epochs: int, repeats: int) -> dict:
         "plain_samples_per_s": round(samples / pt),
         "lightning_over_plain_time_ratio": round(ratio, 3),
         "lightning_overhead_pct": round(100 * (ratio - 1), 1),
+        "lightning_overhead_pct_quartiles": [round(100 * (quartiles[0] - 1), 1), round(100 * (quartiles[2] - 1), 1)],
         "fastest_run_time_ratio": round(lt / pt, 3),
         "lightning_seconds": [round(s, 3) for s in lightning_s],
         "plain_seconds": [round(s, 3) for s in plain_s],
@@ -216,19 +229,22 @@ def main() -> None:
                                      QUICK_REPEATS if args.quick else REPEATS))
             print(f"training {result['throughput_train_images']} images x {result['throughput_epochs']} epochs: "
                   f"Lightning {result['lightning_samples_per_s']} samples/s, plain loop {result['plain_samples_per_s']} "
-                  f"samples/s, overhead {result['lightning_overhead_pct']} %", flush=True)
+                  f"samples/s, overhead {result['lightning_overhead_pct']} % (quartiles "
+                  f"{' to '.join(map(str, result['lightning_overhead_pct_quartiles']))} %)", flush=True)
         fashion = tmp / "fashion"
         fashion.mkdir()
         src = write_idx_subset(args.path, QUICK_IMAGES, fashion) if args.quick else args.path
         result.update(peak_memory(src, tmp / "fashion-root"))
-        print(f"train_biased on Fashion-MNIST ({result['fashion_images']}): {result['train_biased_seconds']} s for "
+        splits = ", ".join(f"{n} {split}" for split, n in result["fashion_images"].items())
+        print(f"train_biased on Fashion-MNIST ({splits}): {result['train_biased_seconds']} s for "
               f"{MEMORY_EPOCHS} epochs, peak RSS {result['train_biased_peak_rss_mib']} MiB", flush=True)
         if not args.skip_throughput:
             fashion_tp = throughput(tmp / "fashion-root" / "data" / "prepared", FASHION_EPOCHS,
                                     1 if args.quick else FASHION_REPEATS)
             result.update({f"fashion_{k}": v for k, v in fashion_tp.items()})
             print(f"Fashion-MNIST {fashion_tp['throughput_train_images']} images x {FASHION_EPOCHS} epochs: "
-                  f"overhead {fashion_tp['lightning_overhead_pct']} %", flush=True)
+                  f"overhead {fashion_tp['lightning_overhead_pct']} % (quartiles "
+                  f"{' to '.join(map(str, fashion_tp['lightning_overhead_pct_quartiles']))} %)", flush=True)
     print(json.dumps(result))
 
 

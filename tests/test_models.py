@@ -127,3 +127,74 @@ def test_predict_with_the_default_trainer_params():
     data = ImageTensors(images, torch.zeros(5, dtype=torch.long), torch.arange(5), "test")
     logits = predict_logits(net, data, 2, TrainerConfig())
     torch.testing.assert_close(logits, net(images.float() / 255))
+
+
+def _tiny_split(n: int, seed: int):
+    from diffinject.data.tensors import ImageTensors
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=g)
+    return ImageTensors(images, torch.randint(0, 3, (n,), generator=g), torch.arange(n), f"split{seed}")
+
+
+def test_epoch_selector_keeps_the_first_best_epoch_or_the_last():
+    from diffinject.models.classifier import EpochSelector
+
+    net = torch.nn.Linear(2, 1)
+    scores = [0.3, 0.5, 0.5, 0.4]
+    best, last = EpochSelector("best"), EpochSelector("last")
+    for epoch, score in enumerate(scores, start=1):
+        with torch.no_grad():
+            net.weight.fill_(epoch)
+        for selector in (best, last):
+            selector.record(epoch, {"valid/acc": score, "train/loss": 1.0 / epoch}, net)
+    assert best.best_epoch == 2 and best.best_score == 0.5  # the first of the tied epochs
+    assert torch.all(best.state["weight"] == 2)  # a copy: later epochs did not change it
+    assert last.best_epoch == 4 and torch.all(last.state["weight"] == 4)
+    assert [row["epoch"] for row in best.history] == [1, 2, 3, 4] and best.history[1]["valid/acc"] == 0.5
+    with pytest.raises(RuntimeError, match="valid/acc was never computed"):
+        EpochSelector("best").record(1, {"train/loss": 1.0}, net)
+
+
+def test_training_returns_the_weights_of_the_best_validation_epoch():
+    from diffinject.models.networks import build_network as build
+    from diffinject.models.training import TrainConfig, TrainerConfig, train_classifier
+
+    train, valid = _tiny_split(64, 0), _tiny_split(32, 1)
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=0.05, select="best")
+    result = train_classifier(train, valid, 3, cfg, TrainerConfig(enable_progress_bar=False), 0, "biased")
+    accs = [row["valid/acc"] for row in result.history]
+    assert len(accs) == 4 and result.best_epoch == accs.index(max(accs)) + 1
+    net = build(result.net_config)
+    net.load_state_dict(result.state)
+    with torch.no_grad():
+        acc = (net(valid.images.float() / 255).argmax(1) == valid.targets).float().mean().item()
+    assert acc == pytest.approx(max(accs))  # the kept weights are that epoch's
+
+
+@pytest.mark.parametrize("min_interval_s, draws_per_epoch", [(float("inf"), 3), (0.0, 1 + 4 + 1)])
+def test_training_progress_bar_draws_once_per_event(monkeypatch, min_interval_s, draws_per_epoch):
+    # 4 batches per epoch and refresh_rate 1. With no minimum time between redraws the bar draws at the
+    # epoch's start, after each batch and at its end (with valid/acc); with an interval longer than the
+    # epoch, only at the start, the last batch and the end. Plus one draw when the bar is created.
+    import lightning
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+    from diffinject.data.tensors import ImageDataModule
+    from diffinject.models.classifier import ClassifierModule, TrainProgressBar
+
+    draws: list[tuple[int, str]] = []  # (batches shown, postfix) at every draw
+    original_refresh = Tqdm.refresh
+
+    def counting_refresh(bar, *args, **kwargs):
+        draws.append((bar.n, bar.postfix or ""))
+        return original_refresh(bar, *args, **kwargs)
+
+    monkeypatch.setattr(Tqdm, "refresh", counting_refresh)
+    bar = TrainProgressBar(refresh_rate=1, min_interval_s=min_interval_s)
+    trainer = lightning.Trainer(max_epochs=2, callbacks=[bar], logger=False, enable_checkpointing=False,
+                                enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu")
+    module = ClassifierModule(build_network(NetConfig("mlp", 3, (1, 4, 4))))
+    trainer.fit(module, datamodule=ImageDataModule(_tiny_split(64, 0), _tiny_split(16, 1), 16, 0))
+    assert len(draws) == 1 + 2 * draws_per_epoch, draws
+    assert draws[-1][0] == 4 and "valid/acc=" in draws[-1][1]  # the epoch's end: full bar and valid/acc

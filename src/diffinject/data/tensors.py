@@ -12,7 +12,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import lightning
 import numpy as np
@@ -184,7 +184,10 @@ class IndexedImages(Dataset):
 
     def __getitems__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(rows, dtype=torch.long)
-        return self.data.images[index], self.data.targets[index], index  # (B, C, H, W), (B,), (B,)
+        # index_select copies whole rows; advanced indexing (images[index]) goes through the generic
+        # gather kernel, 15x slower for a batch of 256 uint8 images (~180 µs, 5 % of an MLP step)
+        images = self.data.images.index_select(0, index)
+        return images, self.data.targets.index_select(0, index), index  # (B, C, H, W), (B,), (B,)
 
 
 def _batch_as_is(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -218,6 +221,13 @@ class ImageDataModule(lightning.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self.valid, self.eval_batch_size, shuffle=False)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # On the CPU the batch is already where it trains: skip Lightning's generic mover, which walks
+        # the batch's structure and re-checks every tensor (~15 µs per step, ~0.4 % of an MLP step).
+        if isinstance(batch, tuple) and all(isinstance(t, torch.Tensor) and t.device == device for t in batch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
 
 @dataclass
