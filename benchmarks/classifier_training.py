@@ -168,6 +168,12 @@ def throughput(prepared: Path, epochs: int, repeats: int) -> dict:
     }
 
 
+def overhead_text(tp: dict) -> str:
+    """"12.7 % (quartiles 10.5 to 17.1 %)" from a `throughput` result."""
+    low, high = tp["lightning_overhead_pct_quartiles"]
+    return f"{tp['lightning_overhead_pct']} % (quartiles {low} to {high} %)"
+
+
 def peak_memory(src: str, root: Path) -> dict:
     """Prepare `src` under root/data/prepared, then time train_biased in a child process."""
     from diffinject.config import load_params
@@ -229,8 +235,7 @@ def main() -> None:
                                      QUICK_REPEATS if args.quick else REPEATS))
             print(f"training {result['throughput_train_images']} images x {result['throughput_epochs']} epochs: "
                   f"Lightning {result['lightning_samples_per_s']} samples/s, plain loop {result['plain_samples_per_s']} "
-                  f"samples/s, overhead {result['lightning_overhead_pct']} % (quartiles "
-                  f"{' to '.join(map(str, result['lightning_overhead_pct_quartiles']))} %)", flush=True)
+                  f"samples/s, overhead {overhead_text(result)}", flush=True)
         fashion = tmp / "fashion"
         fashion.mkdir()
         src = write_idx_subset(args.path, QUICK_IMAGES, fashion) if args.quick else args.path
@@ -243,8 +248,7 @@ def main() -> None:
                                     1 if args.quick else FASHION_REPEATS)
             result.update({f"fashion_{k}": v for k, v in fashion_tp.items()})
             print(f"Fashion-MNIST {fashion_tp['throughput_train_images']} images x {FASHION_EPOCHS} epochs: "
-                  f"overhead {fashion_tp['lightning_overhead_pct']} % (quartiles "
-                  f"{' to '.join(map(str, fashion_tp['lightning_overhead_pct_quartiles']))} %)", flush=True)
+                  f"overhead {overhead_text(fashion_tp)}", flush=True)
     print(json.dumps(result))
 
 

@@ -157,7 +157,6 @@ def test_epoch_selector_keeps_the_first_best_epoch_or_the_last():
 
 
 def test_training_returns_the_weights_of_the_best_validation_epoch():
-    from diffinject.models.networks import build_network as build
     from diffinject.models.training import TrainConfig, TrainerConfig, train_classifier
 
     train, valid = _tiny_split(64, 0), _tiny_split(32, 1)
@@ -165,7 +164,7 @@ def test_training_returns_the_weights_of_the_best_validation_epoch():
     result = train_classifier(train, valid, 3, cfg, TrainerConfig(enable_progress_bar=False), 0, "biased")
     accs = [row["valid/acc"] for row in result.history]
     assert len(accs) == 4 and result.best_epoch == accs.index(max(accs)) + 1
-    net = build(result.net_config)
+    net = build_network(result.net_config)
     net.load_state_dict(result.state)
     with torch.no_grad():
         acc = (net(valid.images.float() / 255).argmax(1) == valid.targets).float().mean().item()
