@@ -147,7 +147,7 @@ def barebones_lightning(train, valid, num_classes: int, cfg, trainer_cfg, seed: 
     net, _ = build_net(cfg, num_classes, train.shape, "biased")
     module = UnloggedModule(net, loss=cfg.loss, gce_q=cfg.gce_q, lr=cfg.lr, weight_decay=cfg.weight_decay)
     module.selector = EpochSelector(cfg.select)
-    quiet_lightning()  # as build_trainer does: no device banner per Trainer
+    quiet_lightning()  # as build_trainer does: no cloud-logger advert or pytree deprecation warning per fit
     trainer = lightning.Trainer(barebones=True, accelerator=trainer_cfg.accelerator, devices=1,
                                 precision=trainer_cfg.precision, deterministic=trainer_cfg.deterministic,
                                 max_epochs=cfg.epochs, num_sanity_val_steps=0)
