@@ -6,8 +6,8 @@ lff, train_debiased and evaluate run there with `seed: s` — the stages' own `r
 params of params.yaml plus any `--set section.key=value` overrides. Without `--diffusion` the diffusion
 stages do not run, so train_debiased has no pool (`debiased.pool: null`).
 
-With `--diffusion DIR` (a trained models/diffusion/ folder, e.g. the pipeline's), `invert` and `inject`
-run too with that DDPM, and train_debiased mixes in the synthetic pool: the DiffInject row. The DDPM has
+With `--diffusion DIR` (a trained models/diffusion/ folder, e.g. the pipeline's), `probe`, `invert`,
+`train_judge` and `inject` run too with that DDPM (the judge only scores the pool's quality report), and train_debiased mixes in the synthetic pool: the DiffInject row. The DDPM has
 seen the train images of the split it was trained on, and another seed's split would put some of them
 in valid/test, so in this mode the data stay those of `--data-seed` (default: params.yaml's `seed`, the
 pipeline's split) and only the training seeds (models, mining, style draws, injection noise) change.
@@ -34,13 +34,14 @@ from pathlib import Path
 import yaml
 
 from diffinject.config import load_params
-from diffinject.stages import evaluate, inject, invert, lff, mine, prepare, train_biased, train_debiased, vanilla
+from diffinject.stages import (evaluate, inject, invert, lff, mine, prepare, probe, train_biased, train_debiased,
+                               train_judge, vanilla)
 from diffinject.stages.common import MODELS as MODELS_DIR
 from diffinject.stages.common import PREPARED
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFIERS = (("train_biased", train_biased), ("mine", mine), ("vanilla", vanilla), ("lff", lff))
-INJECTION = (("invert", invert), ("inject", inject))
+INJECTION = (("probe", probe), ("invert", invert), ("train_judge", train_judge), ("inject", inject))
 DEBIASED = (("train_debiased", train_debiased), ("evaluate", evaluate))
 POOL = "data/synthetic/manifest.parquet"
 MODELS = ("vanilla", "biased", "lff", "debiased")
@@ -86,6 +87,7 @@ def run_seed(params: dict, seed: int, root: Path, data_seed: int | None = None,
         row[f"{model}_best_epoch"] = json.loads((root / "metrics" / f"{model}.json").read_text())["best_epoch"]
     if diffusion is not None:
         row["inject"] = {k: v for k, v in out["inject"].items() if isinstance(v, (int, float))}
+        row["inject"]["label_from"] = out["inject"]["label_rule"]["label_from"]
     row["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     return row
 

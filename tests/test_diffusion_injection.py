@@ -61,11 +61,14 @@ def _inject_root(tmp_path: Path, prepared: Path, unet, scheduler, name: str) -> 
     train = load_split(prepared, "train")
     rows = torch.arange(0, 4000, 200)  # 20 images over all classes (the split is sorted by id, ids by class)
     with torch.no_grad():
-        c = ddim_invert(unet, scheduler, to_model_range(train.images[rows]), 6, keep_h=True)
+        c = ddim_invert(unet, scheduler, to_model_range(train.images[rows]), 6, keep_h=False, keep_path=True)
         s = ddim_invert(unet, scheduler, to_model_range(train.images[rows + 1]), 6, keep_h=False)
     (root / "data" / "inversions").mkdir()
-    save_inverted(InvertedSet(c.x_T, train.ids[rows], train.targets[rows], c.hs, c.timesteps), root / "data/inversions" / CONTENT)
-    save_inverted(InvertedSet(s.x_T, train.ids[rows + 1], train.targets[rows + 1]), root / "data/inversions" / STYLE)
+    # a stand-in bias proxy: the next class (what a biased model says of a mined conflict is another class)
+    save_inverted(InvertedSet(c.x_T, train.ids[rows], train.targets[rows], timesteps=c.timesteps, xs=c.xs,
+                              proxy=(train.targets[rows] + 1) % 10), root / "data/inversions" / CONTENT)
+    save_inverted(InvertedSet(s.x_T, train.ids[rows + 1], train.targets[rows + 1], proxy=train.targets[rows + 1]),
+                  root / "data/inversions" / STYLE)
     return root
 
 
@@ -117,3 +120,37 @@ def test_bf16_autocast_keeps_reconstruction_and_fp32_outputs(tiny_ddpm, prepared
     assert inv.x_T.dtype == inv.hs.dtype == out.dtype == torch.float32
     fp32 = reconstruct(unet, scheduler, images, RECONSTRUCTION_STEPS, RECONSTRUCTION_STEPS)
     assert abs(rec.mse - fp32.mse) < 0.5 * fp32.mse  # same reconstruction quality, not just "below the bound"
+
+
+def test_probe_stage_then_inject_with_channel_stats_and_the_label_rule_it_decides(tiny_ddpm, prepared_mnist, tmp_path):
+    """probe -> metrics/probe.json (every site, both views, the three labellings + the true bias to
+    report) and its curves; inject with `label_from: auto` takes its label rule from there."""
+    import json
+
+    import pandas as pd
+
+    from diffinject.stages import probe, train_biased
+
+    unet, scheduler = tiny_ddpm
+    root = _inject_root(tmp_path, prepared_mnist, unet, scheduler, "probed")
+    params = {"seed": 0, "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+              "biased": {"epochs": 1}, "probe": {"n_images": 40},
+              "injection": {"n_gen_step": 6, "n_inv_step": 6, "n_samples": 12, "batch_size": 6, "t_boost": -1,
+                            "operator": "channel_stats", "site": "up0", "label_from": "auto"}}
+    train_biased.run(params, root)
+    report = probe.run(params, root)
+    assert set(report["curves"]) == {"h", "up0", "up1"}
+    assert set(report["curves"]["up0"]) == {"stats", "map"}
+    assert set(report["curves"]["up0"]["stats"]) == {"self_labeled", "cls_labeled", "cls_labeled_oh", "true_bias"}
+    assert len(report["curves"]["h"]["map"]["self_labeled"]) == len(report["timesteps"]) == 6
+    assert (root / "metrics/plots/probe/accuracy.png").stat().st_size > 0
+    assert json.loads((root / "metrics/probe.json").read_text())["n_eval"] == 40
+    out = inject.run(params, root)
+    rule = out["label_rule"]
+    assert rule["decided_by"] == "probe" and rule["label_from"] in ("content", "style") and rule["view"] == "stats"
+    pool = pd.read_parquet(root / "data/synthetic/manifest.parquet")
+    assert (pool["label_from"] == rule["label_from"]).all() and (pool["operator"] == "channel_stats").all()
+    column = "content_target" if rule["label_from"] == "content" else "style_target"
+    assert (pool["target"] == pool[column]).all()
+    if rule["label_from"] == "style":  # never a content the biased model already calls the style's class
+        assert (pool["content_proxy"] != pool["style_target"]).all()

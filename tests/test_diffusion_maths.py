@@ -9,11 +9,12 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from diffinject.diffusion.hspace import HSpaceHook, rescale_to, slerp
+from diffinject.diffusion.hspace import rescale_to, slerp
 from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet
 from diffinject.diffusion.sampler import (InjectionConfig, InjectionSampler, ddim_invert, ddim_step,
                                           eps_from_v, timestep_grid)
 from diffinject.diffusion.shared_encoder import SharedEncoder
+from diffinject.diffusion.sites import SiteHook
 
 
 def test_slerp_endpoints():
@@ -55,27 +56,29 @@ def test_hook_captures_mid_block_output():
     unet, _ = tiny_unet()
     seen = {}
     handle = unet.mid_block.register_forward_hook(lambda m, i, o: seen.setdefault("h", o.detach().clone()))
-    hook = HSpaceHook(unet)
+    hook = SiteHook(unet)
     x, t = torch.randn(3, 3, 28, 28), torch.tensor([10, 500, 900])
-    with torch.no_grad(), hook.capture():
+    with torch.no_grad(), hook.capture(["h"]):
         unet(x, t)
     handle.remove()
-    torch.testing.assert_close(hook.captured, seen["h"])
-    assert hook.captured.shape == (3, 16, 14, 14)
+    (h,) = hook.captured["h"]
+    torch.testing.assert_close(h, seen["h"])
+    assert h.shape == (3, 16, 14, 14)
 
 
 def test_hook_replacing_h_with_itself_changes_nothing():
     unet, _ = tiny_unet()
-    hook = HSpaceHook(unet)
+    hook = SiteHook(unet)
     x, t = torch.randn(2, 3, 28, 28), torch.tensor([100, 700])
     with torch.no_grad():
-        with hook.capture():
+        with hook.capture(["h"]):
             plain = unet(x, t).sample
-        h = hook.captured
-        for gamma in (0.0, 0.5, 1.0):
-            with hook.inject(h, gamma):
-                torch.testing.assert_close(unet(x, t).sample, plain, atol=1e-5, rtol=1e-5)
-        with hook.inject(torch.randn_like(h), 1.0):
+        (h,) = hook.captured["h"]
+        for operator in ("slerp", "channel_stats"):
+            for gamma in (0.0, 0.5, 1.0):
+                with hook.inject({"h": (h,)}, operator, gamma):
+                    torch.testing.assert_close(unet(x, t).sample, plain, atol=1e-5, rtol=1e-5)
+        with hook.inject({"h": (torch.randn_like(h),)}, "slerp", 1.0):
             assert not torch.allclose(unet(x, t).sample, plain, atol=1e-3)
     hook.remove()
 
@@ -108,6 +111,7 @@ class ZeroEps(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.mid_block = torch.nn.Identity()
+        self.up_blocks = torch.nn.ModuleList()  # no decoder: h is its only site
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, x, t):

@@ -37,3 +37,12 @@ def test_autocast_runs_the_network_in_the_chosen_dtype():
         assert conv(x).dtype == torch.bfloat16
     with precision.autocast("32-true", CPU):
         assert conv(x).dtype == torch.float32
+
+
+def test_cpu_below_avx512_is_not_native_bf16(monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 (an AVX2-only machine, or one made to act like it) runs bf16 emulated."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert not precision.native_bf16(torch.device("cpu"))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert precision.native_bf16(torch.device("cpu"))

@@ -19,6 +19,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train_debiased": ("train_debiased", "train on the train split + a pool sample (debiased.*) -> models/debiased/"),
     "train_diffusion": ("train_diffusion", "train the DDPM on train images, or load diffusion.pretrained -> models/diffusion/"),
     "train_judge": ("train_judge", "colour-blind judge for the synthetic quality report (judge.*) -> models/judge/"),
+    "probe": ("probe", "linear probes of what each UNet site carries per timestep (probe.*) -> metrics/probe.json"),
     "invert": ("invert", "DDIM-invert content (mined) and style (easiest) images -> data/inversions/"),
     "inject": ("inject", "h-space injection from cached inversions (injection.*) -> data/synthetic/"),
     "evaluate": ("evaluate", "accuracy, group and fairness metrics of every model on valid/test -> metrics/eval.json"),

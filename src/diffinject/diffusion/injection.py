@@ -1,9 +1,11 @@
 """Making a synthetic pool: (content, style) pairs, batched injected generation, resumable on disk.
 
 Pairs: the k-th sample takes content k mod |contents| (in a seeded order) and a style image drawn
-(seeded) from the styles of another class, so the result mixes one class's content with another
-class's style: a new bias-conflicting sample when the style carries the bias (measure it:
-`label_from` and the quality report).
+(seeded) so that the result conflicts, judged by the bias proxy (the biased classifier's prediction,
+no bias label): with the label from the content, a style of another class whose proxy is not the
+content's class (the style lends its bias); with the label from the style, a style whose class is not
+the content's proxy (the content lends its bias: a content the biased model already calls the style's
+class would make an aligned image).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from tqdm import tqdm
 
 from diffinject.diffusion.inversion_store import InvertedSet
 from diffinject.diffusion.model import to_uint8
-from diffinject.diffusion.sampler import InjectionConfig, InjectionSampler
+from diffinject.diffusion.sampler import SCHEDULES, InjectionConfig, InjectionSampler
+from diffinject.diffusion.sites import OPERATORS, Features
 from diffinject.errors import DiffinjectError
 
 BATCH_DONE = "batch_{:05d}.json"
@@ -33,16 +36,27 @@ class Pairs:
     style: np.ndarray  # (n,) row in the style set
 
 
-def make_pairs(content_targets: np.ndarray, style_targets: np.ndarray, n: int, seed: int) -> Pairs:
-    """n (content, style) pairs; each style comes from a class other than its content's."""
+def make_pairs(content_targets: np.ndarray, style_targets: np.ndarray, n: int, seed: int,
+               label_from: str = "content", content_proxy: np.ndarray | None = None,
+               style_proxy: np.ndarray | None = None) -> Pairs:
+    """n (content, style) pairs whose result conflicts (module docstring); without proxies, a style of
+    another class than the content's."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(content_targets))
     content = order[np.arange(n) % len(order)]
     style = np.empty(n, dtype=np.int64)
     for k, c in enumerate(content):
-        candidates = np.flatnonzero(style_targets != content_targets[c])
+        if label_from == "style" and content_proxy is not None:
+            ok = style_targets != content_proxy[c]
+            why = f"no style image of a class other than {content_proxy[c]}, the biased model's class for content {c}"
+        else:
+            ok = style_targets != content_targets[c]
+            if style_proxy is not None:
+                ok &= style_proxy != content_targets[c]
+            why = f"no style image of a class other than {content_targets[c]} (styles come from a single class)"
+        candidates = np.flatnonzero(ok)
         if len(candidates) == 0:
-            raise DiffinjectError(f"no style image of a class other than {content_targets[c]} (styles come from a single class)")
+            raise DiffinjectError(why)
         style[k] = rng.choice(candidates)
     return Pairs(content=content, style=style)
 
@@ -52,12 +66,13 @@ def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + batch)
 
 
-def generate_pool(sampler: InjectionSampler, contents: InvertedSet, styles: InvertedSet, pairs: Pairs,
-                  label_from: Literal["content", "style"], batch_size: int, seed: int, work: Path,
+def generate_pool(sampler: InjectionSampler, contents: InvertedSet, content_features: Features, styles: InvertedSet,
+                  pairs: Pairs, label_from: Literal["content", "style"], batch_size: int, seed: int, work: Path,
                   rank: int = 0, world_size: int = 1,
                   on_batch: Callable[[int], None] | None = None) -> None:
     """Generate every batch of pairs whose index ≡ rank (mod world_size) into `work`, skipping batches
-    already done (their marker file exists); each batch writes its PNGs, then its marker, atomically."""
+    already done (their marker file exists); each batch writes its PNGs, then its marker, atomically.
+    content_features: site -> tensors (n_steps, |contents|, ...) on `contents.timesteps`."""
     device = next(sampler.unet.parameters()).device
     n = len(pairs.content)
     batches = [b for b in range((n + batch_size - 1) // batch_size) if b % world_size == rank]
@@ -68,8 +83,8 @@ def generate_pool(sampler: InjectionSampler, contents: InvertedSet, styles: Inve
         rows = np.arange(b * batch_size, min(n, (b + 1) * batch_size))
         c, s = pairs.content[rows], pairs.style[rows]
         x_T = styles.x_T[s].to(device)
-        hs = contents.hs[:, c].to(device)  # (n_steps, B, ...)
-        images = to_uint8(sampler.generate(x_T, hs, contents.timesteps, batch_generator(seed, b, device))).cpu()
+        features = {site: tuple(f[:, c].to(device) for f in tensors) for site, tensors in content_features.items()}
+        images = to_uint8(sampler.generate(x_T, features, contents.timesteps, batch_generator(seed, b, device))).cpu()
         targets = (contents.targets[c] if label_from == "content" else styles.targets[s]).numpy()
         records = []
         for k, row in enumerate(rows):
@@ -81,13 +96,18 @@ def generate_pool(sampler: InjectionSampler, contents: InvertedSet, styles: Inve
             tmp.replace(dest)
             records.append(dict(id=int(row), path=rel, target=int(targets[k]),
                                 content_id=int(contents.ids[c[k]]), style_id=int(styles.ids[s[k]]),
-                                content_target=int(contents.targets[c[k]]), style_target=int(styles.targets[s[k]])))
+                                content_target=int(contents.targets[c[k]]), style_target=int(styles.targets[s[k]]),
+                                content_proxy=_proxy(contents, c[k]), style_proxy=_proxy(styles, s[k])))
         marker = work / BATCH_DONE.format(b)
         tmp = marker.with_name(f".tmp-{marker.name}")
         tmp.write_text(json.dumps(records))
         tmp.replace(marker)
         if on_batch is not None:
             on_batch(b)
+
+
+def _proxy(data: InvertedSet, row: int) -> int:
+    return int(data.proxy[row]) if data.proxy is not None else -1
 
 
 def collect_manifest(work: Path, n_batches: int, config: InjectionConfig, label_from: str) -> pd.DataFrame:
@@ -102,7 +122,7 @@ def collect_manifest(work: Path, n_batches: int, config: InjectionConfig, label_
     table = pd.DataFrame.from_records(records)
     table["label_from"] = label_from
     for key, value in vars(config).items():
-        table[key] = value
+        table[key] = "+".join(value) if isinstance(value, tuple) else value
     return table.sort_values("id").reset_index(drop=True)
 
 
@@ -111,15 +131,20 @@ class InjectionParams:
     """`injection.*`. `invert` reads n_inv_step, styles_per_class and style_easiest_fraction (so a
     change of any other key never re-inverts); `inject` reads the rest."""
 
-    h_gamma: float = 0.7  # slerp weight of the content h (DiffInject default 0.7)
+    h_gamma: float = 0.7  # weight of the content's features (DiffInject's slerp of h: 0.7)
+    operator: str = "slerp"  # slerp | channel_stats | channel_mean (sites.py)
+    site: str | list[str] = "h"  # h | up0 | up1 | ... or a list / comma-separated string of them
+    schedule: str = "every_step"  # every_step | official (InjectFusion's replace steps, sampler.plan_steps)
+    replace_steps: int = 50  # official schedule: points of the replace grid over [0, T-1]
     t_edit: int = 0  # inject at t >= t_edit; 0 = the whole trajectory (t_edit 500 barely edits at 20 steps)
+    t_max: int | None = None  # ... and at t <= t_max; null = no upper bound
     t_boost: int = 200  # eta = 1 at t <= t_boost (Asyrp's quality boost); -1 turns it off
     dt_lambda: float = 0.9985  # noise-direction scale at t >= 950 (DiffInject)
     n_inv_step: int = 20
     n_gen_step: int = 20
     n_samples: int = 400  # size of the synthetic pool
     n_samples_ratio: float | None = None  # alternatively the pool size as a fraction of |train|
-    label_from: Literal["content", "style"] = "content"  # measured: h carries the digit's shape on CMNIST
+    label_from: Literal["content", "style", "auto"] = "content"  # auto: from metrics/probe.json (probe stage)
     batch_size: int = 64
     styles_per_class: int = 20  # style images inverted per class
     style_easiest_fraction: float = 0.5  # styles are drawn from this lowest-loss fraction of each class
@@ -136,12 +161,27 @@ class InjectionParams:
             raise DiffinjectError(f"params 'injection.n_samples_ratio': got {self.n_samples_ratio}, expected > 0 or null")
         if self.batch_size < 1 or self.styles_per_class < 1:
             raise DiffinjectError("params 'injection.batch_size' and 'injection.styles_per_class': expected >= 1")
+        if self.operator not in OPERATORS:
+            raise DiffinjectError(f"params 'injection.operator': got {self.operator!r}, expected one of {', '.join(OPERATORS)}")
+        if self.schedule not in SCHEDULES:
+            raise DiffinjectError(f"params 'injection.schedule': got {self.schedule!r}, expected one of {', '.join(SCHEDULES)}")
+        if self.label_from not in ("content", "style", "auto"):
+            raise DiffinjectError(f"params 'injection.label_from': got {self.label_from!r}, expected content, style or auto")
+        if not self.sites():
+            raise DiffinjectError("params 'injection.site': expected a site (h, up0, up1, ...) or a list of them")
+        if self.replace_steps < 2:
+            raise DiffinjectError(f"params 'injection.replace_steps': got {self.replace_steps}, expected >= 2")
         if not 0 < self.style_easiest_fraction <= 1:
             raise DiffinjectError(f"params 'injection.style_easiest_fraction': got {self.style_easiest_fraction}, expected (0, 1]")
 
+    def sites(self) -> tuple[str, ...]:
+        names = self.site.split(",") if isinstance(self.site, str) else list(self.site)
+        return tuple(name.strip() for name in names if name.strip())
+
     def sampler_config(self) -> InjectionConfig:
-        return InjectionConfig(h_gamma=self.h_gamma, t_edit=self.t_edit, t_boost=self.t_boost,
-                               dt_lambda=self.dt_lambda, n_gen_step=self.n_gen_step)
+        return InjectionConfig(h_gamma=self.h_gamma, t_edit=self.t_edit, t_max=self.t_max, t_boost=self.t_boost,
+                               dt_lambda=self.dt_lambda, n_gen_step=self.n_gen_step, operator=self.operator,
+                               sites=self.sites(), schedule=self.schedule, replace_steps=self.replace_steps)
 
     def pool_size(self, n_train: int) -> int:
         return int(np.ceil(self.n_samples_ratio * n_train)) if self.n_samples_ratio is not None else self.n_samples

@@ -1,9 +1,12 @@
 """On-disk cache of DDIM inversions (data/inversions/): safetensors files, so loading runs no pickle.
 
-content.safetensors: x_T (N, C, H, W) float32, hs (n_steps, N, c, h, w) float16, ids, targets, timesteps
-style.safetensors:   x_T, ids, targets
-h is stored in float16: it only steers the mid block through a norm-rescaled slerp, and halves the
-cache; x_T stays float32 because reconstruction error grows quickly with rounding of the latent.
+content.safetensors: x_T (N, C, H, W) float32, xs (n_steps, N, C, H, W) float32 (x_t on the inversion
+                     path, from which `inject` recomputes the features of whichever site it injects),
+                     ids, targets, proxy, timesteps
+style.safetensors:   x_T, ids, targets, proxy
+proxy is the biased classifier's prediction for the image: a bias proxy that needs no bias label, used
+to pair contents and styles so the result conflicts. An older cache may hold hs (h at every step,
+float16) instead of xs. x_T and xs stay float32: reconstruction error grows quickly with rounding.
 """
 
 from __future__ import annotations
@@ -28,13 +31,20 @@ class InvertedSet:
     targets: torch.Tensor  # (N,) int64
     hs: torch.Tensor | None = None  # (n_steps, N, c, h, w)
     timesteps: np.ndarray | None = None  # (n_steps,)
+    xs: torch.Tensor | None = None  # (n_steps, N, C, H, W): x_t on the inversion path at `timesteps`
+    proxy: torch.Tensor | None = None  # (N,) int64: the biased classifier's predicted class
 
 
 def save_inverted(data: InvertedSet, path: Path) -> None:
     tensors = {"x_T": data.x_T.float().contiguous(), "ids": data.ids, "targets": data.targets}
     if data.hs is not None:
         tensors["hs"] = data.hs.half().contiguous()
+    if data.xs is not None:
+        tensors["xs"] = data.xs.float().contiguous()
+    if data.hs is not None or data.xs is not None:
         tensors["timesteps"] = torch.as_tensor(data.timesteps, dtype=torch.int64)
+    if data.proxy is not None:
+        tensors["proxy"] = data.proxy.long().contiguous()
     save_file(tensors, str(path))
 
 
@@ -49,4 +59,5 @@ def load_inverted(path: Path) -> InvertedSet:
         x_T=t["x_T"], ids=t["ids"], targets=t["targets"],
         hs=t["hs"].float() if "hs" in t else None,
         timesteps=t["timesteps"].numpy() if "timesteps" in t else None,
+        xs=t.get("xs"), proxy=t.get("proxy"),
     )

@@ -31,6 +31,10 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
+        # torch's kernels run at the capability it picked (ATEN_CPU_CAPABILITY can lower it, e.g. to
+        # reproduce an AVX2-only machine): below AVX512, bf16 is emulated, whatever the CPU has
+        if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+            return False
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return False
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,12 +24,12 @@ from diffusers import DDPMScheduler
 from torch import nn
 from tqdm import tqdm
 
-from diffinject.diffusion.hspace import HSpaceHook
 from diffinject.diffusion.shared_encoder import SharedEncoder
+from diffinject.diffusion.sites import H_SITE, OPERATORS, Features, SiteHook, check_sites
 
 # Asyrp / DiffInject scale the noise-direction term by dt_lambda only early in generation, for
-# t >= 950 of the 1000-step schedule (Asyrp `denoising_step`, `dt_lambda` and `t_edit` of its configs).
-DT_LAMBDA_FROM_T = 950
+# t >= 950 of the 1000-step schedule (InjectFusion's `dt_end`): 0.95·T for a schedule of T steps.
+DT_LAMBDA_FROM_FRACTION = 0.95
 # What the UNet predicts (diffusers' scheduler `prediction_type`); the sampler converts to ε.
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -65,38 +66,42 @@ def ddim_step(x_t: torch.Tensor, eps_x0: torch.Tensor, eps_dir: torch.Tensor, a_
 
 @dataclass
 class Inversion:
-    """DDIM inversion of a batch: x_T and, when asked, h at every grid timestep."""
+    """DDIM inversion of a batch: x_T and, when asked, h and x_t at every grid timestep."""
 
     x_T: torch.Tensor  # (B, C, H, W)
-    timesteps: np.ndarray  # (n,) ascending; hs[i] is h of x_{timesteps[i]} on the inversion path
+    timesteps: np.ndarray  # (n,) ascending; hs[i] / xs[i] belong to x_{timesteps[i]} on the inversion path
     hs: torch.Tensor | None  # (n, B, c, h, w)
+    xs: torch.Tensor | None = None  # (n, B, C, H, W): xs[0] = x_0, xs[-1] = x_T
 
 
 @torch.no_grad()
 def ddim_invert(unet: nn.Module, scheduler: DDPMScheduler, x0: torch.Tensor, n_steps: int,
-                keep_h: bool, hook: HSpaceHook | None = None) -> Inversion:
+                keep_h: bool, hook: SiteHook | None = None, keep_path: bool = False) -> Inversion:
     """Deterministic DDIM inversion (eta 0) from t = 0 up to t = T−1 on `n_steps` timesteps, with the
-    noise schedule (`alphas_cumprod`) and `prediction_type` of the UNet's `scheduler`."""
+    noise schedule (`alphas_cumprod`) and `prediction_type` of the UNet's `scheduler`. keep_path keeps
+    x_t at every grid timestep, from which any site's features can be recomputed (`capture_features`)."""
     alphas_cumprod, prediction_type = scheduler.alphas_cumprod, checked_prediction_type(scheduler)
     grid = timestep_grid(n_steps, len(alphas_cumprod))
     own_hook = keep_h and hook is None
     if own_hook:
-        hook = HSpaceHook(unet)
+        hook = SiteHook(unet)
     try:
         x = x0
-        hs = []
+        hs, xs = [], [x0.float()]
         for t, t_next in zip(grid[:-1], grid[1:]):
             a_t, a_next = _alpha(alphas_cumprod, int(t)).to(x), _alpha(alphas_cumprod, int(t_next)).to(x)
             eps, h = _predict(unet, x, int(t), a_t, prediction_type, hook if keep_h else None)
             hs.append(h)
             x = ddim_step(x, eps, eps, a_t, a_next)
+            xs.append(x)
         if keep_h:
             # h of x_T itself, so a generation on the same grid finds content h at every one of its steps
             hs.append(_predict(unet, x, int(grid[-1]), _alpha(alphas_cumprod, int(grid[-1])).to(x), prediction_type, hook)[1])
     finally:
         if own_hook:
             hook.remove()
-    return Inversion(x_T=x, timesteps=grid, hs=torch.stack(hs) if keep_h else None)
+    return Inversion(x_T=x, timesteps=grid, hs=torch.stack(hs) if keep_h else None,
+                     xs=torch.stack(xs) if keep_path else None)
 
 
 def checked_prediction_type(scheduler: DDPMScheduler) -> str:
@@ -122,35 +127,102 @@ def _eps(unet: nn.Module, x: torch.Tensor, timestep: torch.Tensor, a_t: torch.Te
 
 
 def _predict(unet: nn.Module, x: torch.Tensor, t: int, a_t: torch.Tensor, prediction_type: str,
-             hook: HSpaceHook | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             hook: SiteHook | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(ε, h or None)."""
     timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
     if hook is None:
         return _eps(unet, x, timestep, a_t, prediction_type), None
-    with hook.capture():
+    with hook.capture([H_SITE]):
         eps = _eps(unet, x, timestep, a_t, prediction_type)
-    return eps, hook.captured
+    return eps, hook.captured[H_SITE][0]
+
+
+SCHEDULES = ("every_step", "official")
+# InjectFusion's `content_replace_step` default: content is injected on a 50-point grid over [0, T-1].
+OFFICIAL_REPLACE_STEPS = 50
+
+
+def floor_grid(n_steps: int, num_train_timesteps: int) -> np.ndarray:
+    """InjectFusion's grids: `int(s + 1e-6)` of n_steps evenly spaced points over [0, T−1], ascending."""
+    if n_steps < 2:
+        raise ValueError(f"need at least 2 DDIM steps, got {n_steps}")
+    return np.array([int(s + 1e-6) for s in np.linspace(0, 1, n_steps) * (num_train_timesteps - 1)], dtype=np.int64)
 
 
 @dataclass
 class InjectionConfig:
-    h_gamma: float = 0.7  # slerp weight of the content h: 0 keeps the style, 1 takes the content fully
+    h_gamma: float = 0.7  # weight of the content's features: 0 keeps the style, 1 takes the content fully
     t_edit: int = 0  # inject only at timesteps t >= t_edit (0: the whole trajectory)
+    t_max: int | None = None  # ... and t <= t_max (None: no upper bound)
     t_boost: int = 200  # quality boost: stochastic DDIM (eta = 1) at t <= t_boost; -1 turns it off
-    dt_lambda: float = 0.9985  # noise-direction scale at t >= DT_LAMBDA_FROM_T (DiffInject's value)
+    dt_lambda: float = 0.9985  # noise-direction scale at t >= 0.95·T (DiffInject's value)
     n_gen_step: int = 20  # DDIM generation steps
     clip_x0: bool = False  # clamp predicted x_0 to [-1, 1]; off for injection, which must stay invertible
+    operator: str = "slerp"  # sites.OPERATORS
+    sites: tuple[str, ...] = ("h",)  # sites.site_names
+    # every_step: a rounded n_gen_step grid, every step at t >= t_edit injects, eta and dt_lambda on every
+    # step; official: InjectFusion's — a floored grid, injection (and eta, dt_lambda) only on the steps that
+    # are also on the floored `replace_steps` grid, plain DDIM elsewhere
+    schedule: str = "every_step"
+    replace_steps: int = OFFICIAL_REPLACE_STEPS
+
+    def check(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"injection schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if self.operator not in OPERATORS:
+            raise ValueError(f"injection operator {self.operator!r}: expected one of {', '.join(OPERATORS)}")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generation step t -> t_next and what happens on it."""
+
+    t: int
+    t_next: int  # -1: the last step, to x_0
+    inject: bool  # the content's features enter ε̃ (else ε̃ = ε)
+    eta: float  # 0: deterministic DDIM, 1: the quality boost's stochastic step
+    dir_scale: float  # dt_lambda or 1
+
+
+def plan_steps(config: InjectionConfig, num_train_timesteps: int) -> list[Step]:
+    """The generation steps, descending, of `config.schedule` (DESIGN.md, "The official schedule")."""
+    config.check()
+    dt_from = DT_LAMBDA_FROM_FRACTION * num_train_timesteps
+    if config.schedule == "every_step":
+        grid = timestep_grid(config.n_gen_step, num_train_timesteps)
+        replace = set(int(t) for t in grid)
+    else:
+        grid = floor_grid(config.n_gen_step, num_train_timesteps)
+        replace = set(int(t) for t in floor_grid(config.replace_steps, num_train_timesteps))
+    descending = [int(t) for t in grid[::-1]]
+    steps = []
+    for t, t_next in zip(descending, descending[1:] + [-1]):
+        if t not in replace:  # official schedule only: plain DDIM between replace steps
+            steps.append(Step(t, t_next, inject=False, eta=0.0, dir_scale=1.0))
+            continue
+        dir_scale = config.dt_lambda if t >= dt_from else 1.0
+        eta = 1.0 if t <= config.t_boost else 0.0
+        if config.schedule == "official" and dir_scale != 1.0:
+            eta = 0.0  # InjectFusion's dt_lambda branch recomputes x_{t-1} without the noise term
+        in_window = config.t_edit <= t and (config.t_max is None or t <= config.t_max)
+        steps.append(Step(t, t_next, inject=in_window and config.h_gamma > 0, eta=eta, dir_scale=dir_scale))
+    return steps
+
+
+def _content_at(content: Features, index: int) -> Features:
+    return {site: tuple(t[index] for t in tensors) for site, tensors in content.items()}
 
 
 class InjectionSampler:
-    """Generates from style x_T with content h injected into the UNet's middle block.
+    """Generates from style x_T with a content image's features mixed into chosen UNet sites.
 
-    At each generation timestep t (descending), for t >= t_edit:
-        ε̃ = ε_θ(x_t, t | h ← slerp(h, h_c', h_gamma)),   ε = ε_θ(x_t, t)
+    At each step of the plan (`plan_steps`), on injected steps:
+        ε̃ = ε_θ(x_t, t | site ← operator(site, content's site, h_gamma)),   ε = ε_θ(x_t, t)
         x_{t−1} = √ᾱ_{t−1}·P_t(ε̃) + √(1−ᾱ_{t−1}−σ²)·ε·λ_t + σ·z
-    with σ from eta = 1 at t <= t_boost (else 0) and λ_t = dt_lambda at t >= 950 (else 1).
-    h_c at step t is the content h stored at the nearest inversion timestep. ε and ε̃ share the
-    encoder pass (conv_in, down blocks, mid block: `SharedEncoder`) unless share_encoder is False or the
-    network lacks UNet2DModel's layout (then each is a full pass).
+    with σ from the step's eta and λ_t its dt_lambda scale. The content's features at step t are those
+    stored at the nearest inversion timestep. ε and ε̃ share the encoder pass (conv_in, down blocks, mid
+    block: `SharedEncoder`) unless share_encoder is False or the network lacks UNet2DModel's layout (then
+    each is a full pass); the up-block sites are in the decoder, so the replay still sees them injected.
     """
 
     def __init__(self, unet: nn.Module, scheduler: DDPMScheduler, config: InjectionConfig, share_encoder: bool = True):
@@ -158,39 +230,64 @@ class InjectionSampler:
         self.unet = unet
         self.alphas_cumprod = scheduler.alphas_cumprod
         self.config = config
-        self.hook = HSpaceHook(unet)
+        check_sites(config.sites, unet)
+        self.hook = SiteHook(unet)
         self.encoder = SharedEncoder(unet) if share_encoder and SharedEncoder.fits(unet) else None
-        self.grid = timestep_grid(config.n_gen_step, len(self.alphas_cumprod))
+        self.steps = plan_steps(config, len(self.alphas_cumprod))
 
     def close(self) -> None:
         self.hook.remove()
 
     @torch.no_grad()
-    def generate(self, x_T: torch.Tensor, content_hs: torch.Tensor | None, content_timesteps: np.ndarray | None,
+    def generate(self, x_T: torch.Tensor, content: Features | torch.Tensor | None, content_timesteps: np.ndarray | None,
                  generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-        """x_T: (B, C, H, W) style latents; content_hs: (n_inv, B, c, h, w) or None for plain DDIM."""
+        """x_T: (B, C, H, W) style latents; content: site -> tensors of shape (n_inv, B, ...) on the
+        inversion grid `content_timesteps` (a bare tensor is h), or None for plain DDIM."""
         cfg = self.config
+        if isinstance(content, torch.Tensor):
+            content = {H_SITE: (content,)}
+        if content is not None:
+            missing = [site for site in cfg.sites if site not in content]
+            if missing:
+                raise ValueError(f"content features lack site {missing[0]!r} (have {', '.join(content)})")
+            content = {site: content[site] for site in cfg.sites}
         x = x_T
-        descending = self.grid[::-1]
-        steps = list(zip(descending, list(descending[1:]) + [-1]))
-        for t, t_next in tqdm(steps, desc="inject: DDIM steps", disable=not progress, leave=False):
-            t, t_next = int(t), int(t_next)
-            timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-            a_t, a_next = _alpha(self.alphas_cumprod, t).to(x), _alpha(self.alphas_cumprod, t_next).to(x)
-            if content_hs is not None and t >= cfg.t_edit and cfg.h_gamma > 0:
-                h_c = content_hs[int(np.abs(content_timesteps - t).argmin())]
+        for step in tqdm(self.steps, desc="inject: DDIM steps", disable=not progress, leave=False):
+            timestep = torch.full((x.shape[0],), step.t, device=x.device, dtype=torch.long)
+            a_t, a_next = _alpha(self.alphas_cumprod, step.t).to(x), _alpha(self.alphas_cumprod, step.t_next).to(x)
+            if content is not None and step.inject:
+                here = _content_at(content, int(np.abs(content_timesteps - step.t).argmin()))
                 with self.encoder.record() if self.encoder else contextlib.nullcontext():
                     eps = _eps(self.unet, x, timestep, a_t, self.prediction_type)
-                with self.encoder.replay() if self.encoder else contextlib.nullcontext(), self.hook.inject(h_c, cfg.h_gamma):
+                with self.encoder.replay() if self.encoder else contextlib.nullcontext(), \
+                        self.hook.inject(here, cfg.operator, cfg.h_gamma):
                     eps_inj = _eps(self.unet, x, timestep, a_t, self.prediction_type)
             else:
                 eps = eps_inj = _eps(self.unet, x, timestep, a_t, self.prediction_type)
-            eta = 1.0 if t <= cfg.t_boost else 0.0
             noise = None
-            if eta > 0:
+            if step.eta > 0:
                 noise = torch.randn(x.shape, generator=generator, device=x.device if generator is None else generator.device).to(x)
-            x = ddim_step(
-                x, eps_inj, eps, a_t, a_next, eta=eta, dir_scale=cfg.dt_lambda if t >= DT_LAMBDA_FROM_T else 1.0, noise=noise,
-                clip_x0=cfg.clip_x0,
-            )
+            x = ddim_step(x, eps_inj, eps, a_t, a_next, eta=step.eta, dir_scale=step.dir_scale, noise=noise, clip_x0=cfg.clip_x0)
         return x
+
+
+@torch.no_grad()
+def capture_features(unet: nn.Module, xs: torch.Tensor, timesteps: np.ndarray, sites: Sequence[str],
+                     batch_size: int = 256) -> Features:
+    """The features at `sites` of images on their inversion path: xs (n_steps, N, C, H, W) is x_t at each
+    of `timesteps` -> site -> tensors of shape (n_steps, N, ...) in fp32, on the CPU."""
+    check_sites(sites, unet)
+    hook = SiteHook(unet)
+    per_step: list[Features] = []
+    try:
+        for i, t in enumerate(timesteps):
+            chunks: list[Features] = []
+            for start in range(0, xs.shape[1], batch_size):
+                x = xs[i, start:start + batch_size].to(next(unet.parameters()).device)
+                with hook.capture(sites):
+                    unet(x, torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long))
+                chunks.append({s: tuple(f.cpu() for f in hook.captured[s]) for s in sites})
+            per_step.append({s: tuple(torch.cat([c[s][k] for c in chunks]) for k in range(len(chunks[0][s]))) for s in sites})
+    finally:
+        hook.remove()
+    return {s: tuple(torch.stack([p[s][k] for p in per_step]) for k in range(len(per_step[0][s]))) for s in sites}

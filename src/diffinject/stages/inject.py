@@ -1,6 +1,10 @@
 """Stage `inject`: generate the synthetic pool from cached inversions -> data/synthetic/ (PNG +
 manifest.parquet), a content | style | result grid, and the quality report metrics/inject.json.
 
+The content's features at the injected sites are recomputed once from its inversion path (x_t at
+every step), so any operator, site or schedule reuses the same inversions. `label_from: auto` is decided
+from the probes (metrics/probe.json, no bias label read); the decision and its numbers go to inject.json.
+
 Resumable: batches land in data/.synthetic-partial-<key>/ (outside the DVC output, so DVC does not
 delete them) with one marker file each; a re-run with the same params skips finished batches, and the
 noise of every batch comes from its own seeded generator, so the files equal an uninterrupted run's.
@@ -28,7 +32,9 @@ from diffinject.diffusion.injection import InjectionParams, collect_manifest, ge
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, load_inverted
 from diffinject.diffusion.model import diffusion_precision, load_diffusion
 from diffinject.diffusion.precision import autocast
-from diffinject.diffusion.sampler import InjectionSampler
+from diffinject.diffusion.probes import decide_label_from
+from diffinject.diffusion.sampler import InjectionSampler, capture_features
+from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid
 from diffinject.models.checkpoint import load_classifier
@@ -38,6 +44,7 @@ from diffinject.synthetic_quality import (bias_imbalance, colour_conflict_fracti
                                           frechet_distance, penultimate_features, to_grey)
 
 INVERSIONS = Path("data/inversions")
+PROBE = METRICS / "probe.json"
 OUT = Path("data/synthetic")
 PLOTS = METRICS / "plots" / "inject"
 GRID_ROWS = 16
@@ -45,9 +52,10 @@ GRID_ROWS = 16
 COLOUR_BIASED_SOURCES = ("mnist5k", "idx")
 
 
-def work_dir(root: Path, cfg: InjectionParams, seed: int, precision: str) -> Path:
-    """Partial results are only reused by a run with the same params, precision, seed and inversions."""
-    digest = hashlib.sha256(json.dumps({"cfg": vars(cfg), "seed": seed, "precision": precision}, sort_keys=True).encode())
+def work_dir(root: Path, cfg: InjectionParams, seed: int, precision: str, label_from: str) -> Path:
+    """Partial results are only reused by a run with the same params, label rule, precision, seed and inversions."""
+    digest = hashlib.sha256(json.dumps({"cfg": vars(cfg), "seed": seed, "precision": precision, "label_from": label_from},
+                                       sort_keys=True).encode())
     for name in (CONTENT, STYLE):
         digest.update((root / INVERSIONS / name).read_bytes())
     return root / "data" / f".synthetic-partial-{digest.hexdigest()[:16]}"
@@ -92,6 +100,28 @@ def quality_report(root: Path, manifest: pd.DataFrame, pool: pd.DataFrame, image
     return report
 
 
+def resolve_label_from(root: Path, cfg: InjectionParams) -> dict[str, Any]:
+    """{"label_from": content|style, ...}: as set, or for `auto` the probes' decision and its numbers."""
+    if cfg.label_from != "auto":
+        return {"label_from": cfg.label_from, "decided_by": "params"}
+    if not (root / PROBE).is_file():
+        raise DiffinjectError(f"{root / PROBE}: not found; injection.label_from auto needs the probes (run `python -m diffinject probe`)")
+    probe = json.loads((root / PROBE).read_text())
+    unknown = [site for site in cfg.sites() if site not in probe.get("curves", {})]
+    if unknown:
+        raise DiffinjectError(f"{root / PROBE}: no probe of site {unknown[0]!r} (re-run the probe stage)")
+    return {**decide_label_from(probe, cfg.sites(), cfg.operator, cfg.t_edit, cfg.t_max), "decided_by": "probe"}
+
+
+def content_features(unet, contents, sites, batch_size: int):
+    """site -> tensors (n_steps, |contents|, ...) recomputed from the contents' inversion paths."""
+    if contents.xs is None:
+        if contents.hs is not None and tuple(sites) == ("h",):
+            return {"h": (contents.hs,)}  # an older cache: h only
+        raise DiffinjectError("data/inversions/content.safetensors has no inversion path (xs); re-run `python -m diffinject invert`")
+    return capture_features(unet, contents.xs, contents.timesteps, sites, batch_size)
+
+
 def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     cfg = section(params, "injection", InjectionParams)
     cfg.check()
@@ -101,18 +131,26 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     styles = load_inverted(root / INVERSIONS / STYLE)
     manifest = read_manifest(root / PREPARED)
     n = cfg.pool_size(int((manifest["split"] == "train").sum()))
-    pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed)
+    decision = resolve_label_from(root, cfg)
+    label_from = decision["label_from"]
+    pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed, label_from,
+                       None if contents.proxy is None else contents.proxy.numpy(),
+                       None if styles.proxy is None else styles.proxy.numpy())
     unet, scheduler = load_diffusion(root / MODELS / "diffusion")
     unet = unet.to(device).eval()
     precision = diffusion_precision(params, device)
-    sampler = InjectionSampler(unet, scheduler, cfg.sampler_config())
-    work = work_dir(root, cfg, seed, precision)
+    try:
+        sampler = InjectionSampler(unet, scheduler, cfg.sampler_config())
+    except ValueError as exc:
+        raise DiffinjectError(f"params 'injection': {exc}") from exc
+    work = work_dir(root, cfg, seed, precision, label_from)
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     try:
         with autocast(precision, device):
-            generate_pool(sampler, contents, styles, pairs, cfg.label_from, cfg.batch_size, seed, work,
+            features = content_features(unet, contents, cfg.sites(), cfg.batch_size)
+            generate_pool(sampler, contents, features, styles, pairs, label_from, cfg.batch_size, seed, work,
                           rank=rank, world_size=world, on_batch=on_batch)
     finally:
         sampler.close()
@@ -120,7 +158,7 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     if rank != 0:
         return {}
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
-    pool = collect_manifest(work, n_batches, cfg.sampler_config(), cfg.label_from)
+    pool = collect_manifest(work, n_batches, cfg.sampler_config(), label_from)
     with atomic_dir(root / OUT) as tmp:
         shutil.copytree(work / "images", tmp / "images")
         pool.to_parquet(tmp / MANIFEST_NAME, index=False)
@@ -137,6 +175,8 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     ], 1).flatten(0, 1)
     save_grid(triples, root / PLOTS / "content_style_injected.png", nrow=6)
     report = quality_report(root, manifest, pool, images, trainer_cfg)
+    report.update(label_rule=decision, operator=cfg.operator, site="+".join(cfg.sites()), schedule=cfg.schedule,
+                  injected_steps=sum(step.inject for step in sampler.steps))
     report.update(seconds=round(seconds, 2), seconds_per_image=round(seconds / max(1, n), 4), precision=precision)
     write_json(root / METRICS / "inject.json", report)
     print(f"inject: {n} synthetic samples in {seconds:.1f} s -> {root / OUT}; quality {report}")

@@ -1,7 +1,9 @@
-"""Stage `invert`: DDIM-invert the content images (the mined conflicts, with h at every step) and the
-style images (drawn, seeded, from the training samples the biased model finds easiest; no bias label is
-read) -> data/inversions/. It depends only on the DDPM, the images and `injection.n_inv_step` /
-style-pool keys, so changing h_gamma, t_edit, t_boost, dt_lambda or bias_conflict_ratio never re-inverts.
+"""Stage `invert`: DDIM-invert the content images (the mined conflicts, with x_t at every step, from
+which `inject` recomputes the features of any site) and the style images (drawn, seeded, from the
+training samples the biased model finds easiest; no bias label is read) -> data/inversions/, with the
+biased model's prediction for each image (the bias proxy that pairs them). It depends only on the DDPM,
+the images and `injection.n_inv_step` / style-pool keys, so changing the operator, site, schedule,
+h_gamma, t_edit, t_boost, dt_lambda or bias_conflict_ratio never re-inverts.
 """
 
 from __future__ import annotations
@@ -48,18 +50,21 @@ def choose_styles(losses: np.ndarray, targets: np.ndarray, per_class: int, easie
     return np.sort(np.concatenate(rows))
 
 
-def invert_set(unet, scheduler, data: ImageTensors, rows: np.ndarray, n_steps: int, keep_h: bool,
-               batch_size: int, device: torch.device) -> InvertedSet:
-    x_Ts, hss = [], []
+def invert_set(unet, scheduler, data: ImageTensors, rows: np.ndarray, n_steps: int, keep_path: bool,
+               batch_size: int, device: torch.device, proxy: np.ndarray | None = None) -> InvertedSet:
+    """DDIM inversions of data's `rows`; keep_path keeps x_t at every grid timestep (contents)."""
+    x_Ts, xss = [], []
     for start in range(0, len(rows), batch_size):
         chunk = torch.as_tensor(rows[start:start + batch_size])
-        inv = ddim_invert(unet, scheduler, to_model_range(data.images[chunk]).to(device), n_steps, keep_h)
+        inv = ddim_invert(unet, scheduler, to_model_range(data.images[chunk]).to(device), n_steps, keep_h=False,
+                          keep_path=keep_path)
         x_Ts.append(inv.x_T.cpu())
-        if keep_h:
-            hss.append(inv.hs.cpu())
+        if keep_path:
+            xss.append(inv.xs.cpu())
     return InvertedSet(
         x_T=torch.cat(x_Ts), ids=data.ids[rows], targets=data.targets[rows],
-        hs=torch.cat(hss, dim=1) if keep_h else None, timesteps=inv.timesteps if keep_h else None,
+        xs=torch.cat(xss, dim=1) if keep_path else None, timesteps=inv.timesteps if keep_path else None,
+        proxy=None if proxy is None else torch.as_tensor(proxy[rows], dtype=torch.int64),
     )
 
 
@@ -83,7 +88,9 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
 
     net, _, _ = load_classifier(model_dir(root, "biased"), num_classes=num_classes_of(manifest),
                                 image_shape=train.shape, missing_hint=missing_model_hint("biased"))
-    losses = F.cross_entropy(predict_logits(net, train, 1024, trainer_cfg), train.targets, reduction="none").numpy()
+    logits = predict_logits(net, train, 1024, trainer_cfg)
+    losses = F.cross_entropy(logits, train.targets, reduction="none").numpy()
+    proxy = logits.argmax(1).numpy()  # the biased model's class: a bias proxy, no bias label read
     style_rows = choose_styles(losses, train.targets.numpy(), cfg.styles_per_class, cfg.style_easiest_fraction, seed)
 
     unet, scheduler = load_diffusion(root / DIFFUSION)
@@ -91,8 +98,8 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     precision = diffusion_precision(params, device)
     start = time.perf_counter()
     with torch.no_grad(), autocast(precision, device):
-        contents = invert_set(unet, scheduler, train, content_rows, cfg.n_inv_step, True, cfg.batch_size, device)
-        styles = invert_set(unet, scheduler, train, style_rows, cfg.n_inv_step, False, cfg.batch_size, device)
+        contents = invert_set(unet, scheduler, train, content_rows, cfg.n_inv_step, True, cfg.batch_size, device, proxy)
+        styles = invert_set(unet, scheduler, train, style_rows, cfg.n_inv_step, False, cfg.batch_size, device, proxy)
     seconds = time.perf_counter() - start
     with atomic_dir(root / OUT) as tmp:
         save_inverted(contents, tmp / CONTENT)
@@ -105,7 +112,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     metrics = {"n_content": len(content_rows), "n_style": len(style_rows), "n_inv_step": cfg.n_inv_step,
                "seconds": round(seconds, 2), "seconds_per_image": round(seconds / n, 4), "precision": precision}
     write_json(root / METRICS / "invert.json", metrics)
-    print(f"invert: {len(content_rows)} content (with h) + {len(style_rows)} style images in {seconds:.1f} s -> {root / OUT}")
+    print(f"invert: {len(content_rows)} content (with x_t at every step) + {len(style_rows)} style images in {seconds:.1f} s -> {root / OUT}")
     return metrics
 
 

@@ -7,7 +7,7 @@ models/diffusion, never re-inverting), `train_debiased` on the train split plus 
 pool, and `evaluate` of that model on the validation split. It works in its own folder
 mlruns/search/<study>/trial-<n>/ whose inputs are links to this repository's, so workers never clash.
 
-data/prepared, data/inversions, models/{diffusion,judge,vanilla} -> metrics/search.json,
+data/prepared, data/inversions, models/{diffusion,judge,vanilla}, metrics/probe.json -> metrics/search.json,
 params.best.yaml, metrics/plots/search/*.png, MLflow run `search-<study>` with a child run per trial.
 """
 
@@ -26,7 +26,8 @@ from diffinject.tracking.search import TrialSetup, ValidationCurve, run_search
 
 POOL = inject.OUT / "manifest.parquet"  # the trial's synthetic set, relative to its folder
 REQUIRED = (PREPARED, inject.INVERSIONS, MODELS / "diffusion")
-OPTIONAL = (MODELS / "judge", MODELS / "vanilla")  # inject's quality report (label fidelity, Fréchet distance)
+# inject's quality report (label fidelity, Fréchet distance) and, for `injection.label_from: auto`, the probes
+OPTIONAL = (MODELS / "judge", MODELS / "vanilla", inject.PROBE)
 # The curve column of the selection metric, as stages.common.write_training_outputs names it (valid_acc).
 CURVE_COLUMN = SELECT_METRIC.replace("/", "_")
 

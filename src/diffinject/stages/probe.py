@@ -1,0 +1,142 @@
+"""Stage `probe`: what does each UNet site carry, per timestep? Linear probes on the DDPM's features
+along the DDIM inversion path of a seeded sample of train images (fit) and valid images (score), for
+the class (manifest targets) and the bias proxy (the biased classifier's soft and one-hot predictions);
+the true bias only where the manifest has it, to report (diffusion/probes.py) -> metrics/probe.json,
+metrics/plots/probe/accuracy.csv and .png. `inject` reads probe.json for `injection.label_from: auto`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from diffinject.config import load_params, section  # noqa: E402
+from diffinject.data.manifest import read_manifest  # noqa: E402
+from diffinject.data.tensors import ImageTensors, load_split, num_classes_of  # noqa: E402
+from diffinject.devices import inference_device  # noqa: E402
+from diffinject.diffusion.injection import InjectionParams  # noqa: E402
+from diffinject.diffusion.model import diffusion_precision, load_diffusion, to_model_range  # noqa: E402
+from diffinject.diffusion.precision import autocast  # noqa: E402
+from diffinject.diffusion.probes import BIAS_EVAL, LABELINGS, VIEWS, path_features, probe_accuracy, probe_labels  # noqa: E402
+from diffinject.diffusion.sites import site_names  # noqa: E402
+from diffinject.errors import DiffinjectError  # noqa: E402
+from diffinject.fsutil import atomic_file, write_json  # noqa: E402
+from diffinject.models.checkpoint import load_classifier  # noqa: E402
+from diffinject.models.training import predict_logits  # noqa: E402
+from diffinject.stages.common import METRICS, MODELS, PREPARED, common_inputs, missing_model_hint, model_dir  # noqa: E402
+
+OUT = METRICS / "probe.json"
+PLOTS = METRICS / "plots" / "probe"
+
+
+@dataclass
+class ProbeParams:
+    n_images: int = 300  # train images the probes are fitted on, and valid images they are scored on (at most the split)
+    batch_size: int = 128
+
+    def check(self) -> None:
+        if self.n_images < 20 or self.batch_size < 1:
+            raise DiffinjectError("params 'probe.n_images' (>= 20) and 'probe.batch_size' (>= 1): out of range")
+
+
+def _sample(data: ImageTensors, n: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(len(data.targets), size=min(n, len(data.targets)), replace=False))
+
+
+def _bias(manifest: pd.DataFrame, data: ImageTensors, rows: np.ndarray) -> np.ndarray | None:
+    """Manifest bias labels of `rows`, for the evaluation-only probe; None where any is missing."""
+    if "bias" not in manifest or manifest["bias"].isna().any():
+        return None
+    bias_of = dict(zip(manifest["id"].astype(int), manifest["bias"]))
+    return np.array([int(bias_of[int(i)]) for i in data.ids[rows]])
+
+
+def save_curves(timesteps: np.ndarray, curves: dict, root: Path) -> None:
+    """One column (and line) per site × view × labelling, x = timestep."""
+    table = pd.DataFrame({"t": timesteps})
+    for site, views in curves.items():
+        for view, by_label in views.items():
+            for name, acc in by_label.items():
+                table[f"{site}.{view}.{name}"] = np.round(acc, 4)
+    (root / PLOTS).mkdir(parents=True, exist_ok=True)
+    with atomic_file(root / PLOTS / "accuracy.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    fig, axes = plt.subplots(1, len(VIEWS), figsize=(6 * len(VIEWS), 5), sharey=True)
+    styles = {"self_labeled": "-", "cls_labeled_oh": "--", "cls_labeled": ":", BIAS_EVAL: "-."}
+    for ax, view in zip(np.atleast_1d(axes), VIEWS):
+        for k, (site, views) in enumerate(curves.items()):
+            for name, acc in views[view].items():
+                if name == "cls_labeled":
+                    continue  # its argmax twin says the same; the CSV keeps both
+                label = {"self_labeled": "class", "cls_labeled_oh": "bias proxy", BIAS_EVAL: "true bias (eval)"}[name]
+                ax.plot(timesteps, acc, styles[name], color=f"C{k}", label=f"{site}: {label}")
+        ax.set(title=f"linear probes on the {view} view (valid split)", xlabel="timestep t", ylabel="accuracy")
+        ax.grid(alpha=0.3)
+    handles, names = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(curves), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    with atomic_file(root / PLOTS / "accuracy.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+    cfg = section(params, "probe", ProbeParams)
+    cfg.check()
+    inj = section(params, "injection", InjectionParams)
+    trainer_cfg, seed = common_inputs(params)
+    device = inference_device(trainer_cfg.accelerator)
+    prepared = root / PREPARED
+    manifest = read_manifest(prepared)
+    n_classes = num_classes_of(manifest)
+    train, valid = load_split(prepared, "train", manifest), load_split(prepared, "valid", manifest)
+    rng = np.random.default_rng(seed)
+    fit_rows, eval_rows = _sample(train, cfg.n_images, rng), _sample(valid, cfg.n_images, rng)
+    net, _, _ = load_classifier(model_dir(root, "biased"), num_classes=n_classes, image_shape=train.shape,
+                                missing_hint=missing_model_hint("biased"))
+    fit_soft = torch.softmax(predict_logits(net, train, 1024, trainer_cfg), 1)[fit_rows]
+    eval_soft = torch.softmax(predict_logits(net, valid, 1024, trainer_cfg), 1)[eval_rows]
+    labels = probe_labels(train.targets.numpy()[fit_rows], fit_soft, valid.targets.numpy()[eval_rows], eval_soft,
+                          n_classes, _bias(manifest, train, fit_rows), _bias(manifest, valid, eval_rows))
+
+    unet, scheduler = load_diffusion(root / MODELS / "diffusion")
+    unet = unet.to(device).eval()
+    sites = site_names(unet)
+    start = time.perf_counter()
+    with torch.no_grad(), autocast(diffusion_precision(params, device), device):
+        timesteps, fit = path_features(unet, scheduler, to_model_range(train.images[fit_rows]).to(device),
+                                       inj.n_inv_step, sites, cfg.batch_size)
+        _, evaluate = path_features(unet, scheduler, to_model_range(valid.images[eval_rows]).to(device),
+                                    inj.n_inv_step, sites, cfg.batch_size)
+    curves = probe_accuracy(fit, evaluate, labels)
+    seconds = time.perf_counter() - start
+    save_curves(timesteps, curves, root)
+    report = {
+        "n_fit": len(fit_rows), "n_eval": len(eval_rows), "timesteps": timesteps.tolist(),
+        "labelings": [name for name in (*LABELINGS, BIAS_EVAL) if name in labels],
+        # mean over timesteps: site -> view -> labelling (dvc metrics / MLflow keys like probe/mean.up0.stats.self_labeled)
+        "mean": {s: {v: {k: round(float(np.mean(a)), 4) for k, a in by.items()} for v, by in views.items()}
+                 for s, views in curves.items()},
+        "curves": {s: {v: {k: np.round(a, 4).tolist() for k, a in by.items()} for v, by in views.items()}
+                   for s, views in curves.items()},
+        "seconds": round(seconds, 2),
+    }
+    write_json(root / OUT, report)
+    for s, views in report["mean"].items():
+        print(f"probe: {s:>4}  " + "  ".join(f"{v}: class {by['self_labeled']:.2f} proxy {by['cls_labeled_oh']:.2f}"
+                                               + (f" bias {by[BIAS_EVAL]:.2f}" if BIAS_EVAL in by else "") for v, by in views.items()))
+    return report
+
+
+def main(params_path: str = "params.yaml") -> None:
+    run(load_params(params_path))
