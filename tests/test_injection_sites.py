@@ -193,6 +193,10 @@ def test_label_rule_follows_what_the_injected_site_carries():
     assert decide_label_from(probe, ["up0"], "slerp", 0)["label_from"] == "content"  # carries the class
     only_late = decide_label_from(probe, ["up0"], "slerp", 900)  # only t >= t_edit counts
     assert only_late["probe_target_acc"] == 0.5 and only_late["label_from"] == "content"
+    only_early = decide_label_from(probe, ["up0"], "channel_stats", 0, t_max=10)  # ... and t <= t_max
+    assert only_early["probe_target_acc"] == 0.2 and only_early["probe_bias_proxy_acc"] == 0.9
+    with pytest.raises(ValueError, match="window"):
+        decide_label_from(probe, ["up0"], "slerp", 600, t_max=400)
 
 
 # ---- pairing ---------------------------------------------------------------------------------------

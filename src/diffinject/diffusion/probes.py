@@ -136,6 +136,8 @@ def decide_label_from(probe: dict, sites: Sequence[str], operator: str, t_edit: 
     view = VIEW_OF_OPERATOR[operator]
     timesteps = np.asarray(probe["timesteps"])
     keep = (timesteps >= t_edit) & (timesteps <= (timesteps.max() if t_max is None else t_max))
+    if not keep.any():
+        raise ValueError(f"no probed timestep lies in the injection window t_edit {t_edit} .. t_max {t_max}")
     curves = probe["curves"]
     target = float(np.mean([np.asarray(curves[s][view]["self_labeled"])[keep] for s in sites]))
     proxy = float(np.mean([np.asarray(curves[s][view]["cls_labeled_oh"])[keep] for s in sites]))

@@ -110,7 +110,11 @@ def resolve_label_from(root: Path, cfg: InjectionParams) -> dict[str, Any]:
     unknown = [site for site in cfg.sites() if site not in probe.get("curves", {})]
     if unknown:
         raise DiffinjectError(f"{root / PROBE}: no probe of site {unknown[0]!r} (re-run the probe stage)")
-    return {**decide_label_from(probe, cfg.sites(), cfg.operator, cfg.t_edit, cfg.t_max), "decided_by": "probe"}
+    try:
+        decision = decide_label_from(probe, cfg.sites(), cfg.operator, cfg.t_edit, cfg.t_max)
+    except ValueError as exc:
+        raise DiffinjectError(f"params 'injection.t_edit' / 'injection.t_max': {exc}") from exc
+    return {**decision, "decided_by": "probe"}
 
 
 def content_features(unet, contents, sites, batch_size: int):
