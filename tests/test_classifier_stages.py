@@ -101,7 +101,8 @@ def test_evaluate_outputs(trained):
     for splits in results.values():
         assert list(splits) == ["valid", "test"]
         for values in splits.values():
-            assert set(values) == EVAL_KEYS and all(0.0 <= v <= 1.0 for v in values.values())
+            assert set(values) == EVAL_KEYS | {"n_groups", "min_group_size"}
+            assert all(0.0 <= values[k] <= 1.0 for k in EVAL_KEYS) and values["n_groups"] <= 100
     confusion = sorted(p.name for p in (trained / "metrics" / "plots" / "confusion").iterdir())
     assert confusion == sorted(f"{m}_{s}.csv" for m in results for s in ("valid", "test"))
     rows = pd.read_csv(trained / "metrics" / "plots" / "confusion" / "lff_test.csv")

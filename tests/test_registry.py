@@ -109,6 +109,49 @@ def test_champion_moves_only_when_the_validation_metric_improves(store_root, pre
     assert int(client.get_model_version_by_alias(name, registry.CHALLENGER).version) == 3
 
 
+def add_candidate(root: Path, name: str, valid_acc: float, seed: int = 7) -> None:
+    """A second DiffInject-based model folder and its metrics beside make_pipeline_root's debiased."""
+    torch.manual_seed(seed)
+    cfg = NetConfig("mlp", 10, (3, 28, 28))
+    (root / "models" / name).mkdir(parents=True)
+    save_classifier(root / "models" / name, build_network(cfg), cfg, {"stage": name})
+    results = json.loads((root / "metrics" / "eval.json").read_text())
+    results[name] = {"valid": {"acc": valid_acc}, "test": {"acc": valid_acc}}
+    (root / "metrics" / "eval.json").write_text(json.dumps(results))
+
+
+def test_the_best_candidate_on_valid_is_registered_and_compared_with_any_champion(store_root, prepared_mnist, tmp_path):
+    name = "m-candidates"
+    both = {"candidates": ["debiased", "debiased_lff"]}
+    first = make_pipeline_root(tmp_path / "r0", prepared_mnist, 0.50)
+    add_candidate(first, "debiased_lff", 0.60)
+    d0 = register.run(params(name, **both), first)
+    assert (d0["model"], d0["metric"], d0["value"], d0["promoted"]) == ("debiased_lff", "debiased_lff.valid.acc", 0.6, True)
+    assert d0["candidates"] == {"debiased.valid.acc": 0.5, "debiased_lff.valid.acc": 0.6}
+    # the next run's best is the plain debiased model, below the debiased_lff champion: compared anyway
+    second = make_pipeline_root(tmp_path / "r1", prepared_mnist, 0.55)
+    add_candidate(second, "debiased_lff", 0.52)
+    d1 = register.run(params(name, **both), second)
+    assert (d1["model"], d1["promoted"], d1["previous_value"]) == ("debiased", False, 0.6)
+    assert d1["reason"] == "debiased.valid.acc=0.5500 is not higher than champion version 1's 0.6000 (maximize)"
+    version = MlflowClient().get_model_version(name, "1")
+    assert version.tags["diffinject.model"] == "debiased_lff" and version.tags[registry.TAG_METRIC] == "debiased_lff.valid.acc"
+    # a candidate without metrics is named
+    third = make_pipeline_root(tmp_path / "r2", prepared_mnist, 0.55)
+    with pytest.raises(runs.MissingMetricError, match=r"params 'registry.candidates': metric 'debiased_lff.valid.acc' not found"):
+        register.run(params(name, **both), third)
+
+
+def test_candidates_ties_go_to_the_first_listed_and_nan_never_wins():
+    cfg = registry.RegistryConfig(candidates=["debiased", "debiased_lff"])
+    assert registry.best_candidate({"debiased.valid.acc": 0.7, "debiased_lff.valid.acc": 0.7}, cfg) == "debiased.valid.acc"
+    assert registry.best_candidate({"debiased.valid.acc": float("nan"), "debiased_lff.valid.acc": 0.1}, cfg) == "debiased_lff.valid.acc"
+    gaps = registry.RegistryConfig(metric="debiased.valid.dp_gap", direction="minimize", candidates=["debiased", "x"])
+    assert registry.best_candidate({"debiased.valid.dp_gap": 0.3, "x.valid.dp_gap": 0.2}, gaps) == "x.valid.dp_gap"
+    with pytest.raises(DiffinjectError, match=r"params 'registry.candidates': empty"):
+        registry.RegistryConfig(candidates=[]).check()
+
+
 def test_minimize_direction_and_a_champion_without_the_metric():
     cfg = registry.RegistryConfig(metric="debiased.valid.dp_gap", direction="minimize")
 

@@ -87,13 +87,13 @@ def _assign_splits(grey: GreyImages, cfg: DataConfig, rng: np.random.Generator) 
     return splits
 
 
-def _resize_grey(images: np.ndarray, size: int | None) -> np.ndarray:
+def resize_grey(images: np.ndarray, size: int | None) -> np.ndarray:
     if size is None or images.shape[1:] == (size, size):
         return images
     return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
+def save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, format="PNG")
 
@@ -105,7 +105,7 @@ def prepare_grey(grey: GreyImages, cfg: DataConfig, seed: int, out: Path) -> lis
         raise DiffinjectError(f"data source has {n_classes} classes; the LfF palette colours at most {len(LFF_PALETTE)}")
     rng = np.random.default_rng(seed)
     splits = _assign_splits(grey, cfg, rng)
-    images = _resize_grey(grey.images, cfg.image_size)
+    images = resize_grey(grey.images, cfg.image_size)
     records: list[dict] = []
     jobs: list[tuple[np.ndarray, Path]] = []
     for split in SPLITS:
@@ -119,7 +119,7 @@ def prepare_grey(grey: GreyImages, cfg: DataConfig, seed: int, out: Path) -> lis
             records.append(dict(id=int(grey.ids[i]), path=rel, split=split, target=target, bias=b, aligned=b == target))
             jobs.append((rgb[k], out / rel))
     with ThreadPoolExecutor(WRITE_THREADS) as pool:
-        list(tqdm(pool.map(lambda job: _save_png(*job), jobs), total=len(jobs), desc="prepare: writing PNGs", unit="img"))
+        list(tqdm(pool.map(lambda job: save_png(*job), jobs), total=len(jobs), desc="prepare: writing PNGs", unit="img"))
     return records
 
 

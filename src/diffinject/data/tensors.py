@@ -253,3 +253,17 @@ def draw_from_pool(pool_size: int, n_train: int, ratio: float, seed: int) -> Poo
         return PoolDraw(rows=rows, requested=requested, replacement=False)
     rows = torch.randint(pool_size, (requested,), generator=generator)
     return PoolDraw(rows=rows, requested=requested, replacement=True)
+
+
+def repeat_evenly(pool_size: int, n_train: int, ratio: float, seed: int) -> PoolDraw:
+    """round(ratio × n_train) rows that cycle through a seeded permutation of the pool, so every pool row
+    appears ⌊n / pool_size⌋ or ⌈n / pool_size⌉ times: JTT's up-weighting by copies (Liu et al. 2021),
+    without the uneven counts a draw with replacement gives a pool of 30 images."""
+    if ratio < 0:
+        raise DiffinjectError(f"bias_conflict_ratio {ratio}: expected >= 0")
+    requested = int(round(ratio * n_train))
+    if pool_size == 0 or requested == 0:
+        return PoolDraw(rows=torch.empty(0, dtype=torch.long), requested=requested, replacement=False)
+    order = torch.randperm(pool_size, generator=torch.Generator().manual_seed(seed))
+    rows = order.repeat((requested + pool_size - 1) // pool_size)[:requested]
+    return PoolDraw(rows=rows, requested=requested, replacement=requested > pool_size)

@@ -33,7 +33,8 @@ def read_net_config(model_dir: Path) -> tuple[NetConfig, dict[str, Any]]:
         raise DiffinjectError(f"{path}: not found (a model folder holds {WEIGHTS_NAME} and {CONFIG_NAME})")
     try:
         meta = json.loads(path.read_text())
-        cfg = NetConfig(arch=meta["arch"], num_classes=int(meta["num_classes"]), image_shape=tuple(meta["image_shape"]))
+        cfg = NetConfig(arch=meta["arch"], num_classes=int(meta["num_classes"]), image_shape=tuple(meta["image_shape"]),
+                        front=meta.get("front"), front_width=meta.get("front_width"))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DiffinjectError(f"{path}: not a model config (expected JSON with arch, num_classes, image_shape; {exc!r})") from exc
     return cfg, meta

@@ -2,7 +2,8 @@
 
 Two networks of the same architecture train together on the same batches (LfF `train.py`):
 
-    f_B  — the biased model, trained with GCE (q = 0.7), so it latches onto the easy shortcut;
+    f_B  — the biased model, trained with GCE (q = 0.7), so it latches onto the easy shortcut (on a
+       mixed train set, optionally on the original rows only: `biased_rows`);
     f_D  — the debiased model, trained with CE weighted per sample by how much f_B fails on it
            relative to f_D:
 
@@ -65,9 +66,15 @@ class LfFModule(ClassifierModule):
 
     def __init__(self, net: nn.Module, net_b: nn.Module, train_targets: torch.Tensor, num_classes: int,
                  gce_q: float = DEFAULT_GCE_Q, ema_alpha: float = DEFAULT_EMA_ALPHA, lr: float = 1e-3,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, biased_rows: torch.Tensor | None = None):
         super().__init__(net, loss="ce", gce_q=gce_q, lr=lr, weight_decay=weight_decay)
         self.net_b = net_b
+        # (N,) 1.0 on the train rows f_B's GCE averages over (all rows unless told otherwise)
+        self.all_rows = biased_rows is None
+        rows = torch.ones(len(train_targets)) if biased_rows is None else biased_rows.float()
+        if rows.shape != train_targets.shape or rows.sum() == 0:
+            raise ValueError(f"biased_rows: expected a (N,) mask with at least one row, got {tuple(rows.shape)}")
+        self.register_buffer("biased_rows", rows)
         self.ema_b = LossEMA(train_targets, num_classes, ema_alpha)
         self.ema_d = LossEMA(train_targets, num_classes, ema_alpha)
 
@@ -87,6 +94,14 @@ class LfFModule(ClassifierModule):
         loss_d = self.ema_d.normalised(index, targets)
         return loss_b / (loss_b + loss_d + WEIGHT_EPS)
 
+    def biased_loss(self, logits_b: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """f_B's GCE averaged over the batch's rows in `biased_rows` (0 when the batch has none)."""
+        loss = gce_loss(logits_b, targets, self.gce_q)  # (B,)
+        if self.all_rows:
+            return loss.mean()  # LfF's own: bit for bit what the lff stage trained before biased_rows existed
+        mask = self.biased_rows[index]  # (B,)
+        return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, targets, index = batch
         x = to_unit_float(images)
@@ -95,7 +110,7 @@ class LfFModule(ClassifierModule):
         ce_d = F.cross_entropy(logits_d, targets, reduction="none")
         ce_b = F.cross_entropy(logits_b.detach(), targets, reduction="none")
         weight = self.sample_weights(ce_b, ce_d.detach(), index, targets)
-        loss_b = gce_loss(logits_b, targets, self.gce_q).mean()
+        loss_b = self.biased_loss(logits_b, targets, index)
         loss_d = (ce_d * weight).mean()
         n = len(targets)
         self._accumulate("train", n, loss=loss_d.detach() * n, acc=n_correct(logits_d, targets),

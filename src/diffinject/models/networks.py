@@ -17,6 +17,7 @@ from torch import nn
 from diffinject.errors import DiffinjectError
 
 ARCHS = ("mlp", "resnet18")
+FRONTS = (None, "ae")
 # LfF's Colored-MNIST MLP (Nam et al. 2020, `module/mlp.py`): three hidden layers of 100 units.
 MLP_HIDDEN = 100
 MLP_DEPTH = 3
@@ -32,8 +33,14 @@ class NetConfig:
     arch: str  # mlp | resnet18
     num_classes: int
     image_shape: tuple[int, int, int]  # (C, H, W) of the inputs
+    # "ae": a convolutional autoencoder of width `front_width` runs before the network (ae_debias);
+    # null: the network alone
+    front: str | None = None
+    front_width: int | None = None
 
     def check(self) -> None:
+        if self.front not in FRONTS:
+            raise DiffinjectError(f"model front {self.front!r}: expected one of {', '.join(map(str, FRONTS))}")
         if self.arch not in ARCHS:
             raise DiffinjectError(f"model architecture {self.arch!r}: expected one of {', '.join(ARCHS)}")
         if self.num_classes < 2:
@@ -76,9 +83,12 @@ class ResNet18(nn.Module):
 def build_network(cfg: NetConfig) -> nn.Module:
     cfg.check()
     channels, height, width = cfg.image_shape
-    if cfg.arch == "mlp":
-        return MLP(channels * height * width, cfg.num_classes)
-    return ResNet18(cfg.num_classes, channels)
+    net = MLP(channels * height * width, cfg.num_classes) if cfg.arch == "mlp" else ResNet18(cfg.num_classes, channels)
+    if cfg.front == "ae":
+        from diffinject.models.ae_debias import DEFAULT_AE_WIDTH, AEClassifier, ConvAutoencoder  # ae_debias imports this module
+
+        return AEClassifier(ConvAutoencoder(channels, cfg.front_width or DEFAULT_AE_WIDTH), net)
+    return net
 
 
 def read_state_dict(path: Path) -> dict:

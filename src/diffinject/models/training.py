@@ -116,10 +116,29 @@ class DebiasedConfig(TrainConfig):
 
     def check(self, section: str) -> None:
         super().check(section)
-        if self.bias_conflict_ratio < 0:
-            raise DiffinjectError(
-                f"params '{section}.bias_conflict_ratio': got {self.bias_conflict_ratio}, expected >= 0 (a fraction of |train|)"
-            )
+        check_ratio(self.bias_conflict_ratio, section)
+
+
+def check_ratio(ratio: float | None, section: str) -> None:
+    if ratio is not None and ratio < 0:
+        raise DiffinjectError(f"params '{section}.bias_conflict_ratio': got {ratio}, expected >= 0 (a fraction of |train|)")
+
+
+def ratio_or_debiased(ratio: float | None, debiased: DebiasedConfig) -> float:
+    """A section's `bias_conflict_ratio`, null meaning debiased.bias_conflict_ratio (upsample, debiased_lff:
+    so that at one setting they add as many images as train_debiased)."""
+    return debiased.bias_conflict_ratio if ratio is None else ratio
+
+
+@dataclass
+class UpsampleConfig(TrainConfig):
+    """`upsample.*`: the train split plus copies of the mined conflicts (JTT), plain CE by default."""
+
+    bias_conflict_ratio: float | None = None  # null: debiased.bias_conflict_ratio (same count as the pool's)
+
+    def check(self, section: str) -> None:
+        super().check(section)
+        check_ratio(self.bias_conflict_ratio, section)
 
 
 @dataclass
@@ -135,6 +154,22 @@ class LfFConfig(OptimConfig):
             raise DiffinjectError(f"params '{section}.gce_q': got {self.gce_q}, expected 0 < q <= 1")
         if not 0 <= self.ema_alpha < 1:
             raise DiffinjectError(f"params '{section}.ema_alpha': got {self.ema_alpha}, expected 0 <= alpha < 1")
+
+
+@dataclass
+class DebiasedLfFConfig(LfFConfig):
+    """`debiased_lff.*`: LfF on the original train split plus a draw from the synthetic pool."""
+
+    pool: str | None = None  # as debiased.pool
+    bias_conflict_ratio: float | None = None  # null: debiased.bias_conflict_ratio
+    # Which rows the biased (GCE) branch trains on: `original` keeps it as biased as LfF's own (the
+    # synthetic conflicts would teach it the class); `all` trains it on the mix. The re-weighting of the
+    # debiased branch covers every row either way.
+    biased_sees: Literal["original", "all"] = "original"
+
+    def check(self, section: str) -> None:
+        super().check(section)
+        check_ratio(self.bias_conflict_ratio, section)
 
 
 @dataclass
@@ -198,7 +233,7 @@ def build_net(cfg: OptimConfig, num_classes: int, image_shape: tuple[int, int, i
     return net, net_cfg
 
 
-def _check_data(train: ImageTensors, valid: ImageTensors) -> None:
+def check_data(train: ImageTensors, valid: ImageTensors) -> None:
     for data in (train, valid):
         if len(data) == 0:
             raise DiffinjectError(f"{data.source}: no images (expected at least one)")
@@ -231,7 +266,7 @@ def train_classifier(train: ImageTensors, valid: ImageTensors, num_classes: int,
                      callbacks: list[lightning.Callback] | None = None) -> FitResult:
     """One network with loss cfg.loss (ce | gce); `section` names the params section in messages."""
     cfg.check(section)
-    _check_data(train, valid)
+    check_data(train, valid)
     lightning.seed_everything(seed, workers=True, verbose=False)
     net, net_cfg = build_net(cfg, num_classes, train.shape, section)
     module = ClassifierModule(net, loss=cfg.loss, gce_q=cfg.gce_q, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -239,15 +274,17 @@ def train_classifier(train: ImageTensors, valid: ImageTensors, num_classes: int,
 
 
 def train_lff(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: LfFConfig,
-              trainer_cfg: TrainerConfig, seed: int, section: str = "lff") -> FitResult:
-    """LfF: a GCE-biased and a re-weighted debiased network trained together; returns the debiased one."""
+              trainer_cfg: TrainerConfig, seed: int, section: str = "lff",
+              biased_rows: torch.Tensor | None = None) -> FitResult:
+    """LfF: a GCE-biased and a re-weighted debiased network trained together; returns the debiased one.
+    `biased_rows` ((N,) bool over `train`, None = all) are the rows the biased branch trains on."""
     cfg.check(section)
-    _check_data(train, valid)
+    check_data(train, valid)
     lightning.seed_everything(seed, workers=True, verbose=False)
     net_d, net_cfg = build_net(cfg, num_classes, train.shape, section)
     net_b, _ = build_net(cfg, num_classes, train.shape, section)
     module = LfFModule(net_d, net_b, train.targets, num_classes, gce_q=cfg.gce_q, ema_alpha=cfg.ema_alpha,
-                       lr=cfg.lr, weight_decay=cfg.weight_decay)
+                       lr=cfg.lr, weight_decay=cfg.weight_decay, biased_rows=biased_rows)
     return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed)
 
 

@@ -16,11 +16,13 @@ from diffinject.models.checkpoint import save_classifier
 from diffinject.models.training import FitResult, TrainConfig, TrainerConfig, train_classifier
 
 PREPARED = Path("data/prepared")
+PALETTE = Path("data/palette")  # every-colour valid/test sets (prepare_palette)
 MODELS = Path("models")
 METRICS = Path("metrics")
 CURVES = METRICS / "plots" / "train"
 # Which stage writes models/<name>, for "run this first" messages.
-MODEL_STAGES = {"biased": "train_biased", "vanilla": "vanilla", "lff": "lff", "debiased": "train_debiased"}
+MODEL_STAGES = {"biased": "train_biased", "vanilla": "vanilla", "lff": "lff", "debiased": "train_debiased",
+                "upsample": "upsample", "debiased_lff": "debiased_lff", "ae_debias": "ae_debias"}
 
 
 def model_dir(root: Path, name: str) -> Path:

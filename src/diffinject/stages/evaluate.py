@@ -1,9 +1,13 @@
-"""Stage `evaluate`: every model of `evaluate.models` on the valid and test splits (params `evaluate.*`).
+"""Stage `evaluate`: every model of `evaluate.models` on the valid and test splits (params `evaluate.*`),
+and on the every-colour sets of data/palette (`valid_palette`, `test_palette`) when they exist.
 
-models/<name>/ + data/prepared -> metrics/eval.json = {model: {split: {acc, aligned_acc, conflict_acc,
-worst_group_acc, dp_gap, eo_gap}}} (definitions in `diffinject.evaluation`) and one confusion-matrix
-plot per model and split, metrics/plots/confusion/<model>_<split>.csv (rows actual,predicted; DVC
-template `confusion`). A listed model that is missing is an error naming the stage that writes it.
+models/<name>/ + data/prepared + data/palette -> metrics/eval.json = {model: {split: {acc, aligned_acc,
+conflict_acc, worst_group_acc, dp_gap, eo_gap, n_groups, min_group_size}}} (definitions in
+`diffinject.evaluation`; the group counts say how many images each group metric rests on: read group
+metrics on the *_palette splits, ~50 images per group, not on the prepared ones, ~5) and one
+confusion-matrix plot per model and split, metrics/plots/confusion/<model>_<split>.csv (rows
+actual,predicted; DVC template `confusion`). A listed model that is missing is an error naming the stage
+that writes it.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from diffinject.config import check_at_least, load_params, section
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.errors import DiffinjectError
-from diffinject.evaluation import classification_metrics
+from diffinject.evaluation import classification_metrics, group_sizes
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.models.checkpoint import WEIGHTS_NAME, load_classifier
 from diffinject.models.training import predict_logits
-from diffinject.stages.common import METRICS, PREPARED, common_inputs, missing_model_hint, model_dir
+from diffinject.stages.common import METRICS, PALETTE, PREPARED, common_inputs, missing_model_hint, model_dir
 
 SECTION = "evaluate"
 EVAL_SPLITS = ("valid", "test")
@@ -59,11 +63,11 @@ def _bias_columns(rows: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray | N
 
 def _print_table(results: dict[str, dict[str, dict[str, float]]]) -> None:
     keys = ("acc", "aligned_acc", "conflict_acc", "worst_group_acc", "dp_gap", "eo_gap")
-    print(f"{'model':<10} {'split':<6} " + " ".join(f"{k:>15}" for k in keys))
+    print(f"{'model':<13} {'split':<13} " + " ".join(f"{k:>15}" for k in keys))
     for model, splits in results.items():
         for split, values in splits.items():
             cells = " ".join(f"{values[k]:>15.4f}" if k in values else f"{'-':>15}" for k in keys)
-            print(f"{model:<10} {split:<6} {cells}")
+            print(f"{model:<13} {split:<13} {cells}")
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
@@ -79,20 +83,28 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     prepared = root / PREPARED
     manifest = read_manifest(prepared)
     num_classes = num_classes_of(manifest)
-    splits = {split: load_split(prepared, split, manifest) for split in cfg.splits}
+    # split name -> (images, the manifest rows of those images, in the same order)
+    splits = {split: (load_split(prepared, split, manifest), manifest[manifest["split"] == split])
+              for split in cfg.splits}
+    palette = read_manifest(root / PALETTE) if (root / PALETTE).is_dir() else None
+    for split in cfg.splits:
+        if palette is not None and (palette["split"] == split).any():
+            splits[f"{split}_palette"] = (load_split(root / PALETTE, split, palette), palette[palette["split"] == split])
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     confusion: dict[str, pd.DataFrame] = {}
     for name in cfg.models:
-        shape = next(iter(splits.values())).shape
+        shape = next(iter(splits.values()))[0].shape
         net, _, _ = load_classifier(model_dir(root, name), num_classes=num_classes, image_shape=shape,
                                     missing_hint=missing_model_hint(name))
         results[name] = {}
-        for split, data in splits.items():
+        for split, (data, rows) in splits.items():
             pred = predict_logits(net, data, cfg.batch_size, trainer_cfg).argmax(1).numpy()
             target = data.targets.numpy()
-            bias, aligned = _bias_columns(manifest[manifest["split"] == split])
+            bias, aligned = _bias_columns(rows)
             results[name][split] = classification_metrics(pred, target, num_classes, bias, aligned)
+            if bias is not None:
+                results[name][split].update(group_sizes(target, bias))
             confusion[f"{name}_{split}"] = pd.DataFrame({"actual": target, "predicted": pred})
 
     write_json(root / METRICS / "eval.json", results)

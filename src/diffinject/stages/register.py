@@ -1,7 +1,7 @@
 """Stage `register`: this pipeline run as one MLflow parent run (params, metrics, plots, git commit, DVC
 hashes from dvc.lock, a child run per training stage; `diffinject.tracking.runs`), the classifier of
-`registry.metric` (default models/debiased) logged as an MLflow model and registered as a new version
-of `registry.model_name`, which becomes `champion` only when it beats the current champion on the
+`registry.candidates` (default debiased, debiased_lff) best on the measure of `registry.metric`
+(valid.acc) logged as an MLflow model and registered as a new version of `registry.model_name`, which becomes `champion` only when it beats the current champion on the
 validation metric, else `challenger` (`diffinject.tracking.registry`).
 
 metrics/*.json, models/<model>/, dvc.lock -> MLflow store (`diffinject.tracking.store`),
@@ -23,7 +23,8 @@ from diffinject.models.checkpoint import load_classifier
 from diffinject.models.classifier import to_unit_float
 from diffinject.stages.common import METRICS, PREPARED, missing_model_hint, model_dir
 from diffinject.tracking import runs, store
-from diffinject.tracking.registry import SECTION, SELECTION_SPLIT, RegistryConfig, log_classifier, register
+from diffinject.tracking.registry import (SECTION, SELECTION_SPLIT, RegistryConfig, best_candidate, log_classifier,
+                                         register)
 
 # Validation images logged as the model's input example (and so its signature).
 EXAMPLE_IMAGES = 4
@@ -33,18 +34,24 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     cfg = section(params, SECTION, RegistryConfig)
     cfg.check()
     metrics_dir = root / METRICS
-    value = runs.require_metric(runs.read_metrics(metrics_dir), cfg.metric, metrics_dir, f"{SECTION}.metric")
+    metrics = runs.read_metrics(metrics_dir)
+    param = f"{SECTION}.metric" if cfg.candidates is None else f"{SECTION}.candidates"
+    values = {name: runs.require_metric(metrics, name, metrics_dir, param) for name in cfg.candidate_metrics()}
+    metric = best_candidate(values, cfg)
+    model, value = metric.split(".")[0], values[metric]
+    others = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if k != metric)
+    print(f"register: candidate {model} ({metric} {value:.4f}{'; ' + others if others else ''})")
     manifest = read_manifest(root / PREPARED)
     valid = load_split(root / PREPARED, SELECTION_SPLIT, manifest)
-    net, _, _ = load_classifier(model_dir(root, cfg.model), num_classes=num_classes_of(manifest),
-                                image_shape=valid.shape, missing_hint=missing_model_hint(cfg.model))
+    net, _, _ = load_classifier(model_dir(root, model), num_classes=num_classes_of(manifest),
+                                image_shape=valid.shape, missing_hint=missing_model_hint(model))
     example = to_unit_float(valid.images[:EXAMPLE_IMAGES]).numpy()  # (B, C, H, W) float32 in [0, 1]
     with runs.pipeline_run(root, params, cfg.experiment) as parent:
         info = log_classifier(net, example, cfg.serialization_format)
         with store.store_lock(root):  # compare with the champion and move the alias as one step
             decision = register(MlflowClient(), info.model_uri, parent.info.run_id, value, cfg,
-                                tags={"run_name": parent.info.run_name})
-    result = decision.as_dict()
+                                tags={"run_name": parent.info.run_name, "diffinject.model": model}, metric=metric)
+    result = dict(decision.as_dict(), model=model, candidates=values)
     write_json(metrics_dir / "register.json", result)
     return result
 

@@ -53,6 +53,9 @@ class RegistryConfig:
     # "pickle": reloads as the network's own class (needs the diffinject package importable);
     # "pt2": torch.export graph, reloads as a GraphModule without diffinject (MLflow 3's default).
     serialization_format: Literal["pickle", "pt2"] = "pickle"
+    # models/ folders compared on registry.metric's split and metric (e.g. valid.acc); the best one is
+    # registered. null: only the model registry.metric names.
+    candidates: list[str] | None = None
 
     def check(self) -> None:
         parts = self.metric.split(".")
@@ -70,11 +73,42 @@ class RegistryConfig:
             raise DiffinjectError(f"params '{SECTION}.model_name': empty (expected a registered model name)")
         if not self.experiment.strip():
             raise DiffinjectError(f"params '{SECTION}.experiment': empty (expected an MLflow experiment name)")
+        if self.candidates is not None:
+            if not self.candidates:
+                raise DiffinjectError(f"params '{SECTION}.candidates': empty (expected model folder names, or null)")
+            for name in self.candidates:
+                if not name or "." in name or "/" in name:
+                    raise DiffinjectError(f"params '{SECTION}.candidates': {name!r} is not a folder name under models/")
 
     @property
     def model(self) -> str:
         """The models/ folder the metric is about (`debiased` for `debiased.valid.acc`)."""
         return self.metric.split(".")[0]
+
+    @property
+    def measure(self) -> str:
+        """`<split>.<metric>` of registry.metric (valid.acc), what candidates and versions compare on."""
+        return self.metric.split(".", 1)[1]
+
+    def candidate_metrics(self) -> list[str]:
+        """`<candidate>.<split>.<metric>` of every candidate, in order."""
+        return [f"{name}.{self.measure}" for name in (self.candidates or [self.model])]
+
+
+def best_candidate(values: dict[str, float], cfg: RegistryConfig) -> str:
+    """The candidate metric (`<model>.valid.acc`) with the best value; the first listed wins a tie, a NaN
+    never wins."""
+    best: str | None = None
+    for metric in cfg.candidate_metrics():
+        value = values[metric]
+        if not math.isnan(value) and (best is None or better(value, values[best], cfg.direction)):
+            best = metric
+    return best or cfg.candidate_metrics()[0]
+
+
+def same_measure(a: str, b: str) -> bool:
+    """`debiased.valid.acc` and `debiased_lff.valid.acc` measure the same thing of two models."""
+    return a.split(".", 1)[-1] == b.split(".", 1)[-1]
 
 
 def better(new: float, old: float, direction: str) -> bool:
@@ -120,8 +154,9 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
 
 
 def recorded_value(client: MlflowClient, version: ModelVersion, metric: str) -> float | None:
-    """The version's value of `metric`: its tag, else its run's metric, else None."""
-    if version.tags.get(TAG_METRIC) == metric and TAG_VALUE in version.tags:
+    """The version's value of `metric`'s measure (valid.acc of whichever candidate it was): its tag, else
+    its run's metric, else None."""
+    if same_measure(version.tags.get(TAG_METRIC, ""), metric) and TAG_VALUE in version.tags:
         return float(version.tags[TAG_VALUE])
     if version.run_id:
         try:
@@ -153,37 +188,41 @@ class Decision:
         return asdict(self)
 
 
-def decide(value: float, champion: ModelVersion | None, champion_value: float | None, cfg: RegistryConfig) -> tuple[bool, str]:
-    """(promote?, why) for a new version whose `cfg.metric` is `value`."""
+def decide(value: float, champion: ModelVersion | None, champion_value: float | None, cfg: RegistryConfig,
+           metric: str | None = None) -> tuple[bool, str]:
+    """(promote?, why) for a new version whose `metric` (default `cfg.metric`) is `value`."""
+    metric = metric or cfg.metric
     if math.isnan(value):
-        return False, f"{cfg.metric} is NaN"
+        return False, f"{metric} is NaN"
     if champion is None:
-        return True, f"no champion yet; {cfg.metric}={value:.4f}"
+        return True, f"no champion yet; {metric}={value:.4f}"
     if champion_value is None:
-        return False, (f"champion version {champion.version} has no recorded {cfg.metric} (registered under another "
+        return False, (f"champion version {champion.version} has no recorded {metric} (registered under another "
                        f"registry.metric?); promote by hand with `python -m diffinject promote VERSION`")
     word = "higher" if cfg.direction == "maximize" else "lower"
     if better(value, champion_value, cfg.direction):
-        return True, f"{cfg.metric}={value:.4f} is {word} than champion version {champion.version}'s {champion_value:.4f}"
-    return False, (f"{cfg.metric}={value:.4f} is not {word} than champion version {champion.version}'s "
+        return True, f"{metric}={value:.4f} is {word} than champion version {champion.version}'s {champion_value:.4f}"
+    return False, (f"{metric}={value:.4f} is not {word} than champion version {champion.version}'s "
                    f"{champion_value:.4f} ({cfg.direction})")
 
 
 def register(client: MlflowClient, model_uri: str, run_id: str, value: float, cfg: RegistryConfig,
-             tags: dict[str, str] | None = None) -> Decision:
+             tags: dict[str, str] | None = None, metric: str | None = None) -> Decision:
     """Register `model_uri` as a new version of `cfg.model_name` and give it `champion` when it beats the
-    current champion on `cfg.metric`, else `challenger`. Prints the decision and its reason."""
+    current champion on the measure of `metric` (default `cfg.metric`; the champion may be another
+    candidate), else `challenger`. Prints the decision and its reason."""
+    metric = metric or cfg.metric
     champion = version_by_alias(client, cfg.model_name, CHAMPION)
-    champion_value = recorded_value(client, champion, cfg.metric) if champion is not None else None
-    promoted, reason = decide(value, champion, champion_value, cfg)
-    version_tags = {TAG_METRIC: cfg.metric, TAG_VALUE: repr(float(value)), TAG_PROMOTION: reason, **(tags or {})}
+    champion_value = recorded_value(client, champion, metric) if champion is not None else None
+    promoted, reason = decide(value, champion, champion_value, cfg, metric)
+    version_tags = {TAG_METRIC: metric, TAG_VALUE: repr(float(value)), TAG_PROMOTION: reason, **(tags or {})}
     mv = mlflow.register_model(model_uri, cfg.model_name, tags=version_tags)
     alias = CHAMPION if promoted else CHALLENGER
     client.set_registered_model_alias(cfg.model_name, alias, mv.version)
     verdict = "promoted to champion" if promoted else "not promoted, alias challenger"
     print(f"register: {cfg.model_name} version {mv.version} {verdict}: {reason}")
     return Decision(
-        model_name=cfg.model_name, version=int(mv.version), metric=cfg.metric, value=float(value), alias=alias,
+        model_name=cfg.model_name, version=int(mv.version), metric=metric, value=float(value), alias=alias,
         promoted=promoted, reason=reason, previous_champion=int(champion.version) if champion else None,
         previous_value=champion_value, run_id=run_id,
     )

@@ -1,0 +1,40 @@
+"""Stage `debiased_lff`: Learning from Failure (the `lff` baseline's module) trained on the original
+train split plus the synthetic pool — DiffInject's bias-conflict samples, re-weighted by LfF.
+
+The pool draw is `train_debiased`'s (round(ratio × |train|) images of `debiased_lff.pool`, seeded);
+`debiased_lff.biased_sees` chooses the rows the GCE-biased branch trains on: `original` (default,
+chosen on the valid split: docs/results.md) keeps it as biased as in plain LfF, so the synthetic
+conflicts it fails on get LfF's high weights; `all` lets it train on them too.
+
+data/prepared + pool -> models/debiased_lff/, metrics/debiased_lff.json, metrics/plots/train/debiased_lff.csv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from diffinject.config import load_params, section
+from diffinject.models.training import DebiasedConfig, DebiasedLfFConfig, ratio_or_debiased, train_lff
+from diffinject.stages.common import common_inputs, load_training_data, write_training_outputs
+from diffinject.stages.mixing import with_pool
+
+SECTION = "debiased_lff"
+
+
+def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+    cfg = section(params, SECTION, DebiasedLfFConfig)
+    cfg.check(SECTION)
+    ratio = ratio_or_debiased(cfg.bias_conflict_ratio, section(params, "debiased", DebiasedConfig))
+    trainer_cfg, seed = common_inputs(params)
+    data = load_training_data(root)
+    mixed = with_pool(data.train, cfg.pool, root, data.num_classes, ratio, seed, SECTION)
+    biased_rows = mixed.is_original if cfg.biased_sees == "original" else None
+    result = train_lff(mixed.data, data.valid, data.num_classes, cfg, trainer_cfg, seed, SECTION, biased_rows)
+    extra = {"n_train": mixed.n_original, "n_pool": mixed.n_added, "bias_conflict_ratio": ratio,
+             "biased_rows": int(mixed.n_original if biased_rows is not None else len(mixed.data))}
+    return write_training_outputs(root, SECTION, result, cfg, seed, extra)
+
+
+def main(params_path: str = "params.yaml") -> None:
+    run(load_params(params_path))

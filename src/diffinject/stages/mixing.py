@@ -1,0 +1,84 @@
+"""The train set of the stages that add images to the original train split: `train_debiased` and
+`debiased_lff` (a pool of synthetic images) and `upsample` (copies of the mined originals).
+
+All three add round(ratio × |train|) images, so at one `bias_conflict_ratio` the only difference
+between them is where the added images come from. Only targets are read: no bias label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from diffinject.data.tensors import ImageTensors, PoolDraw, concat, draw_from_pool, load_pool, repeat_evenly
+from diffinject.errors import DiffinjectError
+
+
+@dataclass
+class MixedTrainSet:
+    data: ImageTensors  # the original train split followed by the added rows
+    n_original: int
+    n_added: int
+    replacement: bool  # some added image appears more than once
+
+    @property
+    def is_original(self) -> torch.Tensor:
+        """(N,) bool: True on the rows of the original train split (they come first)."""
+        mask = torch.zeros(len(self.data), dtype=torch.bool)
+        mask[: self.n_original] = True
+        return mask
+
+
+def mix(train: ImageTensors, extra: ImageTensors, ratio: float, seed: int, section: str,
+        draw: Callable[[int, int, float, int], PoolDraw] = draw_from_pool) -> MixedTrainSet:
+    """`train` plus round(ratio × |train|) rows of `extra` chosen by `draw` (seeded); says what it did."""
+    n_train = len(train)
+    if len(extra) == 0:
+        print(f"{section}: {extra.source} is empty; {section}.bias_conflict_ratio={ratio} is ignored, "
+              f"training on the {n_train} train samples only")
+        return MixedTrainSet(train, n_train, 0, False)
+    chosen = draw(len(extra), n_train, ratio, seed)
+    if draw is repeat_evenly:
+        low, high = chosen.requested // len(extra), -(-chosen.requested // len(extra))
+        how = f"as {low}-{high} copies of each of {len(extra)} images"
+    elif chosen.replacement:
+        how = f"with replacement (the pool has only {len(extra)} images)"
+    else:
+        how = f"without replacement from {len(extra)} images"
+    print(f"{section}: adding {chosen.requested} = round({ratio} x {n_train}) samples, drawn {how} of {extra.source}")
+    return MixedTrainSet(concat(train, extra.take(chosen.rows)), n_train, len(chosen.rows), chosen.replacement)
+
+
+def with_pool(train: ImageTensors, pool_path: str | None, root: Path, num_classes: int, ratio: float,
+              seed: int, section: str) -> MixedTrainSet:
+    """`train` plus a draw from the pool manifest at `pool_path` (relative to `root`); null: no pool."""
+    if pool_path is None:
+        print(f"{section}: no pool (params '{section}.pool' is null); {section}.bias_conflict_ratio={ratio} is ignored, "
+              f"training on the {len(train)} train samples only")
+        return MixedTrainSet(train, len(train), 0, False)
+    return mix(train, load_pool(root / pool_path, num_classes), ratio, seed, section)
+
+
+def mined_rows(train: ImageTensors, conflicts_csv: Path) -> ImageTensors:
+    """The train images whose ids `mine` wrote to conflicts.csv (columns id, target, ...)."""
+    if not conflicts_csv.is_file():
+        raise DiffinjectError(f"{conflicts_csv}: not found (run `python -m diffinject mine` first)")
+    try:
+        mined = pd.read_csv(conflicts_csv)
+    except (OSError, ValueError) as exc:
+        raise DiffinjectError(f"{conflicts_csv}: not a readable CSV ({str(exc).splitlines()[0]})") from exc
+    if "id" not in mined.columns:
+        raise DiffinjectError(f"{conflicts_csv}: no 'id' column (expected the output of the mine stage)")
+    position = {int(i): row for row, i in enumerate(train.ids.tolist())}
+    unknown = [int(i) for i in mined["id"] if int(i) not in position]
+    if unknown:
+        raise DiffinjectError(f"{conflicts_csv}: id {unknown[0]} is not a train image of data/prepared "
+                              "(re-run mine after prepare)")
+    rows = torch.tensor([position[int(i)] for i in mined["id"]], dtype=torch.long)
+    picked = train.take(rows)
+    picked.source = f"{conflicts_csv} (mined originals)"
+    return picked

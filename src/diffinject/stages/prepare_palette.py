@@ -1,0 +1,33 @@
+"""Stage `prepare_palette`: the valid and test digits of data/prepared in every palette colour
+(`diffinject.data.palette`), the sets evaluation reports group metrics on.
+
+data/prepared (ids and splits) + the grey source of params `data.*` -> data/palette/ (DisEnt layout +
+manifest.parquet; an empty manifest for folder sources or `palette.enabled: false`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from diffinject.config import load_params, section, seed_of
+from diffinject.data.manifest import read_manifest
+from diffinject.data.palette import PaletteConfig, build_palette_sets
+from diffinject.data.prepare import DataConfig
+from diffinject.fsutil import atomic_dir
+from diffinject.stages.common import PALETTE, PREPARED
+
+
+def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+    data_cfg = section(params, "data", DataConfig)
+    cfg = section(params, "palette", PaletteConfig)
+    cfg.check()
+    prepared = read_manifest(root / PREPARED)
+    with atomic_dir(root / PALETTE) as tmp:
+        manifest, summary = build_palette_sets(data_cfg, cfg, prepared, seed_of(params), tmp)
+    print(f"prepare_palette: {summary} -> {root / PALETTE}")
+    return {"n_images": len(manifest), "summary": summary}
+
+
+def main(params_path: str = "params.yaml") -> None:
+    run(load_params(params_path))
