@@ -15,7 +15,8 @@ from diffinject.config import load_params, section
 from diffinject.errors import DiffinjectError
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.ae_debias import AEConfig, train_ae_debias
-from diffinject.stages.common import common_inputs, load_training_data, missing_model_hint, model_dir, write_training_outputs
+from diffinject.stages.common import (common_inputs, load_training_data, missing_model_hint, model_dir,
+                                      write_training_outputs)
 
 SECTION = "ae"
 MODEL = "ae_debias"
@@ -26,10 +27,11 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     cfg.check(SECTION)
     trainer_cfg, seed = common_inputs(params)
     data = load_training_data(root)
-    classifier, classifier_cfg, _ = load_classifier(model_dir(root, "biased"), num_classes=data.num_classes,
-                                                    image_shape=data.train.shape, missing_hint=missing_model_hint("biased"))
+    biased = model_dir(root, "biased")
+    classifier, classifier_cfg, _ = load_classifier(biased, num_classes=data.num_classes, image_shape=data.train.shape,
+                                                    missing_hint=missing_model_hint("biased"))
     if classifier_cfg.front is not None:
-        raise DiffinjectError(f"{model_dir(root, 'biased')}: expected a plain classifier, got one with front {classifier_cfg.front!r}")
+        raise DiffinjectError(f"{biased}: expected a plain classifier, got one with front {classifier_cfg.front!r}")
     result = train_ae_debias(data.train, data.valid, classifier, classifier_cfg, cfg, trainer_cfg, seed, SECTION)
     return write_training_outputs(root, MODEL, result, cfg, seed)
 

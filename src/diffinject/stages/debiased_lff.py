@@ -14,26 +14,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params, section
-from diffinject.models.training import DebiasedConfig, DebiasedLfFConfig, ratio_or_debiased, train_lff
-from diffinject.stages.common import common_inputs, load_training_data, write_training_outputs
-from diffinject.stages.mixing import with_pool
+from diffinject.config import load_params
+from diffinject.models.training import DebiasedLfFConfig, train_lff
+from diffinject.stages.common import write_training_outputs
+from diffinject.stages.mixing import stage_inputs, with_pool
 
 SECTION = "debiased_lff"
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    cfg = section(params, SECTION, DebiasedLfFConfig)
-    cfg.check(SECTION)
-    ratio = ratio_or_debiased(cfg.bias_conflict_ratio, section(params, "debiased", DebiasedConfig))
-    trainer_cfg, seed = common_inputs(params)
-    data = load_training_data(root)
-    mixed = with_pool(data.train, cfg.pool, root, data.num_classes, ratio, seed, SECTION)
-    biased_rows = mixed.is_original if cfg.biased_sees == "original" else None
-    result = train_lff(mixed.data, data.valid, data.num_classes, cfg, trainer_cfg, seed, SECTION, biased_rows)
-    extra = {"n_train": mixed.n_original, "n_pool": mixed.n_added, "bias_conflict_ratio": ratio,
+    inputs = stage_inputs(params, SECTION, DebiasedLfFConfig, root)
+    mixed = with_pool(inputs.data.train, inputs.cfg.pool, root, inputs.data.num_classes, inputs.ratio, inputs.seed, SECTION)
+    biased_rows = mixed.is_original if inputs.cfg.biased_sees == "original" else None
+    result = train_lff(mixed.data, inputs.data.valid, inputs.data.num_classes, inputs.cfg, inputs.trainer, inputs.seed,
+                       SECTION, biased_rows)
+    extra = {"n_train": mixed.n_original, "n_pool": mixed.n_added, "bias_conflict_ratio": inputs.ratio,
              "biased_rows": int(mixed.n_original if biased_rows is not None else len(mixed.data))}
-    return write_training_outputs(root, SECTION, result, cfg, seed, extra)
+    return write_training_outputs(root, SECTION, result, inputs.cfg, inputs.seed, extra)
 
 
 def main(params_path: str = "params.yaml") -> None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pandas as pd
 import torch
 
 from diffinject.data.tensors import ImageTensors, PoolDraw, concat, draw_from_pool, load_pool, repeat_evenly
+from diffinject.config import section
 from diffinject.errors import DiffinjectError
+from diffinject.models.training import DebiasedConfig, TrainerConfig, ratio_or_debiased
+from diffinject.stages.common import TrainingData, common_inputs, load_training_data
 
 
 @dataclass
@@ -31,6 +34,26 @@ class MixedTrainSet:
         mask = torch.zeros(len(self.data), dtype=torch.bool)
         mask[: self.n_original] = True
         return mask
+
+
+@dataclass
+class StageInputs:
+    """What upsample and debiased_lff read: their section, the ratio it resolves to, trainer, seed, data."""
+
+    cfg: Any
+    ratio: float
+    trainer: TrainerConfig
+    seed: int
+    data: TrainingData
+
+
+def stage_inputs(params: dict[str, Any], name: str, config_class: type, root: Path) -> StageInputs:
+    """Section `name` (with a `bias_conflict_ratio` that null resolves to debiased's) and the rest."""
+    cfg = section(params, name, config_class)
+    cfg.check(name)
+    ratio = ratio_or_debiased(cfg.bias_conflict_ratio, section(params, "debiased", DebiasedConfig))
+    trainer_cfg, seed = common_inputs(params)
+    return StageInputs(cfg, ratio, trainer_cfg, seed, load_training_data(root))
 
 
 def mix(train: ImageTensors, extra: ImageTensors, ratio: float, seed: int, section: str,

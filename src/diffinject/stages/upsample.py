@@ -12,27 +12,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params, section
+from diffinject.config import load_params
 from diffinject.data.tensors import repeat_evenly
-from diffinject.models.training import DebiasedConfig, UpsampleConfig, ratio_or_debiased, train_classifier
-from diffinject.stages.common import common_inputs, load_training_data, write_training_outputs
-from diffinject.stages.mixing import mined_rows, mix
+from diffinject.models.training import UpsampleConfig, train_classifier
+from diffinject.stages.common import write_training_outputs
+from diffinject.stages.mixing import mined_rows, mix, stage_inputs
 
 SECTION = "upsample"
 CONFLICTS = Path("data/conflicts.csv")
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    cfg = section(params, SECTION, UpsampleConfig)
-    cfg.check(SECTION)
-    ratio = ratio_or_debiased(cfg.bias_conflict_ratio, section(params, "debiased", DebiasedConfig))
-    trainer_cfg, seed = common_inputs(params)
-    data = load_training_data(root)
-    mined = mined_rows(data.train, root / CONFLICTS)
-    mixed = mix(data.train, mined, ratio, seed, SECTION, draw=repeat_evenly)
-    result = train_classifier(mixed.data, data.valid, data.num_classes, cfg, trainer_cfg, seed, SECTION)
-    extra = {"n_train": mixed.n_original, "n_mined": len(mined), "n_copies": mixed.n_added, "bias_conflict_ratio": ratio}
-    return write_training_outputs(root, SECTION, result, cfg, seed, extra)
+    inputs = stage_inputs(params, SECTION, UpsampleConfig, root)
+    mined = mined_rows(inputs.data.train, root / CONFLICTS)
+    mixed = mix(inputs.data.train, mined, inputs.ratio, inputs.seed, SECTION, draw=repeat_evenly)
+    result = train_classifier(mixed.data, inputs.data.valid, inputs.data.num_classes, inputs.cfg, inputs.trainer,
+                              inputs.seed, SECTION)
+    extra = {"n_train": mixed.n_original, "n_mined": len(mined), "n_copies": mixed.n_added,
+             "bias_conflict_ratio": inputs.ratio}
+    return write_training_outputs(root, SECTION, result, inputs.cfg, inputs.seed, extra)
 
 
 def main(params_path: str = "params.yaml") -> None:
