@@ -231,8 +231,8 @@ def efficacy_chart(summary: dict, models: list[str], path: Path, n_seeds: int) -
     colours = ["#c44e52" if m.startswith("debiased") else "#8c8c8c" for m in models]
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(models), 3.6))
     bars = ax.bar(models, means, yerr=stds, capsize=4, color=colours)
-    for bar, mean in zip(bars, means):
-        ax.text(bar.get_x() + bar.get_width() / 2, mean + 0.02, f"{mean:.3f}", ha="center", fontsize=8)
+    for bar, mean, std in zip(bars, means, stds):  # above the error bar
+        ax.text(bar.get_x() + bar.get_width() / 2, mean + std + 0.02, f"{mean:.3f}", ha="center", fontsize=8)
     ax.set_ylabel("unbiased test accuracy")
     ax.set_ylim(0, 1)
     ax.set_title(f"Colored MNIST, mean ± std over {n_seeds} seeds (red: DiffInject-based)", fontsize=9)
