@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from diffinject.config import check_at_least
-from diffinject.data.colour import LFF_PALETTE, colorize
+from diffinject.data.colour import colorize
 from diffinject.data.manifest import image_relpath, make_manifest, write_manifest
 from diffinject.data.prepare import WRITE_THREADS, DataConfig, resize_grey, save_png
 from diffinject.data.sources import GreyImages, load_idx_folder, load_mnist5k
@@ -84,9 +84,7 @@ def build_palette_sets(data_cfg: DataConfig, cfg: PaletteConfig, prepared: pd.Da
                        out: Path) -> tuple[pd.DataFrame, str]:
     """(manifest, what was done) of the every-colour sets written under `out` (empty when not built)."""
     cfg.check()
-    grey = None if not cfg.enabled else grey_source(data_cfg)
-    if grey is not None and int(grey.targets.max()) + 1 > len(LFF_PALETTE):
-        grey = None
+    grey = None if not cfg.enabled else grey_source(data_cfg)  # prepare refused more classes than colours
     if grey is None:
         why = ("params 'palette.enabled' is false" if not cfg.enabled
                else f"data.source={data_cfg.source!r} is not coloured by prepare")

@@ -8,15 +8,20 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+import pandas as pd
+
 from diffinject.config import section, seed_of
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
+from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, atomic_file, write_json
 from diffinject.models.checkpoint import save_classifier
 from diffinject.models.training import FitResult, TrainConfig, TrainerConfig, train_classifier
 
 PREPARED = Path("data/prepared")
 PALETTE = Path("data/palette")  # every-colour valid/test sets (prepare_palette)
+CONFLICTS = Path("data/conflicts.csv")  # the mined samples (mine): id, target, loss, rank
 MODELS = Path("models")
 METRICS = Path("metrics")
 CURVES = METRICS / "plots" / "train"
@@ -85,6 +90,25 @@ def load_training_data(root: Path) -> TrainingData:
         valid=load_split(prepared, "valid", manifest),
         num_classes=num_classes_of(manifest),
     )
+
+
+def mined_train_rows(train: ImageTensors, conflicts_csv: Path) -> np.ndarray:
+    """The rows of `train` whose ids `mine` wrote to `conflicts_csv`, in the file's order (invert's
+    contents, upsample's copies)."""
+    if not conflicts_csv.is_file():
+        raise DiffinjectError(f"{conflicts_csv}: not found (run `python -m diffinject mine` first)")
+    try:
+        mined = pd.read_csv(conflicts_csv)
+    except (OSError, ValueError) as exc:
+        raise DiffinjectError(f"{conflicts_csv}: not a readable CSV ({str(exc).splitlines()[0]})") from exc
+    if "id" not in mined.columns:
+        raise DiffinjectError(f"{conflicts_csv}: no 'id' column (expected the output of the mine stage)")
+    position = {int(i): row for row, i in enumerate(train.ids.tolist())}
+    unknown = [int(i) for i in mined["id"] if int(i) not in position]
+    if unknown:
+        raise DiffinjectError(f"{conflicts_csv}: id {unknown[0]} is not a train image of {train.source} "
+                              "(re-run mine after prepare)")
+    return np.array([position[int(i)] for i in mined["id"]], dtype=np.int64)
 
 
 def common_inputs(params: dict[str, Any]) -> tuple[TrainerConfig, int]:

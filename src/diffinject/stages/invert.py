@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -27,13 +26,12 @@ from diffinject.diffusion.inversion_store import CONTENT, STYLE, InvertedSet, sa
 from diffinject.diffusion.model import diffusion_precision, load_diffusion, to_model_range
 from diffinject.diffusion.precision import autocast
 from diffinject.diffusion.sampler import ddim_invert
-from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.training import predict_logits
-from diffinject.stages.common import METRICS, MODELS, PREPARED, common_inputs, missing_model_hint, model_dir
+from diffinject.stages.common import (CONFLICTS, METRICS, MODELS, PREPARED, common_inputs, mined_train_rows,
+                                      missing_model_hint, model_dir)
 
-CONFLICTS = Path("data/conflicts.csv")
 OUT = Path("data/inversions")
 DIFFUSION = MODELS / "diffusion"
 
@@ -76,15 +74,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     prepared = root / PREPARED
     manifest = read_manifest(prepared)
     train = load_split(prepared, "train", manifest)
-    conflicts_path = root / CONFLICTS
-    if not conflicts_path.is_file():
-        raise DiffinjectError(f"{conflicts_path}: not found (run `python -m diffinject mine` first)")
-    conflicts = pd.read_csv(conflicts_path)
-    position = {int(i): k for k, i in enumerate(train.ids.tolist())}
-    unknown = [int(i) for i in conflicts["id"] if int(i) not in position]
-    if unknown:
-        raise DiffinjectError(f"{conflicts_path}: id {unknown[0]} is not in the train split of {prepared}")
-    content_rows = np.array([position[int(i)] for i in conflicts["id"]], dtype=np.int64)
+    content_rows = mined_train_rows(train, root / CONFLICTS)
 
     net, _, _ = load_classifier(model_dir(root, "biased"), num_classes=num_classes_of(manifest),
                                 image_shape=train.shape, missing_hint=missing_model_hint("biased"))

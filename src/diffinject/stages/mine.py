@@ -24,10 +24,9 @@ from diffinject.fsutil import atomic_file, write_json
 from diffinject.mining import check_k, loss_histogram_png, mining_report, top_k_per_class
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.training import predict_logits
-from diffinject.stages.common import METRICS, PREPARED, common_inputs, missing_model_hint, model_dir
+from diffinject.stages.common import CONFLICTS, METRICS, PREPARED, common_inputs, missing_model_hint, model_dir
 
 SECTION = "mine"
-CONFLICTS = Path("data/conflicts.csv")
 PLOT = METRICS / "plots" / "mine" / "loss_hist.png"
 
 

@@ -11,14 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
 import torch
 
 from diffinject.data.tensors import ImageTensors, PoolDraw, concat, draw_from_pool, load_pool, repeat_evenly
 from diffinject.config import section
-from diffinject.errors import DiffinjectError
 from diffinject.models.training import DebiasedConfig, TrainerConfig, ratio_or_debiased
-from diffinject.stages.common import TrainingData, common_inputs, load_training_data
+from diffinject.stages.common import TrainingData, common_inputs, load_training_data, mined_train_rows
 
 
 @dataclass
@@ -87,21 +85,7 @@ def with_pool(train: ImageTensors, pool_path: str | None, root: Path, num_classe
 
 
 def mined_rows(train: ImageTensors, conflicts_csv: Path) -> ImageTensors:
-    """The train images whose ids `mine` wrote to conflicts.csv (columns id, target, ...)."""
-    if not conflicts_csv.is_file():
-        raise DiffinjectError(f"{conflicts_csv}: not found (run `python -m diffinject mine` first)")
-    try:
-        mined = pd.read_csv(conflicts_csv)
-    except (OSError, ValueError) as exc:
-        raise DiffinjectError(f"{conflicts_csv}: not a readable CSV ({str(exc).splitlines()[0]})") from exc
-    if "id" not in mined.columns:
-        raise DiffinjectError(f"{conflicts_csv}: no 'id' column (expected the output of the mine stage)")
-    position = {int(i): row for row, i in enumerate(train.ids.tolist())}
-    unknown = [int(i) for i in mined["id"] if int(i) not in position]
-    if unknown:
-        raise DiffinjectError(f"{conflicts_csv}: id {unknown[0]} is not a train image of data/prepared "
-                              "(re-run mine after prepare)")
-    rows = torch.tensor([position[int(i)] for i in mined["id"]], dtype=torch.long)
-    picked = train.take(rows)
+    """The train images whose ids `mine` wrote to conflicts.csv."""
+    picked = train.take(mined_train_rows(train, conflicts_csv))
     picked.source = f"{conflicts_csv} (mined originals)"
     return picked

@@ -15,11 +15,10 @@ from typing import Any
 from diffinject.config import load_params
 from diffinject.data.tensors import repeat_evenly
 from diffinject.models.training import UpsampleConfig, train_classifier
-from diffinject.stages.common import write_training_outputs
+from diffinject.stages.common import CONFLICTS, write_training_outputs
 from diffinject.stages.mixing import mined_rows, mix, stage_inputs
 
 SECTION = "upsample"
-CONFLICTS = Path("data/conflicts.csv")
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
