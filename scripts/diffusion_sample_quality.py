@@ -34,7 +34,7 @@ from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.diffusion.quality import sample_from_noise
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.training import TrainerConfig, predict_logits
-from diffinject.synthetic_quality import to_grey
+from diffinject.diffusion.synthetic_quality import to_grey
 
 CONFIDENT = 0.9  # judge probability that counts as "recognisable"
 FOREGROUND = 0.3 * 255  # brightest channel above this: a foreground (ink) pixel; backgrounds are ~0

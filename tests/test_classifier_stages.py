@@ -20,6 +20,7 @@ from diffinject.errors import DiffinjectError
 from diffinject.models.checkpoint import save_classifier
 from diffinject.models.networks import NetConfig, build_network
 from diffinject.stages import evaluate, lff, mine, train_biased, train_debiased, vanilla
+from tests.conftest import make_root
 
 TINY = {
     "seed": 0,
@@ -28,8 +29,8 @@ TINY = {
     "mine": {"k": 10},
     "vanilla": {"epochs": 2},
     "lff": {"epochs": 2},
-    "debiased": {"epochs": 2},
-    "evaluate": {},
+    "debiased": {"epochs": 2, "pool": None},
+    "evaluate": {"models": ["vanilla", "biased", "lff", "debiased"]},
 }
 EVAL_KEYS = {"acc", "aligned_acc", "conflict_acc", "worst_group_acc", "dp_gap", "eo_gap"}
 
@@ -39,19 +40,6 @@ def params(**overrides: dict) -> dict:
     for name, values in overrides.items():
         out[name] = dict(out.get(name) or {}, **values) if isinstance(values, dict) else values
     return out
-
-
-def make_root(tmp_path: Path, prepared: Path, name: str = "root") -> Path:
-    """A working folder whose data/prepared is the (read-only) session fixture."""
-    root = tmp_path / name
-    (root / "data").mkdir(parents=True)
-    os.symlink(prepared, root / "data" / "prepared")
-    return root
-
-
-@pytest.fixture
-def root(tmp_path, prepared_mnist) -> Path:
-    return make_root(tmp_path, prepared_mnist)
 
 
 @pytest.fixture(scope="module")

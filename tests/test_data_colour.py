@@ -74,6 +74,7 @@ def test_prepared_mnist_sizes_and_colours(prepared_mnist):
         np.testing.assert_allclose(np.mean(colours, 0), LFF_PALETTE[bias], atol=0.03)
 
 
+@pytest.mark.slow  # four full prepares, ~2 s each
 @pytest.mark.parametrize("pct", [0.5, 1.0, 2.0, 5.0])
 def test_train_skew_matches_conflict_pct(tmp_path, pct):
     out = tmp_path / "p"
@@ -90,6 +91,7 @@ def test_train_skew_matches_conflict_pct(tmp_path, pct):
     assert row["path"] == f"train/conflict/{row['target']}/{row['id']}_{row['target']}_{row['bias']}.png"
 
 
+@pytest.mark.slow  # three full prepares
 def test_same_seed_same_bytes(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()

@@ -1,14 +1,67 @@
-"""Device helpers: the NVML probe is skipped only where NVML cannot load, and nothing else changes."""
+"""Device helpers. `inference_device` is checked on simulated hosts (torch's CUDA and MPS probes patched),
+so it is tested, and can fail, on a CPU-only CI; the NVML probe is skipped only where NVML cannot load;
+and the machine at hand is checked for real: CPU only here, CUDA under the `gpu` marker."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
+import torch
 
 from diffinject import devices
+from diffinject.errors import DiffinjectError
 
 VAR = "PYTORCH_NVML_BASED_CUDA_CHECK"
+HAS_CUDA = torch.cuda.is_available()
+HAS_MPS = torch.backends.mps.is_available()
+
+
+@pytest.fixture
+def host(monkeypatch):
+    """host(cuda=..., mps=...): make torch report those accelerators, whatever this machine has."""
+
+    def simulate(cuda: bool = False, mps: bool = False) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+    return simulate
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "accelerator", "expected"),
+    [
+        (False, False, "auto", "cpu"),
+        (False, False, "cpu", "cpu"),
+        (True, False, "auto", "cuda"),
+        (True, False, "gpu", "cuda"),  # Lightning's name and torch's name mean the same device
+        (True, False, "cuda", "cuda"),
+        (True, False, "cpu", "cpu"),  # asked for the CPU: a GPU host does not override it
+        (False, True, "auto", "mps"),
+        (False, True, "mps", "mps"),
+        (False, True, "cpu", "cpu"),
+        (True, True, "auto", "cuda"),  # auto prefers CUDA over MPS
+    ],
+)
+def test_inference_device_on_simulated_hosts(host, cuda, mps, accelerator, expected):
+    host(cuda=cuda, mps=mps)
+    assert devices.inference_device(accelerator) == torch.device(expected)
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_asking_for_cuda_without_it_names_the_key(host, accelerator):
+    host(cuda=False, mps=True)  # not even another accelerator stands in for a requested GPU
+    with pytest.raises(DiffinjectError, match=rf"params 'trainer.accelerator': '{accelerator}' asked for, but no CUDA device"):
+        devices.inference_device(accelerator)
+
+
+@pytest.mark.parametrize("accelerator", ["tpu", "hpu"])  # Lightning accelerators this helper does not run on
+def test_an_unknown_accelerator_names_the_key_and_the_choices(host, accelerator):
+    host(cuda=True)  # refused before any probe: the same answer on every host
+    with pytest.raises(DiffinjectError, match=rf"params 'trainer.accelerator': got '{accelerator}', expected one of auto, cpu, gpu, cuda, mps"):
+        devices.inference_device(accelerator)
 
 
 @pytest.mark.parametrize(
@@ -30,11 +83,57 @@ def test_skip_failing_nvml_probe(monkeypatch, before, nvml_loads, after):
     assert os.environ.get(VAR) == after
 
 
-def test_cuda_answer_unchanged_by_skipping_the_probe(monkeypatch):
-    """Where NVML fails, torch falls back to the CUDA runtime count: the same answer either way."""
-    import torch
+@pytest.fixture
+def fresh_nvml_answer():
+    """`_nvml_loadable` is cached for the process: forget its answer before and after a test that fakes it."""
+    devices._nvml_loadable.cache_clear()
+    yield
+    devices._nvml_loadable.cache_clear()
 
-    monkeypatch.setenv(VAR, "1")
-    with_probe = torch.cuda.is_available()
-    monkeypatch.setenv(VAR, "0")
-    assert torch.cuda.is_available() == with_probe
+
+@pytest.mark.parametrize("loads", [True, False])
+def test_nvml_loadable_is_a_dlopen_of_the_driver_library(monkeypatch, fresh_nvml_answer, loads):
+    opened = []
+
+    def cdll(name):
+        opened.append(name)
+        if not loads:
+            raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(devices.ctypes, "CDLL", cdll)
+    assert devices._nvml_loadable() is loads
+    assert devices._nvml_loadable() is loads and opened == ["libnvidia-ml.so.1"]  # asked once, then cached
+
+
+@pytest.mark.slow
+def test_lightning_sets_the_variable_that_the_probe_skip_turns_off():
+    """skip_failing_nvml_probe assumes `import lightning` sets the NVML check on; were that to stop, the
+    helper would silently do nothing. A fresh interpreter, since this one imported Lightning long ago."""
+    code = (f"import os; os.environ.pop({VAR!r}, None); import lightning; print(os.environ.get({VAR!r}))\n"
+            f"from diffinject import devices; devices.skip_failing_nvml_probe(); print(os.environ.get({VAR!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1" if devices._nvml_loadable() else "0"]
+
+
+@pytest.mark.skipif(HAS_CUDA or HAS_MPS, reason="needs a host without CUDA and MPS")
+@pytest.mark.parametrize("nvml_check", ["1", "0"])
+def test_this_cpu_host_runs_inference_on_the_cpu(monkeypatch, nvml_check):
+    """torch's real probes, through NVML (Lightning's setting) and through the CUDA runtime: no GPU either way."""
+    monkeypatch.setenv(VAR, nvml_check)
+    assert torch.cuda.is_available() is False
+    assert devices.inference_device("auto") == torch.device("cpu")
+    with pytest.raises(DiffinjectError, match="no CUDA device is visible"):
+        devices.inference_device("gpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("nvml_check", ["1", "0"])
+def test_this_gpu_host_runs_inference_on_cuda(monkeypatch, nvml_check):
+    """The NVML answer and the CUDA runtime's agree on a real GPU, and the chosen device computes."""
+    monkeypatch.setenv(VAR, nvml_check)
+    assert torch.cuda.is_available() and torch.cuda.device_count() >= 1
+    device = devices.inference_device("auto")
+    assert device == torch.device("cuda") and devices.inference_device("gpu") == device
+    x = torch.arange(4.0, device=device)
+    assert x.device.type == "cuda" and (x * 2).sum().item() == 12.0

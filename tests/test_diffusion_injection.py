@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from diffinject.data.tensors import load_split
-from diffinject.diffusion.inversion_store import CONTENT, STYLE, InvertedSet, save_inverted
-from diffinject.diffusion.model import save_diffusion, to_model_range
+from diffinject.diffusion.model import to_model_range
 from diffinject.diffusion.precision import autocast
 from diffinject.diffusion.quality import PLAIN_DDIM, reconstruct
 from diffinject.diffusion.sampler import InjectionConfig, InjectionSampler, ddim_invert
+from tests.conftest import H_SLERP, inverted_repo
 from diffinject.stages import inject
 
 # DDIM inversion is exact only in the ODE limit: each step evaluates ε at x_t and reuses it to reach
@@ -43,33 +42,18 @@ def test_full_injection_of_own_h_reproduces_reconstruction(tiny_ddpm, prepared_m
     x0 = to_model_range(load_split(prepared_mnist, "valid").images[:8])
     steps = RECONSTRUCTION_STEPS
     inv = ddim_invert(unet, scheduler, x0, steps, keep_h=True)
-    plain = InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=steps, **PLAIN_DDIM))
-    own = InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=steps, **{**PLAIN_DDIM, "h_gamma": 1.0}))
-    a = plain.generate(inv.x_T, inv.hs, inv.timesteps)
-    b = own.generate(inv.x_T, inv.hs, inv.timesteps)
-    other = own.generate(inv.x_T, inv.hs.flip(1), inv.timesteps)  # someone else's h
+    with InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=steps, **PLAIN_DDIM, **H_SLERP)) as plain:
+        a = plain.generate(inv.x_T, inv.hs, inv.timesteps)
+    with InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=steps, **{**PLAIN_DDIM, **H_SLERP, "h_gamma": 1.0})) as own:
+        b = own.generate(inv.x_T, inv.hs, inv.timesteps)
+        other = own.generate(inv.x_T, inv.hs.flip(1), inv.timesteps)  # someone else's h
     own_gap, other_gap = (a - b).pow(2).mean(), (a - other).pow(2).mean()
     assert own_gap < OWN_H_MSE_BOUND
     assert other_gap > 100 * own_gap
 
 
 def _inject_root(tmp_path: Path, prepared: Path, unet, scheduler, name: str) -> Path:
-    root = tmp_path / name
-    (root / "data").mkdir(parents=True)
-    (root / "data" / "prepared").symlink_to(prepared)
-    save_diffusion(unet, scheduler, root / "models" / "diffusion")
-    train = load_split(prepared, "train")
-    rows = torch.arange(0, 4000, 200)  # 20 images over all classes (the split is sorted by id, ids by class)
-    with torch.no_grad():
-        c = ddim_invert(unet, scheduler, to_model_range(train.images[rows]), 6, keep_h=False, keep_path=True)
-        s = ddim_invert(unet, scheduler, to_model_range(train.images[rows + 1]), 6, keep_h=False)
-    (root / "data" / "inversions").mkdir()
-    # a stand-in bias proxy: the next class (what a biased model says of a mined conflict is another class)
-    save_inverted(InvertedSet(c.x_T, train.ids[rows], train.targets[rows], timesteps=c.timesteps, xs=c.xs,
-                              proxy=(train.targets[rows] + 1) % 10), root / "data/inversions" / CONTENT)
-    save_inverted(InvertedSet(s.x_T, train.ids[rows + 1], train.targets[rows + 1], proxy=train.targets[rows + 1]),
-                  root / "data/inversions" / STYLE)
-    return root
+    return inverted_repo(tmp_path / name, prepared, unet, scheduler, 6)
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -84,7 +68,8 @@ class Killed(Exception):
 def test_inject_resumes_to_identical_files(tiny_ddpm, prepared_mnist, tmp_path):
     unet, scheduler = tiny_ddpm
     params = {"seed": 3, "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-              "injection": {"n_gen_step": 6, "n_inv_step": 6, "n_samples": 20, "batch_size": 4, "t_boost": 400}}
+              "injection": {"n_gen_step": 6, "n_inv_step": 6, "n_samples": 20, "n_samples_ratio": None, "batch_size": 4,
+                            "t_boost": 400, "label_from": "content"}}
     whole = _inject_root(tmp_path, prepared_mnist, unet, scheduler, "whole")
     inject.run(params, root=whole)
 
@@ -113,9 +98,8 @@ def test_bf16_autocast_keeps_reconstruction_and_fp32_outputs(tiny_ddpm, prepared
     with autocast("bf16-mixed", torch.device("cpu")):
         rec = reconstruct(unet, scheduler, images, RECONSTRUCTION_STEPS, RECONSTRUCTION_STEPS)
         inv = ddim_invert(unet, scheduler, x0, 5, keep_h=True)
-        sampler = InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=5, h_gamma=0.5, t_boost=-1))
-        out = sampler.generate(inv.x_T, inv.hs.flip(1), inv.timesteps)
-        sampler.close()
+        with InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=5, h_gamma=0.5, t_boost=-1, **H_SLERP)) as sampler:
+            out = sampler.generate(inv.x_T, inv.hs.flip(1), inv.timesteps)
     assert rec.mse < RECONSTRUCTION_MSE_BOUND
     assert inv.x_T.dtype == inv.hs.dtype == out.dtype == torch.float32
     fp32 = reconstruct(unet, scheduler, images, RECONSTRUCTION_STEPS, RECONSTRUCTION_STEPS)
@@ -135,7 +119,7 @@ def test_probe_stage_then_inject_with_channel_stats_and_the_label_rule_it_decide
     root = _inject_root(tmp_path, prepared_mnist, unet, scheduler, "probed")
     params = {"seed": 0, "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
               "biased": {"epochs": 1}, "probe": {"n_images": 40},
-              "injection": {"n_gen_step": 6, "n_inv_step": 6, "n_samples": 12, "batch_size": 6, "t_boost": -1,
+              "injection": {"n_gen_step": 6, "n_inv_step": 6, "n_samples": 12, "n_samples_ratio": None, "batch_size": 6, "t_boost": -1,
                             "operator": "channel_stats", "site": "up0", "label_from": "auto"}}
     train_biased.run(params, root)
     report = probe.run(params, root)

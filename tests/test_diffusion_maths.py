@@ -10,11 +10,12 @@ import torch
 from diffusers import DDPMScheduler
 
 from diffinject.diffusion.hspace import rescale_to, slerp
-from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet
+from diffinject.diffusion.model import DiffusionConfig, build_scheduler
 from diffinject.diffusion.sampler import (InjectionConfig, InjectionSampler, ddim_invert, ddim_step,
                                           eps_from_v, timestep_grid)
 from diffinject.diffusion.shared_encoder import SharedEncoder
 from diffinject.diffusion.sites import SiteHook
+from tests.conftest import H_SLERP, tiny_unet
 
 
 def test_slerp_endpoints():
@@ -44,12 +45,6 @@ def test_slerp_formula_at_half():
 def test_slerp_parallel_vectors_interpolate_linearly():
     a = torch.tensor([[2.0, 0.0]])
     torch.testing.assert_close(slerp(a, a, 0.3), a)
-
-
-def tiny_unet(seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = DiffusionConfig(block_out_channels=[8, 16], norm_num_groups=4)
-    return build_unet(cfg, 28, 3).eval(), build_scheduler(cfg)
 
 
 def test_hook_captures_mid_block_output():
@@ -126,8 +121,8 @@ def test_inversion_closed_form_with_zero_eps():
     inv = ddim_invert(ZeroEps(), scheduler, x0, 10, keep_h=True)
     torch.testing.assert_close(inv.x_T, scheduler.alphas_cumprod[999].sqrt() * x0)
     assert inv.hs.shape == (10, 2, 3, 8, 8)
-    sampler = InjectionSampler(ZeroEps(), scheduler, InjectionConfig(h_gamma=0.0, t_boost=-1, dt_lambda=1.0, n_gen_step=10))
-    torch.testing.assert_close(sampler.generate(inv.x_T, inv.hs, inv.timesteps), x0, atol=1e-4, rtol=1e-4)
+    with InjectionSampler(ZeroEps(), scheduler, InjectionConfig(h_gamma=0.0, t_boost=-1, dt_lambda=1.0, n_gen_step=10, **H_SLERP)) as sampler:
+        torch.testing.assert_close(sampler.generate(inv.x_T, inv.hs, inv.timesteps), x0, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("t_edit", [0, 500])
@@ -138,14 +133,17 @@ def test_shared_encoder_generation_equals_two_full_passes(t_edit):
     with torch.no_grad():
         c = ddim_invert(unet, scheduler, content, 8, keep_h=True)
         s = ddim_invert(unet, scheduler, style, 8, keep_h=False)
-    cfg = InjectionConfig(h_gamma=0.7, t_edit=t_edit, t_boost=300, n_gen_step=8)
+    cfg = InjectionConfig(h_gamma=0.7, t_edit=t_edit, t_boost=300, n_gen_step=8, **H_SLERP)
     out = {}
     for share in (True, False):
-        sampler = InjectionSampler(unet, scheduler, cfg, share_encoder=share)
-        out[share] = sampler.generate(s.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(1))
-        sampler.close()
+        with InjectionSampler(unet, scheduler, cfg, share_encoder=share) as sampler:
+            out[share] = sampler.generate(s.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(1))
     assert torch.equal(out[True], out[False])
     assert all("forward" not in m.__dict__ for m in [unet.conv_in, *unet.down_blocks, unet.mid_block])
+    # no hook is left on the UNet after the `with` block
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
+    with pytest.raises(RuntimeError, match="inside `with InjectionSampler"):
+        sampler.generate(s.x_T, c.hs, c.timesteps)
 
 
 def test_shared_encoder_replays_the_recorded_encoder_once():

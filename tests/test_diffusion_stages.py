@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffinject.diffusion.injection import InjectionParams, make_pairs
+from diffinject.diffusion.injection import make_pairs
+from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet, load_diffusion
 from diffinject.errors import DiffinjectError
 from diffinject.stages import train_diffusion

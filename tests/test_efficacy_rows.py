@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +41,6 @@ def params(**sections: dict) -> dict:
     return out
 
 
-@pytest.fixture
-def root(tmp_path, prepared_mnist) -> Path:
-    root = tmp_path / "root"
-    (root / "data").mkdir(parents=True)
-    os.symlink(prepared_mnist, root / "data" / "prepared")
-    return root
 
 
 def write_conflicts(root: Path, ids: list[int]) -> None:
@@ -194,6 +187,7 @@ def test_palette_is_empty_for_folder_sources_and_when_disabled(root, capsys):
     assert "params 'palette.enabled' is false" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # trains two models and builds the palette sets, ~4 s
 def test_evaluate_reports_group_metrics_on_the_palette_sets_with_their_group_sizes(root):
     cfg = NetConfig("mlp", 10, (3, 28, 28))
     (root / "models" / "vanilla").mkdir(parents=True)

@@ -8,17 +8,11 @@ import torch
 from diffusers import DDIMScheduler
 
 from diffinject.diffusion.injection import make_pairs
-from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet
 from diffinject.diffusion.probes import decide_label_from, fit_ridge_probe, probe_labels, site_view
 from diffinject.diffusion.sampler import (InjectionConfig, InjectionSampler, capture_features, ddim_invert, ddim_step,
                                           eps_from_v, floor_grid, plan_steps)
 from diffinject.diffusion.sites import SiteHook, channel_stats, site_names
-
-
-def tiny_unet(seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = DiffusionConfig(block_out_channels=[8, 16], norm_num_groups=4)
-    return build_unet(cfg, 28, 3).eval(), build_scheduler(cfg)
+from tests.conftest import tiny_unet
 
 
 # ---- operators -------------------------------------------------------------------------------------
@@ -105,7 +99,7 @@ def test_floor_grid_matches_injectfusion():
 
 
 def test_official_schedule_injects_exactly_on_replace_steps():
-    cfg = InjectionConfig(schedule="official", n_gen_step=100, t_edit=400, t_boost=200, dt_lambda=0.99)
+    cfg = InjectionConfig(schedule="official", n_gen_step=100, t_edit=400, t_boost=200, dt_lambda=0.99, t_max=None)
     steps = plan_steps(cfg, 1000)
     gen, replace = set(floor_grid(100, 1000).tolist()), set(floor_grid(50, 1000).tolist())
     assert [s.t for s in steps] == sorted(gen, reverse=True)
@@ -117,14 +111,14 @@ def test_official_schedule_injects_exactly_on_replace_steps():
 
 
 def test_official_schedule_at_fifty_steps_replaces_every_step_and_dt_threshold_follows_T():
-    steps = plan_steps(InjectionConfig(schedule="official", n_gen_step=50, t_edit=0), 1000)
+    steps = plan_steps(InjectionConfig(schedule="official", n_gen_step=50, t_edit=0, t_boost=200, t_max=None), 1000)
     assert all(s.inject for s in steps) and len(steps) == 50
-    short = plan_steps(InjectionConfig(schedule="every_step", n_gen_step=10, dt_lambda=0.9), 200)  # T = 200
+    short = plan_steps(InjectionConfig(schedule="every_step", n_gen_step=10, dt_lambda=0.9, t_boost=200, t_max=None), 200)  # T = 200
     assert {s.t for s in short if s.dir_scale != 1.0} == {t for t in (s.t for s in short) if t >= 190}
 
 
 def test_every_step_schedule_is_the_rounded_grid_with_injection_above_t_edit():
-    steps = plan_steps(InjectionConfig(n_gen_step=5, t_edit=500, t_boost=300), 1000)
+    steps = plan_steps(InjectionConfig(n_gen_step=5, t_edit=500, t_boost=300, t_max=None), 1000)
     assert [s.t for s in steps] == [999, 749, 500, 250, 0]
     assert [s.inject for s in steps] == [True, True, True, False, False]
     assert [s.eta for s in steps] == [0, 0, 0, 1, 1]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from diffinject.evaluation import classification_metrics, confusion_matrix, dp_gap, eo_gap
+from diffinject.models.evaluation import classification_metrics, confusion_matrix, dp_gap, eo_gap
 
 # Two classes, bias b in {0, 1}, aligned <=> b == y.
 #   #  y  b  pred

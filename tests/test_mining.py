@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from diffinject.errors import DiffinjectError
-from diffinject.mining import loss_histogram_png, mining_report, top_k_per_class
+from diffinject.models.mining import loss_histogram_png, mining_report, top_k_per_class
 
 # Class 0: ids 10-13, class 1: ids 14-17. Highest losses: class 0 -> 11 and 13 (2.0 each, tie broken
 # by the smaller id), class 1 -> 14 (3.0) then 17 (1.5).

@@ -1,3 +1,4 @@
+import os
 import logging
 import warnings
 
@@ -25,3 +26,44 @@ def test_only_the_leafspec_deprecation_is_ignored():
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
         warnings.warn("something else is deprecated", FutureWarning)
     assert [str(w.message) for w in caught] == ["something else is deprecated"]
+
+
+def test_progress_in_a_log_is_a_line_per_interval_not_a_bar_per_tick(monkeypatch, capsys):
+    """stderr not a terminal: tqdm's bars wait LOG_INTERVAL_S between redraws (a user's setting wins),
+    and a training prints one plain line per interval plus one at the end."""
+    from types import SimpleNamespace
+
+    from diffinject import quiet
+
+    monkeypatch.setattr(quiet, "stderr_is_terminal", lambda: False)
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # recorded, so what the code sets is undone after the test
+    monkeypatch.delenv("TQDM_MININTERVAL")
+    quiet.throttle_progress_in_logs()
+    assert os.environ["TQDM_MININTERVAL"] == str(quiet.LOG_INTERVAL_S)
+    monkeypatch.setenv("TQDM_MININTERVAL", "2")
+    quiet.throttle_progress_in_logs()
+    assert os.environ["TQDM_MININTERVAL"] == "2"
+
+    clock = iter(range(0, 1000, 10))  # every call to the clock moves 10 s on
+    monkeypatch.setattr(quiet.time, "monotonic", lambda: next(clock))
+    trainer = SimpleNamespace(is_global_zero=True, max_epochs=-1, max_steps=100, current_epoch=0, global_step=0,
+                              progress_bar_metrics={"train/loss": 0.5})
+    progress = quiet.LogLineProgress(interval_s=30)
+    progress.on_train_start(trainer, None)
+    for step in range(1, 11):
+        trainer.global_step = step
+        progress.on_train_batch_end(trainer)
+    progress.on_train_end(trainer, None)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4  # ~100 s of steps at one clock read each: three interval lines and the last
+    assert lines[-1] == "  epoch 1, step 10/100 train/loss 0.5"
+
+
+def test_a_terminal_keeps_tqdms_own_interval(monkeypatch):
+    from diffinject import quiet
+
+    monkeypatch.setattr(quiet, "stderr_is_terminal", lambda: True)
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # recorded, so what the code sets is undone after the test
+    monkeypatch.delenv("TQDM_MININTERVAL")
+    quiet.throttle_progress_in_logs()
+    assert "TQDM_MININTERVAL" not in os.environ

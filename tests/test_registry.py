@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import mlflow
@@ -26,19 +25,6 @@ from diffinject.stages import register
 from diffinject.tracking import registry, runs
 
 CURVE = [{"epoch": e, "train_acc": 0.5 + e / 10, "valid_acc": 0.4 + e / 10} for e in (1, 2, 3)]
-
-
-@pytest.fixture(scope="module")
-def store_root(tmp_path_factory) -> Path:
-    """One MLflow store for the module (creating its schema takes seconds), under DVC_ROOT/mlruns."""
-    root = tmp_path_factory.mktemp("store")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DVC_ROOT", str(root))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.delenv("DVC_EXP_NAME", raising=False)
-        runs.setup_experiment("diffinject")
-        yield root
-        os.environ.pop("MLFLOW_TRACKING_URI", None)  # exported by mlflow.set_tracking_uri; mp restores a user's
 
 
 def make_pipeline_root(root: Path, prepared: Path, valid_acc: float, seed: int = 0) -> Path:
@@ -62,7 +48,10 @@ def make_pipeline_root(root: Path, prepared: Path, valid_acc: float, seed: int =
     (metrics / "plots" / "prepare" / "samples_train.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
         "prepare": {"outs": [{"path": "data/prepared", "md5": "0123456789abcdef0123456789abcdef.dir"}]},
-        "train_debiased": {"outs": [{"path": "models/debiased", "md5": f"{seed:032x}.dir"},
+        "train_debiased": {"deps": [{"path": "data/prepared", "md5": "0123456789abcdef0123456789abcdef.dir"},
+                                    {"path": "data/synthetic", "md5": "fedcba9876543210fedcba9876543210.dir"},
+                                    {"path": "src/diffinject/stages/train_debiased.py", "md5": "not a data set"}],
+                           "outs": [{"path": "models/debiased", "md5": f"{seed:032x}.dir"},
                                     {"path": "metrics/debiased.json", "md5": "ignored"}]},
     }}))
     return root
@@ -70,7 +59,7 @@ def make_pipeline_root(root: Path, prepared: Path, valid_acc: float, seed: int =
 
 def params(model_name: str, **registry_keys) -> dict:
     return {"seed": 0, "injection": {"h_gamma": 0.7, "n_samples": 400}, "debiased": {"epochs": 3, "pool": None},
-            "registry": {"model_name": model_name, **registry_keys}}
+            "registry": {"model_name": model_name, "candidates": None, **registry_keys}}
 
 
 def test_parent_run_names_params_metrics_data_hashes_plots_and_child_curves(store_root, prepared_mnist, tmp_path, monkeypatch):
@@ -92,6 +81,12 @@ def test_parent_run_names_params_metrics_data_hashes_plots_and_child_curves(stor
     history = client.get_metric_history(child.info.run_id, "valid_acc")
     assert [(m.step, round(m.value, 6)) for m in history] == [(1, 0.5), (2, 0.6), (3, 0.7)]
     assert json.loads((root / "metrics" / "register.json").read_text())["version"] == 1
+    # the UI's Datasets column: DVC-versioned inputs, name = DVC path, digest = md5
+    seen = lambda run: {(d.dataset.name, d.dataset.digest, d.dataset.source_type, {t.key: t.value for t in d.tags}[  # noqa: E731
+        "mlflow.data.context"]) for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
+    assert seen(parent) == {("data/prepared", "0123456789abcdef0123456789abcdef.dir", "dvc", "prepare")}
+    assert seen(child) == {("data/prepared", "0123456789abcdef0123456789abcdef.dir", "dvc", "training"),
+                           ("data/synthetic", "fedcba9876543210fedcba9876543210.dir", "dvc", "training")}
 
 
 def test_champion_moves_only_when_the_validation_metric_improves(store_root, prepared_mnist, tmp_path, capsys):

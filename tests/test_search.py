@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 import optuna
-import torch
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from diffinject.errors import DiffinjectError
 from diffinject.tracking import runs, search, store
-from tests.conftest import REPO
+from tests.conftest import REPO, inverted_repo
 
 STATE = optuna.trial.TrialState
 SPACE_KEYS = {"injection.h_gamma", "debiased.bias_conflict_ratio", "debiased.lr"}
@@ -58,24 +57,13 @@ def setup(pipeline=fake_pipeline) -> search.TrialSetup:
 
 def params(study: str, **keys) -> dict:
     return {"seed": 0, "injection": {"h_gamma": 0.7}, "debiased": {"lr": 1e-3, "bias_conflict_ratio": 0.1, "pool": None},
-            "registry": {"metric": "debiased.valid.acc"},
+            "registry": {"metric": "debiased.valid.acc", "candidates": None},
             "search": {"study_name": study, "sampler": "random", "pruner": "none", **keys}}
 
 
 def repo_root(tmp_path: Path) -> Path:
     (tmp_path / "data" / "prepared").mkdir(parents=True)
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-def store_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("store")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DVC_ROOT", str(root))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        runs.setup_experiment("diffinject")
-        yield root
-        os.environ.pop("MLFLOW_TRACKING_URI", None)  # exported by mlflow.set_tracking_uri; mp restores a user's
 
 
 def trial_runs(study_name: str, client: MlflowClient | None = None) -> list:
@@ -240,19 +228,45 @@ def test_a_study_of_another_metric_is_not_joined(store_root, tmp_path):
         search.run_search(p, repo_root(tmp_path / "b"), setup())
 
 
-def slow_fake_pipeline(params: dict, root: Path, curve: search.ValidationCurve) -> None:
-    time.sleep(1.0)  # long enough for the two workers' trials to overlap
-    fake_pipeline(params, root, curve)
+HANDSHAKE_TIMEOUT_S = 120  # generous: under load a worker's imports alone can take tens of seconds
 
 
-def worker(root: str, n_trials: str, barrier: str, index: int) -> None:
-    """Entry point of one search process in the two-process test. Both wait at a file barrier first:
-    their imports take seconds and vary under load, and the test wants their trials to overlap."""
-    (Path(barrier) / f"ready-{index}").touch()
-    deadline = time.monotonic() + 120
-    while len(list(Path(barrier).glob("ready-*"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    search.run_search(params("s-two", n_trials=int(n_trials)), Path(root), setup(slow_fake_pipeline))
+class HandshakeTimeout(Exception):
+    """Not one of search.TRIAL_FAILURES: it stops the worker (a non-zero exit the test reports), where a
+    trial failure would only fail that trial."""
+
+
+def handshake(folder: Path, step: str, index: int) -> None:
+    """A two-worker file barrier: say worker `index` has reached `step`, then wait until the other has."""
+    (folder / f"{step}.{index}").touch()
+    other = folder / f"{step}.{1 - index}"
+    deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
+    while not other.exists():
+        if time.monotonic() > deadline:
+            raise HandshakeTimeout(f"worker {index}: worker {1 - index} did not reach {step!r} within "
+                                   f"{HANDSHAKE_TIMEOUT_S} s, so the two workers' trials did not run at the same time")
+        time.sleep(0.05)  # polling a file, not a guess of how long the other worker takes
+
+
+def worker(root: str, n_trials: str, handshakes: str, index: int) -> None:
+    """Entry point of one search process in the two-process test. The j-th trial of each worker waits
+    inside its pipeline for the other's j-th trial, looks at the shared storage while both are running
+    (written to seen-<index>.jsonl), and ends only once the other has looked too."""
+    folder = Path(handshakes)
+    handshake(folder, "started", index)  # both open the empty store at once: schema and study creation race
+    looked: list[int] = []  # this worker's trials so far
+
+    def paired_pipeline(params: dict, root: Path, curve: search.ValidationCurve) -> None:
+        j = len(looked)
+        handshake(folder, f"trial{j}-entered", index)
+        running = sorted(t.number for t in curve.trial.study.get_trials(deepcopy=False, states=(STATE.RUNNING,)))
+        with (folder / f"seen-{index}.jsonl").open("a") as fh:
+            fh.write(json.dumps({"trial": curve.trial.number, "running": running}) + "\n")
+        looked.append(curve.trial.number)
+        handshake(folder, f"trial{j}-looked", index)  # neither trial ends before both workers have looked
+        fake_pipeline(params, root, curve)
+
+    search.run_search(params("s-two", n_trials=int(n_trials)), Path(root), setup(paired_pipeline))
 
 
 @pytest.mark.slow
@@ -263,12 +277,12 @@ def test_two_processes_on_one_sqlite_study_record_every_trial_once(tmp_path, mon
     env = dict(os.environ, DVC_ROOT=str(tmp_path), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     env.pop("MLFLOW_TRACKING_URI", None)
     procs = []
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
-    for i in range(2):  # both start on an empty store: schema and study creation race too
+    folder = tmp_path / "handshake"
+    folder.mkdir()
+    for i in range(2):  # both start on an empty store
         root = repo_root(tmp_path / f"worker{i}")
         procs.append(subprocess.Popen(
-            [sys.executable, "-c", f"from tests.test_search import worker; worker({str(root)!r}, '{k}', {str(barrier)!r}, {i})"],
+            [sys.executable, "-c", f"from tests.test_search import worker; worker({str(root)!r}, '{k}', {str(folder)!r}, {i})"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(outputs)
@@ -276,39 +290,22 @@ def test_two_processes_on_one_sqlite_study_record_every_trial_once(tmp_path, mon
     assert sorted(t.number for t in study.trials) == list(range(2 * k))
     assert all(t.state == STATE.COMPLETE for t in study.trials)
     assert study.user_attrs[search.WORKERS_ATTR] == 2
-    assert sorted(o.split(", worker ")[1][0] for o in outputs) == ["0", "1"]
+    joined = [o.split(", worker ")[1][0] for o in outputs]  # each process's join index (the order is a race)
+    assert sorted(joined) == ["0", "1"]
     # the two workers drew different random values (seeds 0 and 1)
     assert len({t.params["injection.h_gamma"] for t in study.trials}) == 2 * k
     children = trial_runs("s-two", MlflowClient(store.tracking_uri(tmp_path)))
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(2 * k))
-    assert {r.data.tags["diffinject.worker"] for r in children} == {"0", "1"}
-    spans = {w: [(t.datetime_start, t.datetime_complete) for r in children for t in study.trials
-                 if r.data.tags["diffinject.worker"] == w and int(r.data.tags["optuna.trial"]) == t.number] for w in "01"}
-    # they ran concurrently: some trial of worker 0 overlaps some trial of worker 1 in time (not every
-    # trial: under load one worker's last trial may start just after the other worker has finished)
-    assert any(s0 < e1 and s1 < e0 for s0, e0 in spans["0"] for s1, e1 in spans["1"])
+    seen = [[json.loads(line) for line in (folder / f"seen-{i}.jsonl").read_text().splitlines()] for i in range(2)]
+    own = [[s["trial"] for s in seen[i]] for i in range(2)]
+    assert [len(own[0]), len(own[1])] == [k, k] and sorted(own[0] + own[1]) == list(range(2 * k)), own
+    for i in range(2):  # MLflow credits each trial to the worker that ran it
+        assert sorted(int(r.data.tags["optuna.trial"]) for r in children if r.data.tags["diffinject.worker"] == joined[i]) \
+            == sorted(own[i])
+    # they ran concurrently on one storage: at each handshake both saw exactly the two paired trials running
+    for a, b in zip(*seen):
+        assert a["running"] == b["running"] == sorted([a["trial"], b["trial"]]), seen
 
-
-def inversions_root(root: Path, prepared: Path, unet, scheduler, n_steps: int) -> Path:
-    """A repository after `dvc repro invert` on the tiny DDPM: prepared data, the model, 20 content and
-    20 style inversions."""
-    from diffinject.data.tensors import load_split
-    from diffinject.diffusion.inversion_store import CONTENT, STYLE, InvertedSet, save_inverted
-    from diffinject.diffusion.model import save_diffusion, to_model_range
-    from diffinject.diffusion.sampler import ddim_invert
-
-    (root / "data").mkdir(parents=True)
-    (root / "data" / "prepared").symlink_to(prepared)
-    save_diffusion(unet, scheduler, root / "models" / "diffusion")
-    train = load_split(prepared, "train")
-    rows = torch.arange(0, 4000, 200)  # 20 images over all classes (the split is sorted by class)
-    with torch.no_grad():
-        c = ddim_invert(unet, scheduler, to_model_range(train.images[rows]), n_steps, keep_h=True)
-        s = ddim_invert(unet, scheduler, to_model_range(train.images[rows + 1]), n_steps, keep_h=False)
-    (root / "data" / "inversions").mkdir()
-    save_inverted(InvertedSet(c.x_T, train.ids[rows], train.targets[rows], c.hs, c.timesteps), root / "data/inversions" / CONTENT)
-    save_inverted(InvertedSet(s.x_T, train.ids[rows + 1], train.targets[rows + 1]), root / "data/inversions" / STYLE)
-    return root
 
 
 @pytest.mark.slow
@@ -318,10 +315,11 @@ def test_one_real_trial_injects_trains_and_evaluates_on_valid_only(tiny_ddpm, pr
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "store"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     n_steps = 6
-    root = inversions_root(tmp_path / "repo", prepared_mnist, *tiny_ddpm, n_steps)
+    root = inverted_repo(tmp_path / "repo", prepared_mnist, *tiny_ddpm, n_steps)
     p = {"seed": 0, "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-         "injection": {"n_inv_step": n_steps, "n_gen_step": n_steps, "n_samples": 20, "batch_size": 10},
-         "debiased": {"epochs": 2, "pool": None}, "evaluate": {"models": ["vanilla", "debiased"]}, "registry": {},
+         "injection": {"n_inv_step": n_steps, "n_gen_step": n_steps, "n_samples": 20, "n_samples_ratio": None, "batch_size": 10,
+                       "label_from": "content"},
+         "debiased": {"epochs": 2, "pool": None}, "evaluate": {"models": ["vanilla", "debiased"]}, "registry": {"candidates": None},
          "search": {"study_name": "real", "n_trials": 1, "pruner": "none"}}
     summary = search_stage.run(p, root)
     assert summary["n_trials"]["complete"] == 1

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from diffinject.synthetic_quality import faithful_conflict_fraction, frechet_distance
+from diffinject.diffusion.synthetic_quality import faithful_conflict_fraction, frechet_distance
 
 
 def _reference(a, b):

@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from diffinject.errors import DiffinjectError
+from diffinject.quiet import throttle_progress_in_logs
 
 # stage name -> (module under diffinject.stages, one-line help). Each module has `main(params_path)`.
 STAGES: dict[str, tuple[str, str]] = {
@@ -29,6 +30,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "accuracy, group and fairness metrics of every model on valid/test -> metrics/eval.json"),
     "register": ("register", "log this pipeline run to MLflow, register models/debiased; champion moves only on improvement"),
     "promote": ("promote", "move the registry alias champion to VERSION by hand (registry.model_name)"),
+    "summary": ("summary", "the end-of-run table: each model's unbiased / conflict / worst-group accuracy, the registry decision, the plots"),
     "search": ("search", "Optuna study over injection.h_gamma, debiased.bias_conflict_ratio, debiased.lr (search.*)"),
 }
 
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    throttle_progress_in_logs()
     module = importlib.import_module(f"diffinject.stages.{STAGES[args.stage][0]}")
     try:
         module.main(args.params, **{k: v for k, v in vars(args).items() if k not in ("stage", "params")})

@@ -1,12 +1,17 @@
 """params.yaml loading and typed per-stage configs.
 
-Every stage reads only its own section (plus the top-level `seed`) into a dataclass. Unknown keys and
-wrong types are errors that name the dotted parameter, so a typo in `dvc exp run -S` fails loudly.
+Each params section has one dataclass, its schema: field defaults are the defaults (tests/test_params.py
+checks that params.yaml says the same). A stage declares what it reads as a `StageParams` (whole
+sections, or a `slice_of` one: some keys only) and reads params only through it; tests/test_dvc_graph.py
+checks that dvc.yaml's `params:` of the stage lists exactly that. Unknown keys, wrong types and values
+out of range are errors that name the dotted parameter when the config is built, so a typo in
+`dvc exp run -S` fails loudly and no caller can forget a check.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import types
 import typing
@@ -88,12 +93,88 @@ def build_config(cls: type[T], values: Any, section: str) -> T:
     kwargs = {
         name: _check_type(value, hints[name], f"params '{section}.{name}'") for name, value in values.items()
     }
-    return cls(**kwargs)
+    config = cls(**kwargs)
+    run_check(config, section)
+    return config
+
+
+def run_check(config: Any, section: str) -> None:
+    """The config's own range checks (`check()` or `check(section)`), if it has any."""
+    check = getattr(config, "check", None)
+    if check is None:
+        return
+    if inspect.signature(check).parameters:
+        check(section)
+    else:
+        check()
+
+
+def slice_of(cls: type, *keys: str) -> type:
+    """A dataclass of some keys of `cls`'s section, with `cls`'s types and defaults: what a stage that
+    needs only those keys reads, so a change of another key of the section does not re-run it. Its
+    check builds `cls` with the slice's values (the rest at their defaults) and runs `cls`'s checks."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in keys if k not in fields]
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {unknown[0]!r}")
+    hints = typing.get_type_hints(cls)
+    spec = [(k, hints[k], dataclasses.field(default=fields[k].default, default_factory=fields[k].default_factory))
+            if fields[k].default_factory is not dataclasses.MISSING else (k, hints[k], fields[k].default) for k in keys]
+
+    def check(self, section: str) -> None:
+        run_check(cls(**{k: getattr(self, k) for k in keys}), section)
+
+    sliced = dataclasses.make_dataclass(f"{cls.__name__}Slice", spec, namespace={"check": check})
+    sliced.__slice_of__ = cls
+    return sliced
+
+
+def section_class(cls: type) -> type:
+    """The schema of the section a (possibly sliced) config class reads."""
+    return getattr(cls, "__slice_of__", cls)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageParams:
+    """What a stage reads from params: `sections` maps a section name to its schema, or to a
+    `slice_of` it; `seed` whether it reads the top-level seed. `load` is the stage's only way in."""
+
+    sections: dict[str, type]
+    seed: bool = True
+
+    def load(self, params: dict[str, Any]) -> types.SimpleNamespace:
+        """The typed, checked configs, one attribute per section (and `seed`)."""
+        configs = {name: section(params, name, cls) for name, cls in self.sections.items()}
+        if self.seed:
+            configs["seed"] = seed_of(params)
+        return types.SimpleNamespace(**configs)
+
+    def keys(self) -> list[str]:
+        """The entries of the stage's `params:` in dvc.yaml: a section name, or dotted keys of a slice."""
+        keys = ["seed"] if self.seed else []
+        for name, cls in self.sections.items():
+            if section_class(cls) is cls:
+                keys.append(name)
+            else:
+                keys += [f"{name}.{f.name}" for f in dataclasses.fields(cls)]
+        return keys
 
 
 def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
-    """The typed config of section `name` (missing section: all defaults)."""
-    return build_config(cls, params.get(name), name)
+    """The typed config of section `name` (missing section: all defaults). A slice reads only its keys,
+    but a key unknown to the whole section is still an error."""
+    values = params.get(name)
+    schema = section_class(cls)
+    if schema is not cls and isinstance(values, dict):
+        unknown = sorted(set(values) - _field_names(schema))
+        if unknown:
+            raise DiffinjectError(f"params '{name}.{unknown[0]}': unknown key (allowed: {', '.join(sorted(_field_names(schema)))})")
+        values = {k: v for k, v in values.items() if k in _field_names(cls)}
+    return build_config(cls, values, name)
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def check_at_least(config: Any, section_name: str, minimum: float, *keys: str, strict: bool = False) -> None:

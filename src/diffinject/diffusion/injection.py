@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from diffinject.diffusion.inversion_store import InvertedSet
 from diffinject.diffusion.model import to_uint8
-from diffinject.diffusion.sampler import SCHEDULES, InjectionConfig, InjectionSampler
-from diffinject.diffusion.sites import OPERATORS, Features
+from diffinject.diffusion.sampler import InjectionConfig, InjectionSampler
+from diffinject.diffusion.sites import Features
 from diffinject.errors import DiffinjectError
 
 BATCH_DONE = "batch_{:05d}.json"
@@ -124,64 +124,3 @@ def collect_manifest(work: Path, n_batches: int, config: InjectionConfig, label_
     for key, value in vars(config).items():
         table[key] = "+".join(value) if isinstance(value, tuple) else value
     return table.sort_values("id").reset_index(drop=True)
-
-
-@dataclass
-class InjectionParams:
-    """`injection.*`. `invert` reads n_inv_step, styles_per_class and style_easiest_fraction (so a
-    change of any other key never re-inverts); `inject` reads the rest."""
-
-    h_gamma: float = 0.7  # weight of the content's features (DiffInject's slerp of h: 0.7)
-    operator: str = "slerp"  # slerp | channel_stats | channel_mean (sites.py)
-    site: str | list[str] = "h"  # h | up0 | up1 | ... or a list / comma-separated string of them
-    schedule: str = "every_step"  # every_step | official (InjectFusion's replace steps, sampler.plan_steps)
-    replace_steps: int = 50  # official schedule: points of the replace grid over [0, T-1]
-    t_edit: int = 0  # inject at t >= t_edit; 0 = the whole trajectory (t_edit 500 barely edits at 20 steps)
-    t_max: int | None = None  # ... and at t <= t_max; null = no upper bound
-    t_boost: int = 200  # eta = 1 at t <= t_boost (Asyrp's quality boost); -1 turns it off
-    dt_lambda: float = 0.9985  # noise-direction scale at t >= 950 (DiffInject)
-    n_inv_step: int = 20
-    n_gen_step: int = 20
-    n_samples: int = 400  # size of the synthetic pool
-    n_samples_ratio: float | None = None  # alternatively the pool size as a fraction of |train|
-    label_from: Literal["content", "style", "auto"] = "content"  # auto: from metrics/probe.json (probe stage)
-    batch_size: int = 64
-    styles_per_class: int = 20  # style images inverted per class
-    style_easiest_fraction: float = 0.5  # styles are drawn from this lowest-loss fraction of each class
-
-    def check(self) -> None:
-        if not 0 <= self.h_gamma <= 1:
-            raise DiffinjectError(f"params 'injection.h_gamma': got {self.h_gamma}, expected a weight in [0, 1]")
-        for key in ("n_inv_step", "n_gen_step"):
-            if getattr(self, key) < 2:
-                raise DiffinjectError(f"params 'injection.{key}': got {getattr(self, key)}, expected >= 2")
-        if self.n_samples < 1 and self.n_samples_ratio is None:
-            raise DiffinjectError(f"params 'injection.n_samples': got {self.n_samples}, expected >= 1")
-        if self.n_samples_ratio is not None and self.n_samples_ratio <= 0:
-            raise DiffinjectError(f"params 'injection.n_samples_ratio': got {self.n_samples_ratio}, expected > 0 or null")
-        if self.batch_size < 1 or self.styles_per_class < 1:
-            raise DiffinjectError("params 'injection.batch_size' and 'injection.styles_per_class': expected >= 1")
-        if self.operator not in OPERATORS:
-            raise DiffinjectError(f"params 'injection.operator': got {self.operator!r}, expected one of {', '.join(OPERATORS)}")
-        if self.schedule not in SCHEDULES:
-            raise DiffinjectError(f"params 'injection.schedule': got {self.schedule!r}, expected one of {', '.join(SCHEDULES)}")
-        if self.label_from not in ("content", "style", "auto"):
-            raise DiffinjectError(f"params 'injection.label_from': got {self.label_from!r}, expected content, style or auto")
-        if not self.sites():
-            raise DiffinjectError("params 'injection.site': expected a site (h, up0, up1, ...) or a list of them")
-        if self.replace_steps < 2:
-            raise DiffinjectError(f"params 'injection.replace_steps': got {self.replace_steps}, expected >= 2")
-        if not 0 < self.style_easiest_fraction <= 1:
-            raise DiffinjectError(f"params 'injection.style_easiest_fraction': got {self.style_easiest_fraction}, expected (0, 1]")
-
-    def sites(self) -> tuple[str, ...]:
-        names = self.site.split(",") if isinstance(self.site, str) else list(self.site)
-        return tuple(name.strip() for name in names if name.strip())
-
-    def sampler_config(self) -> InjectionConfig:
-        return InjectionConfig(h_gamma=self.h_gamma, t_edit=self.t_edit, t_max=self.t_max, t_boost=self.t_boost,
-                               dt_lambda=self.dt_lambda, n_gen_step=self.n_gen_step, operator=self.operator,
-                               sites=self.sites(), schedule=self.schedule, replace_steps=self.replace_steps)
-
-    def pool_size(self, n_train: int) -> int:
-        return int(np.ceil(self.n_samples_ratio * n_train)) if self.n_samples_ratio is not None else self.n_samples

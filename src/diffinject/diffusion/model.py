@@ -11,8 +11,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils import is_accelerate_available
 
-from diffinject.config import section
-from diffinject.diffusion.precision import check_precision, resolve_precision
+from diffinject.diffusion.precision import check_precision
 from diffinject.diffusion.sampler import PREDICTION_TYPES, checked_prediction_type
 from diffinject.errors import DiffinjectError
 
@@ -32,12 +31,12 @@ class DiffusionConfig:
     # where ε's x_0 = (x_t − √(1−ᾱ)·ε)/√ᾱ multiplies errors by up to 1/√ᾱ_T ≈ 160: measured on the
     # default CPU model, ε-prediction draws blobs with 2.7x the real ink (README), v does not.
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
-    train_steps: int = 2000
+    train_steps: int = 4000  # ~12 min on 2 cores with bf16, ~22 min AVX2-only fp32 (docs/benchmarks.md)
     batch_size: int = 64
-    lr: float = 2.0e-4
-    warmup_steps: int = 100  # linear lr warm-up, then cosine decay to 0 over train_steps
+    lr: float = 1.0e-3
+    warmup_steps: int = 200  # linear lr warm-up, then cosine decay to 0 over train_steps
     ema_decay: float = 0.999  # upper bound of the EMA decay (diffusers' EMAModel warm-up ramps up to it)
-    checkpoint_every: int = 250  # steps between resumable checkpoints
+    checkpoint_every: int = 500  # steps between resumable checkpoints
     sample_grid: int = 64  # images generated from noise for the sample-grid plot
     sample_steps: int = 1000  # ancestral DDPM steps of that grid (fewer: faster, blurrier)
     precision: str = "auto"  # DDPM training and inference: auto | 32-true | bf16-mixed | 16-mixed (precision.py)
@@ -53,11 +52,6 @@ class DiffusionConfig:
                 f"params 'diffusion.prediction_type': got {self.prediction_type!r}, expected one of {', '.join(PREDICTION_TYPES)}")
         if self.train_steps < 1 or self.batch_size < 1:
             raise DiffinjectError("params 'diffusion.train_steps' and 'diffusion.batch_size': expected positive integers")
-
-
-def diffusion_precision(params: dict, device: torch.device) -> str:
-    """The resolved `diffusion.precision` of `params` for `device` (what invert and inject run in)."""
-    return resolve_precision(section(params, "diffusion", DiffusionConfig).precision, device)
 
 
 def build_unet(cfg: DiffusionConfig, image_size: int, channels: int) -> UNet2DModel:

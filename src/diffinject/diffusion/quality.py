@@ -45,11 +45,8 @@ def reconstruct(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tenso
     """DDIM-invert uint8 images to x_T and generate them back (h_gamma 0, eta 0)."""
     x0 = to_model_range(images)
     inversion = ddim_invert(unet, scheduler, x0, n_inv_step, keep_h=False)
-    sampler = InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=n_gen_step, **PLAIN_DDIM))
-    try:
+    with InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=n_gen_step, **PLAIN_DDIM)) as sampler:
         x_rec = sampler.generate(inversion.x_T, None, None)
-    finally:
-        sampler.close()
     rec = to_uint8(x_rec)
     mse = float((x_rec.clamp(-1, 1) - x0).pow(2).mean())
     colour_kept = None

@@ -15,6 +15,7 @@ batch dimension, inversions are cached and reused across h_gamma values.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -151,15 +152,19 @@ def floor_grid(n_steps: int, num_train_timesteps: int) -> np.ndarray:
 
 @dataclass
 class InjectionConfig:
-    h_gamma: float = 0.7  # weight of the content's features: 0 keeps the style, 1 takes the content fully
+    """The sampler's config; its defaults are the pipeline's `injection.*` defaults (InjectionParams
+    reads them from here), chosen on the valid split (docs/injection_operators.md): the content lends
+    its colour through the channel statistics of the 7x7 and 14x14 skips, late in generation."""
+
+    h_gamma: float = 1.0  # weight of the content's features: 0 keeps the style, 1 takes the content fully (DiffInject's slerp of h: 0.7)
     t_edit: int = 0  # inject only at timesteps t >= t_edit (0: the whole trajectory)
-    t_max: int | None = None  # ... and t <= t_max (None: no upper bound)
-    t_boost: int = 200  # quality boost: stochastic DDIM (eta = 1) at t <= t_boost; -1 turns it off
+    t_max: int | None = 300  # ... and t <= t_max (None: no upper bound): colour is set late (t <~ 400) here, shape early
+    t_boost: int = -1  # quality boost: stochastic DDIM (eta = 1) at t <= t_boost; -1 turns it off (its noise costs shape fidelity here)
     dt_lambda: float = 0.9985  # noise-direction scale at t >= 0.95·T (DiffInject's value)
     n_gen_step: int = 20  # DDIM generation steps
     clip_x0: bool = False  # clamp predicted x_0 to [-1, 1]; off for injection, which must stay invertible
-    operator: str = "slerp"  # sites.OPERATORS
-    sites: tuple[str, ...] = ("h",)  # sites.site_names
+    operator: str = "channel_stats"  # sites.OPERATORS: slerp (DiffStyle) | channel_stats (AdaIN-style) | channel_mean
+    sites: tuple[str, ...] = ("up0", "up1")  # sites.site_names: h (mid block) | up0 | up1 | ...
     # every_step: a rounded n_gen_step grid, every step at t >= t_edit injects, eta and dt_lambda on every
     # step; official: InjectFusion's — a floored grid, injection (and eta, dt_lambda) only on the steps that
     # are also on the floored `replace_steps` grid, plain DDIM elsewhere
@@ -217,12 +222,16 @@ class InjectionSampler:
     """Generates from style x_T with a content image's features mixed into chosen UNet sites.
 
     At each step of the plan (`plan_steps`), on injected steps:
-        ε̃ = ε_θ(x_t, t | site ← operator(site, content's site, h_gamma)),   ε = ε_θ(x_t, t)
-        x_{t−1} = √ᾱ_{t−1}·P_t(ε̃) + √(1−ᾱ_{t−1}−σ²)·ε·λ_t + σ·z
-    with σ from the step's eta and λ_t its dt_lambda scale. The content's features at step t are those
-    stored at the nearest inversion timestep. ε and ε̃ share the encoder pass (conv_in, down blocks, mid
-    block: `SharedEncoder`) unless share_encoder is False or the network lacks UNet2DModel's layout (then
-    each is a full pass); the up-block sites are in the decoder, so the replay still sees them injected.
+        ε = ε_θ(x_t, t)                                                        (1)
+        ε̃ = ε_θ(x_t, t | site ← operator(site, content's site, h_gamma))      (2)
+        x_{t−1} = √ᾱ_{t−1}·P_t(ε̃) + √(1−ᾱ_{t−1}−σ²)·ε·λ_t + σ·z                (3)
+    with σ from the step's eta and λ_t its dt_lambda scale; on other steps ε̃ = ε. The content's
+    features at step t are those stored at the nearest inversion timestep. ε and ε̃ share the encoder
+    pass (conv_in, down blocks, mid block: `SharedEncoder`) unless share_encoder is False; the up-block
+    sites are in the decoder, so the replay still sees them injected. A network without UNet2DModel's
+    encoder layout runs two full passes, and says so once.
+
+    A context manager: the site hooks are on the UNet only inside `with InjectionSampler(...) as s:`.
     """
 
     def __init__(self, unet: nn.Module, scheduler: DDPMScheduler, config: InjectionConfig, share_encoder: bool = True):
@@ -231,18 +240,42 @@ class InjectionSampler:
         self.alphas_cumprod = scheduler.alphas_cumprod
         self.config = config
         check_sites(config.sites, unet)
-        self.hook = SiteHook(unet)
-        self.encoder = SharedEncoder(unet) if share_encoder and SharedEncoder.fits(unet) else None
         self.steps = plan_steps(config, len(self.alphas_cumprod))
+        self.share_encoder = share_encoder and SharedEncoder.fits(unet)
+        if share_encoder and not self.share_encoder:
+            warnings.warn(f"{type(unet).__name__} lacks UNet2DModel's conv_in / down_blocks / mid_block: each injected "
+                          "step runs two full UNet passes instead of sharing the encoder", stacklevel=2)
+        self.hook: SiteHook | None = None
+        self.encoder: SharedEncoder | None = None
 
-    def close(self) -> None:
-        self.hook.remove()
+    def __enter__(self) -> "InjectionSampler":
+        self.hook = SiteHook(self.unet)
+        self.encoder = SharedEncoder(self.unet) if self.share_encoder else None
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.hook is not None:
+            self.hook.remove()
+        self.hook = self.encoder = None
+
+    def _eps_pair(self, x: torch.Tensor, timestep: torch.Tensor, a_t: torch.Tensor,
+                  content_here: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1) ε and (2) ε̃ at one injected step; the second pass replays the first's encoder."""
+        cfg = self.config
+        with self.encoder.record() if self.encoder else contextlib.nullcontext():
+            eps = _eps(self.unet, x, timestep, a_t, self.prediction_type)
+        with self.encoder.replay() if self.encoder else contextlib.nullcontext(), \
+                self.hook.inject(content_here, cfg.operator, cfg.h_gamma):
+            eps_inj = _eps(self.unet, x, timestep, a_t, self.prediction_type)
+        return eps, eps_inj
 
     @torch.no_grad()
     def generate(self, x_T: torch.Tensor, content: Features | torch.Tensor | None, content_timesteps: np.ndarray | None,
                  generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
         """x_T: (B, C, H, W) style latents; content: site -> tensors of shape (n_inv, B, ...) on the
         inversion grid `content_timesteps` (a bare tensor is h), or None for plain DDIM."""
+        if self.hook is None:
+            raise RuntimeError("InjectionSampler.generate: use it inside `with InjectionSampler(...) as sampler:`")
         cfg = self.config
         if isinstance(content, torch.Tensor):
             content = {H_SITE: (content,)}
@@ -257,16 +290,13 @@ class InjectionSampler:
             a_t, a_next = _alpha(self.alphas_cumprod, step.t).to(x), _alpha(self.alphas_cumprod, step.t_next).to(x)
             if content is not None and step.inject:
                 here = _content_at(content, int(np.abs(content_timesteps - step.t).argmin()))
-                with self.encoder.record() if self.encoder else contextlib.nullcontext():
-                    eps = _eps(self.unet, x, timestep, a_t, self.prediction_type)
-                with self.encoder.replay() if self.encoder else contextlib.nullcontext(), \
-                        self.hook.inject(here, cfg.operator, cfg.h_gamma):
-                    eps_inj = _eps(self.unet, x, timestep, a_t, self.prediction_type)
+                eps, eps_inj = self._eps_pair(x, timestep, a_t, here)  # (1), (2)
             else:
-                eps = eps_inj = _eps(self.unet, x, timestep, a_t, self.prediction_type)
+                eps = eps_inj = _eps(self.unet, x, timestep, a_t, self.prediction_type)  # (1); ε̃ = ε
             noise = None
-            if step.eta > 0:
+            if step.eta > 0:  # z of (3)
                 noise = torch.randn(x.shape, generator=generator, device=x.device if generator is None else generator.device).to(x)
+            # (3): x_0 from ε̃, the direction from ε (Asyrp's asymmetric step)
             x = ddim_step(x, eps_inj, eps, a_t, a_next, eta=step.eta, dir_scale=step.dir_scale, noise=noise, clip_x0=cfg.clip_x0)
         return x
 

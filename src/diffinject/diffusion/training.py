@@ -1,18 +1,26 @@
 """DDPM training as a LightningModule: ε- or v-prediction MSE (Ho et al. 2020, Algorithm 1; Salimans &
 Ho 2022; `diffusion.prediction_type`) with an EMA of the weights (diffusers' EMAModel, with its
-warm-up), AdamW, linear warm-up then cosine decay."""
+warm-up), AdamW, linear warm-up then cosine decay; and `train_ddpm`, its resumable fit on the
+classifiers' Trainer set-up (`models.training.build_trainer`) run by steps."""
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import lightning
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from diffinject.diffusion.model import to_model_range
+from diffinject.data.tensors import ImageTensors, make_loader
+from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet, to_model_range
+from diffinject.errors import DiffinjectError
+from diffinject.models.training import TrainerConfig, build_trainer
 
 
 class DiffusionModule(lightning.LightningModule):
@@ -67,3 +75,37 @@ class DiffusionModule(lightning.LightningModule):
         """The UNet with the EMA weights copied in (the training weights are lost: call at the end)."""
         self.ema.copy_to(self.unet.parameters())
         return self.unet
+
+
+@dataclass
+class TrainedDDPM:
+    unet: UNet2DModel  # with the EMA weights
+    scheduler: DDPMScheduler
+    seconds: float
+    is_global_zero: bool  # only rank zero writes outputs under DDP
+
+
+def train_ddpm(cfg: DiffusionConfig, trainer_cfg: TrainerConfig, train_set: ImageTensors, seed: int,
+               ckpt_dir: Path, precision: str) -> TrainedDDPM:
+    """Train the DDPM on `train_set`'s images (never its labels) for cfg.train_steps, checkpointing every
+    cfg.checkpoint_every steps to `ckpt_dir` and resuming from its last.ckpt when one is there."""
+    lightning.seed_everything(seed, workers=True, verbose=False)
+    c, h, w = train_set.shape
+    if h != w:
+        raise DiffinjectError(f"{train_set.source}: the DDPM needs square images, got {h}x{w}")
+    unet, scheduler = build_unet(cfg, h, c), build_scheduler(cfg)
+    module = DiffusionModule(unet, scheduler, cfg.lr, cfg.warmup_steps, cfg.train_steps, cfg.ema_decay)
+    last = ckpt_dir / "last.ckpt"
+    if last.is_file():
+        print(f"train_diffusion: resuming from {last}")
+    checkpoints = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=0)
+    # A run by steps, no validation: the stage measures reconstruction on valid images afterwards.
+    trainer = build_trainer(trainer_cfg, max_epochs=-1, callbacks=[checkpoints], precision=precision,
+                            max_steps=cfg.train_steps, limit_val_batches=0)
+    start = time.perf_counter()
+    trainer.fit(module, make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed),
+                ckpt_path=str(last) if last.is_file() else None)
+    seconds = time.perf_counter() - start
+    if trainer.global_step < cfg.train_steps:
+        raise DiffinjectError(f"train_diffusion stopped at step {trainer.global_step} of {cfg.train_steps}")
+    return TrainedDDPM(module.ema_unet(), scheduler, seconds, trainer.is_global_zero)

@@ -78,6 +78,7 @@ from torch import nn
 from diffinject.config import check_at_least
 from diffinject.data.tensors import ImageTensors
 from diffinject.errors import DiffinjectError
+from diffinject.models.autoencoder import DEFAULT_AE_WIDTH, AEClassifier, ConvAutoencoder  # noqa: F401 (re-exported)
 from diffinject.models.classifier import Batch, ClassifierModule, n_correct, to_unit_float
 from diffinject.models.networks import MLP, NetConfig, ResNet18
 from diffinject.models.training import FitResult, TrainerConfig, check_data, fit
@@ -105,48 +106,6 @@ DYNAMIC_MIN_ALPHA = 0.1
 DYNAMIC_MAX_THETA = 0.9
 # The seed's define_weight is called with n_classes=2 (CelebA's binary attributes).
 SEED_NUM_CLASSES = 2
-# Channels of the AE's first feature map; the second has twice as many.
-DEFAULT_AE_WIDTH = 32
-
-
-class ConvAutoencoder(nn.Module):
-    """A small U-Net: two stride-2 3x3 convs down (H -> H/2 -> H/4, 28 -> 14 -> 7), two stride-2 4x4
-    transposed convs up, each up level concatenated with the encoder's features of its size (the input
-    itself at the last level), and a linear 3x3 conv: (B, C, H, W) in [0, 1] -> (B, C, H, W), near [0, 1].
-
-    As the seed's default AE ("old", models/autoencoder.py): a U-Net with skips and no output
-    activation. Measured on the Colored MNIST train split (Adam 1e-3, batch 128): with a sigmoid output,
-    with or without skips, the reconstruction pre-training collapsed to black images (MSE 0.037-0.040
-    after 160-480 steps = mean(x²) 0.0397: the classifier then saw blank images); with the linear output
-    it reached MSE 0.0005 in 160 steps. Sizes not divisible by 4 are resized to the encoder's (bilinear)
-    before each concatenation.
-    """
-
-    def __init__(self, channels: int, width: int = DEFAULT_AE_WIDTH):
-        super().__init__()
-        if channels < 1 or width < 1:
-            raise DiffinjectError(f"ConvAutoencoder: channels {channels} and width {width} must be >= 1")
-        self.down1 = nn.Sequential(nn.Conv2d(channels, width, kernel_size=3, stride=2, padding=1), nn.ReLU())
-        self.down2 = nn.Sequential(nn.Conv2d(width, 2 * width, kernel_size=3, stride=2, padding=1), nn.ReLU())
-        # kernel 4, stride 2, padding 1 exactly doubles the size: (n − 1)·2 − 2 + 4 = 2n
-        self.up2 = nn.Sequential(nn.ConvTranspose2d(2 * width, width, kernel_size=4, stride=2, padding=1), nn.ReLU())
-        self.up1 = nn.Sequential(nn.ConvTranspose2d(2 * width, width, kernel_size=4, stride=2, padding=1), nn.ReLU())
-        self.out = nn.Conv2d(width + channels, channels, kernel_size=3, padding=1)
-
-    @staticmethod
-    def _fit(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        if t.shape[-2:] == like.shape[-2:]:
-            return t
-        return F.interpolate(t, size=like.shape[-2:], mode="bilinear", align_corners=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h1 = self.down1(x)  # (B, w, ⌈H/2⌉, ⌈W/2⌉)
-        h2 = self.down2(h1)  # (B, 2w, ⌈H/4⌉, ...)
-        u2 = self._fit(self.up2(h2), h1)  # (B, w, ⌈H/2⌉, ...)
-        u1 = self._fit(self.up1(torch.cat([u2, h1], 1)), x)  # (B, w, H, W)
-        return self.out(torch.cat([u1, x], 1))  # (B, C, H, W)
-
-
 def _features_and_logits(classifier: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Penultimate features (B, F) and logits (B, K) of `classifier` on x, from one forward pass."""
     if isinstance(classifier, MLP):
@@ -168,18 +127,6 @@ def classifier_features(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The classifier's penultimate features (B, F) on float images x (B, C, H, W) in [0, 1]:
     MLP — the hidden layers' output; ResNet18 — everything but `fc` (normalise, ..., avgpool, flatten)."""
     return _features_and_logits(classifier, x)[0]
-
-
-class AEClassifier(nn.Module):
-    """cls ∘ AE: the network that is selected, saved (keys `ae.*`, `classifier.*`) and evaluated."""
-
-    def __init__(self, ae: nn.Module, classifier: nn.Module):
-        super().__init__()
-        self.ae = ae
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.ae(x))  # (B, C, H, W) in [0, 1] -> (B, num_classes)
 
 
 def feature_alignment_loss(feat_out: torch.Tensor, correct_out: torch.Tensor, feat_orig: torch.Tensor,

@@ -19,12 +19,20 @@ f_B, get weights near 0. `self.net` is f_D: the network selected on validation, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
+import lightning
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffinject.data.tensors import ImageTensors
+from diffinject.errors import DiffinjectError
 from diffinject.models.classifier import Batch, ClassifierModule, n_correct, to_unit_float
 from diffinject.models.losses import DEFAULT_GCE_Q, gce_loss
+from diffinject.models.training import (SYNTHETIC_POOL, FitResult, OptimConfig, TrainerConfig, build_net, check_data,
+                                        check_ratio, fit)
 
 # LfF's `--ema_alpha` default for Colored MNIST.
 DEFAULT_EMA_ALPHA = 0.7
@@ -118,3 +126,50 @@ class LfFModule(ClassifierModule):
         loss = loss_b + loss_d
         self._optimise(loss)
         return loss.detach()
+
+
+@dataclass
+class LfFConfig(OptimConfig):
+    """`lff.*`: Learning from Failure (biased GCE model + re-weighted debiased model)."""
+
+    gce_q: float = DEFAULT_GCE_Q
+    ema_alpha: float = DEFAULT_EMA_ALPHA
+    epochs: int = 100  # 16 steps/epoch on 4,000 images; LfF keeps improving to ~100 epochs (3 seeds)
+
+    def check(self, section: str) -> None:
+        super().check(section)
+        if not 0 < self.gce_q <= 1:
+            raise DiffinjectError(f"params '{section}.gce_q': got {self.gce_q}, expected 0 < q <= 1")
+        if not 0 <= self.ema_alpha < 1:
+            raise DiffinjectError(f"params '{section}.ema_alpha': got {self.ema_alpha}, expected 0 <= alpha < 1")
+
+
+@dataclass
+class DebiasedLfFConfig(LfFConfig):
+    """`debiased_lff.*`: LfF on the original train split plus a draw from the synthetic pool."""
+
+    pool: str | None = SYNTHETIC_POOL  # as debiased.pool
+    bias_conflict_ratio: float | None = None  # null: debiased.bias_conflict_ratio
+    # Which rows the biased (GCE) branch trains on: `original` keeps it as biased as LfF's own (the
+    # synthetic conflicts would teach it the class); `all` trains it on the mix. The re-weighting of the
+    # debiased branch covers every row either way.
+    biased_sees: Literal["original", "all"] = "original"
+
+    def check(self, section: str) -> None:
+        super().check(section)
+        check_ratio(self.bias_conflict_ratio, section)
+
+
+def train_lff(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: LfFConfig,
+              trainer_cfg: TrainerConfig, seed: int, section: str = "lff",
+              biased_rows: torch.Tensor | None = None) -> FitResult:
+    """LfF: a GCE-biased and a re-weighted debiased network trained together; returns the debiased one.
+    `biased_rows` ((N,) bool over `train`, None = all) are the rows the biased branch trains on."""
+    cfg.check(section)
+    check_data(train, valid)
+    lightning.seed_everything(seed, workers=True, verbose=False)
+    net_d, net_cfg = build_net(cfg, num_classes, train.shape, section)
+    net_b, _ = build_net(cfg, num_classes, train.shape, section)
+    module = LfFModule(net_d, net_b, train.targets, num_classes, gce_q=cfg.gce_q, ema_alpha=cfg.ema_alpha,
+                       lr=cfg.lr, weight_decay=cfg.weight_decay, biased_rows=biased_rows)
+    return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed)

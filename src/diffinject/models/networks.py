@@ -15,6 +15,7 @@ import torchvision
 from torch import nn
 
 from diffinject.errors import DiffinjectError
+from diffinject.models.autoencoder import DEFAULT_AE_WIDTH, AEClassifier, ConvAutoencoder
 
 ARCHS = ("mlp", "resnet18")
 FRONTS = (None, "ae")
@@ -85,8 +86,6 @@ def build_network(cfg: NetConfig) -> nn.Module:
     channels, height, width = cfg.image_shape
     net = MLP(channels * height * width, cfg.num_classes) if cfg.arch == "mlp" else ResNet18(cfg.num_classes, channels)
     if cfg.front == "ae":
-        from diffinject.models.ae_debias import DEFAULT_AE_WIDTH, AEClassifier, ConvAutoencoder  # ae_debias imports this module
-
         return AEClassifier(ConvAutoencoder(channels, cfg.front_width or DEFAULT_AE_WIDTH), net)
     return net
 

@@ -11,21 +11,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params, section
+from diffinject.config import load_params
 from diffinject.errors import DiffinjectError
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.ae_debias import AEConfig, train_ae_debias
-from diffinject.stages.common import (common_inputs, load_training_data, missing_model_hint, model_dir,
-                                      write_training_outputs)
+from diffinject.stages.common import classifier_params, load_training_data, write_training_outputs
+from diffinject.stages.paths import missing_model_hint, model_dir
 
 SECTION = "ae"
 MODEL = "ae_debias"
+PARAMS = classifier_params(SECTION, AEConfig)
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    cfg = section(params, SECTION, AEConfig)
-    cfg.check(SECTION)
-    trainer_cfg, seed = common_inputs(params)
+    p = PARAMS.load(params)
+    cfg, trainer_cfg, seed = p.ae, p.trainer, p.seed
     data = load_training_data(root)
     biased = model_dir(root, "biased")
     classifier, classifier_cfg, _ = load_classifier(biased, num_classes=data.num_classes, image_shape=data.train.shape,

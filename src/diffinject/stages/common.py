@@ -1,5 +1,4 @@
-"""Paths and output writing shared by the classifier stages. Every path is relative to `root` (the
-repository when run by DVC; a temporary folder in tests and benchmarks)."""
+"""Output writing and inputs shared by the classifier stages (the paths they share: stages/paths.py)."""
 
 from __future__ import annotations
 
@@ -11,33 +10,14 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from diffinject.config import section, seed_of
+from diffinject.config import StageParams
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, atomic_file, write_json
 from diffinject.models.checkpoint import save_classifier
 from diffinject.models.training import FitResult, TrainConfig, TrainerConfig, train_classifier
-
-PREPARED = Path("data/prepared")
-PALETTE = Path("data/palette")  # every-colour valid/test sets (prepare_palette)
-CONFLICTS = Path("data/conflicts.csv")  # the mined samples (mine): id, target, loss, rank
-MODELS = Path("models")
-METRICS = Path("metrics")
-CURVES = METRICS / "plots" / "train"
-# Which stage writes models/<name>, for "run this first" messages.
-MODEL_STAGES = {"biased": "train_biased", "vanilla": "vanilla", "lff": "lff", "debiased": "train_debiased",
-                "upsample": "upsample", "debiased_lff": "debiased_lff", "ae_debias": "ae_debias"}
-
-
-def model_dir(root: Path, name: str) -> Path:
-    return root / MODELS / name
-
-
-def missing_model_hint(name: str) -> str:
-    stage = MODEL_STAGES.get(name)
-    return f"run `python -m diffinject {stage}` first" if stage else "train it first"
-
+from diffinject.stages.paths import CURVES, METRICS, PREPARED, model_dir
 
 def training_metrics(result: FitResult, epochs: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """metrics/<name>.json: the selected epoch and its train/valid loss and accuracy."""
@@ -111,20 +91,17 @@ def mined_train_rows(train: ImageTensors, conflicts_csv: Path) -> np.ndarray:
     return np.array([position[int(i)] for i in mined["id"]], dtype=np.int64)
 
 
-def common_inputs(params: dict[str, Any]) -> tuple[TrainerConfig, int]:
-    """`trainer.*` and `seed`, which every classifier stage reads besides its own section."""
-    trainer_cfg = section(params, "trainer", TrainerConfig)
-    trainer_cfg.check()
-    return trainer_cfg, seed_of(params)
+def classifier_params(name: str, config_class: type = TrainConfig) -> StageParams:
+    """What a classifier stage reads: its section `name`, `trainer.*` and `seed`."""
+    return StageParams({"trainer": TrainerConfig, name: config_class})
 
 
-def classifier_stage(params: dict[str, Any], name: str, root: Path, config_class: type = TrainConfig,
+def classifier_stage(params: dict[str, Any], stage: StageParams, name: str, root: Path,
                      train: Callable[..., FitResult] = train_classifier) -> dict[str, Any]:
-    """train_biased, vanilla (one network with the loss of params section `name`) and, with
-    (LfFConfig, train_lff), lff: train on the prepared train split, select on valid, write the outputs."""
-    cfg = section(params, name, config_class)
-    cfg.check(name)
-    trainer_cfg, seed = common_inputs(params)
+    """train_biased, vanilla (one network with the loss of params section `name`) and, with train_lff,
+    lff: train on the prepared train split, select on valid, write the outputs."""
+    p = stage.load(params)
+    cfg = getattr(p, name)
     data = load_training_data(root)
-    result = train(data.train, data.valid, data.num_classes, cfg, trainer_cfg, seed, name)
-    return write_training_outputs(root, name, result, cfg, seed)
+    result = train(data.train, data.valid, data.num_classes, cfg, p.trainer, p.seed, name)
+    return write_training_outputs(root, name, result, cfg, p.seed)

@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from diffinject.config import load_params
-from diffinject.models.training import DebiasedLfFConfig, train_lff
+from diffinject.models.lff import DebiasedLfFConfig, train_lff
 from diffinject.stages.common import write_training_outputs
-from diffinject.stages.mixing import stage_inputs, with_pool
+from diffinject.stages.mixing import mixing_params, stage_inputs, with_pool
 
 SECTION = "debiased_lff"
+PARAMS = mixing_params(SECTION, DebiasedLfFConfig)
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    inputs = stage_inputs(params, SECTION, DebiasedLfFConfig, root)
+    inputs = stage_inputs(params, PARAMS, SECTION, root)
     mixed = with_pool(inputs.data.train, inputs.cfg.pool, root, inputs.data.num_classes, inputs.ratio, inputs.seed, SECTION)
     biased_rows = mixed.is_original if inputs.cfg.biased_sees == "original" else None
     result = train_lff(mixed.data, inputs.data.valid, inputs.data.num_classes, inputs.cfg, inputs.trainer, inputs.seed,

@@ -3,7 +3,7 @@ and on the every-colour sets of data/palette (`valid_palette`, `test_palette`) w
 
 models/<name>/ + data/prepared + data/palette -> metrics/eval.json = {model: {split: {acc, aligned_acc,
 conflict_acc, worst_group_acc, dp_gap, eo_gap, n_groups, min_group_size}}} (definitions in
-`diffinject.evaluation`; the group counts say how many images each group metric rests on: read group
+`diffinject.models.evaluation`; the group counts say how many images each group metric rests on: read group
 metrics on the *_palette splits, ~50 images per group, not on the prepared ones, ~5) and one
 confusion-matrix plot per model and split, metrics/plots/confusion/<model>_<split>.csv (rows
 actual,predicted; DVC template `confusion`). A listed model that is missing is an error naming the stage
@@ -20,15 +20,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diffinject.config import check_at_least, load_params, section
+from diffinject.config import StageParams, check_at_least, load_params
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.errors import DiffinjectError
-from diffinject.evaluation import classification_metrics, group_sizes
+from diffinject.models.evaluation import classification_metrics, group_sizes
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.models.checkpoint import WEIGHTS_NAME, load_classifier
 from diffinject.models.training import predict_logits
-from diffinject.stages.common import METRICS, PALETTE, PREPARED, common_inputs, missing_model_hint, model_dir
+from diffinject.models.training import TrainerConfig
+from diffinject.stages.paths import METRICS, MODEL_STAGES, PALETTE, PREPARED, missing_model_hint, model_dir
 
 SECTION = "evaluate"
 EVAL_SPLITS = ("valid", "test")
@@ -38,7 +39,7 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 @dataclass
 class EvaluateConfig:
-    models: list[str] = field(default_factory=lambda: ["vanilla", "biased", "lff", "debiased"])  # folders under models/
+    models: list[str] = field(default_factory=lambda: list(MODEL_STAGES))  # folders under models/
     splits: list[str] = field(default_factory=lambda: list(EVAL_SPLITS))
     batch_size: int = 1024  # inference batch
 
@@ -52,6 +53,9 @@ class EvaluateConfig:
             if split not in EVAL_SPLITS:
                 raise DiffinjectError(f"params '{SECTION}.splits': got {split!r}, expected some of {', '.join(EVAL_SPLITS)}")
         check_at_least(self, SECTION, 1, "batch_size")
+
+
+PARAMS = StageParams({"trainer": TrainerConfig, SECTION: EvaluateConfig}, seed=False)
 
 
 def _bias_columns(rows: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -71,9 +75,8 @@ def _print_table(results: dict[str, dict[str, dict[str, float]]]) -> None:
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    cfg = section(params, SECTION, EvaluateConfig)
-    cfg.check()
-    trainer_cfg, _ = common_inputs(params)
+    p = PARAMS.load(params)
+    cfg, trainer_cfg = p.evaluate, p.trainer
     for name in cfg.models:  # fail before any work when a model is missing
         weights = model_dir(root, name) / WEIGHTS_NAME
         if not weights.is_file():

@@ -20,28 +20,27 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 import torch
 
-from diffinject.config import load_params, section
+from diffinject.config import StageParams, load_params, slice_of
 from diffinject.data.manifest import INFO_NAME, MANIFEST_NAME, read_manifest
 from diffinject.data.tensors import ImageTensors, load_images, load_split, num_classes_of
 from diffinject.devices import inference_device
-from diffinject.diffusion.injection import InjectionParams, collect_manifest, generate_pool, make_pairs
+from diffinject.diffusion.injection import collect_manifest, generate_pool, make_pairs
+from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, load_inverted
-from diffinject.diffusion.model import diffusion_precision, load_diffusion
-from diffinject.diffusion.precision import autocast
+from diffinject.diffusion.model import DiffusionConfig, load_diffusion
+from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.diffusion.probes import decide_label_from
 from diffinject.diffusion.sampler import InjectionSampler, capture_features
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid
 from diffinject.models.checkpoint import load_classifier
-from diffinject.models.training import predict_logits
-from diffinject.stages.common import METRICS, MODELS, PREPARED, common_inputs, model_dir
-from diffinject.synthetic_quality import (bias_imbalance, colour_conflict_fraction, faithful_conflict_fraction,
-                                          frechet_distance, penultimate_features, to_grey)
+from diffinject.models.training import TrainerConfig, predict_logits
+from diffinject.stages.paths import METRICS, MODELS, PREPARED, model_dir
+from diffinject.diffusion.synthetic_quality import pool_report, to_grey
 
 INVERSIONS = Path("data/inversions")
 PROBE = METRICS / "probe.json"
@@ -50,6 +49,8 @@ PLOTS = METRICS / "plots" / "inject"
 GRID_ROWS = 16
 # Sources whose bias is the LfF colour we applied, so the measured colour is the bias attribute.
 COLOUR_BIASED_SOURCES = ("mnist5k", "idx")
+PARAMS = StageParams({"trainer": TrainerConfig, "diffusion": slice_of(DiffusionConfig, "precision"),
+                      "injection": InjectionParams})
 
 
 def work_dir(root: Path, cfg: InjectionParams, seed: int, precision: str, label_from: str) -> Path:
@@ -62,39 +63,28 @@ def work_dir(root: Path, cfg: InjectionParams, seed: int, precision: str, label_
 
 
 def quality_report(root: Path, manifest: pd.DataFrame, pool: pd.DataFrame, images: torch.Tensor,
-                   trainer_cfg) -> dict[str, Any]:
-    """metrics/inject.json; parts whose model or labels are missing are left out with a note.
-    `manifest` is data/prepared's (already read by the stage)."""
+                   trainer_cfg: TrainerConfig) -> dict[str, Any]:
+    """metrics/inject.json's quality part, from the judge and vanilla models where they exist (a missing
+    one is noted). `manifest` is data/prepared's (already read by the stage)."""
     prepared = root / PREPARED
     info = json.loads((prepared / INFO_NAME).read_text()) if (prepared / INFO_NAME).is_file() else {}
-    n_classes = num_classes_of(manifest)
-    targets = pool["target"].to_numpy()
-    report: dict[str, Any] = {"n_samples": len(pool), "label_from": str(pool["label_from"].iloc[0])}
-    colour = None
-    if info.get("source") in COLOUR_BIASED_SOURCES and images.shape[1] == 3:
-        fraction, colour = colour_conflict_fraction(images, targets)
-        report["colour_conflict_fraction"] = fraction
-        report["bias_imbalance"] = bias_imbalance(targets, colour, n_classes)
-        report["colour_from_style_fraction"] = float(np.mean(colour == pool["style_target"].to_numpy()))
+    n_classes, shape = num_classes_of(manifest), tuple(images.shape[1:])
+    judged = vanilla = reference = None
     notes = []
     if (model_dir(root, "judge") / "model.json").is_file():
-        judge, _, _ = load_classifier(model_dir(root, "judge"), num_classes=n_classes, image_shape=tuple(images.shape[1:]))
+        judge, _, _ = load_classifier(model_dir(root, "judge"), num_classes=n_classes, image_shape=shape)
         # torch.tensor copies: the manifest's arrays are read-only views, which torch.as_tensor warns about
-        grey = ImageTensors(to_grey(images), torch.tensor(targets), torch.tensor(pool["id"].to_numpy()), "synthetic")
-        predicted = predict_logits(judge, grey, 1024, trainer_cfg).argmax(1).numpy()
-        report["label_fidelity"] = float(np.mean(predicted == targets))
-        report["judge_agrees_with_content"] = float(np.mean(predicted == pool["content_target"].to_numpy()))
-        report["judge_agrees_with_style"] = float(np.mean(predicted == pool["style_target"].to_numpy()))
-        if colour is not None:
-            report["faithful_conflict_fraction"] = faithful_conflict_fraction(predicted, colour, targets)
+        grey = ImageTensors(to_grey(images), torch.tensor(pool["target"].to_numpy()), torch.tensor(pool["id"].to_numpy()),
+                            "synthetic")
+        judged = predict_logits(judge, grey, 1024, trainer_cfg).argmax(1).numpy()
     else:
         notes.append("label_fidelity: no models/judge (run train_judge)")
     if (model_dir(root, "vanilla") / "model.json").is_file():
-        vanilla, _, _ = load_classifier(model_dir(root, "vanilla"), num_classes=n_classes, image_shape=tuple(images.shape[1:]))
-        test = load_split(prepared, "test", manifest)
-        report["frechet_distance"] = frechet_distance(penultimate_features(vanilla, images), penultimate_features(vanilla, test.images))
+        vanilla, _, _ = load_classifier(model_dir(root, "vanilla"), num_classes=n_classes, image_shape=shape)
+        reference = load_split(prepared, "test", manifest).images
     else:
         notes.append("frechet_distance: no models/vanilla (run vanilla)")
+    report = pool_report(images, pool, n_classes, info.get("source") in COLOUR_BIASED_SOURCES, judged, vanilla, reference)
     if notes:
         report["not_measured"] = notes
     return report
@@ -127,9 +117,8 @@ def content_features(unet, contents, sites, batch_size: int):
 
 
 def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
-    cfg = section(params, "injection", InjectionParams)
-    cfg.check()
-    trainer_cfg, seed = common_inputs(params)
+    p = PARAMS.load(params)
+    cfg, trainer_cfg, seed = p.injection, p.trainer, p.seed
     device = inference_device(trainer_cfg.accelerator)
     contents = load_inverted(root / INVERSIONS / CONTENT)
     styles = load_inverted(root / INVERSIONS / STYLE)
@@ -142,7 +131,7 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
                        None if styles.proxy is None else styles.proxy.numpy())
     unet, scheduler = load_diffusion(root / MODELS / "diffusion")
     unet = unet.to(device).eval()
-    precision = diffusion_precision(params, device)
+    precision = resolve_precision(p.diffusion.precision, device)
     try:
         sampler = InjectionSampler(unet, scheduler, cfg.sampler_config())
     except ValueError as exc:
@@ -151,13 +140,10 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    try:
-        with autocast(precision, device):
-            features = content_features(unet, contents, cfg.sites(), cfg.batch_size)
-            generate_pool(sampler, contents, features, styles, pairs, label_from, cfg.batch_size, seed, work,
-                          rank=rank, world_size=world, on_batch=on_batch)
-    finally:
-        sampler.close()
+    with sampler, autocast(precision, device):  # leaving the sampler removes its hook from the UNet
+        features = content_features(unet, contents, cfg.sites(), cfg.batch_size)
+        generate_pool(sampler, contents, features, styles, pairs, label_from, cfg.batch_size, seed, work,
+                      rank=rank, world_size=world, on_batch=on_batch)
     seconds = time.perf_counter() - start
     if rank != 0:
         return {}

@@ -13,63 +13,38 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffinject.config import load_params, section
+from diffinject.config import StageParams, load_params, slice_of
 from diffinject.data.manifest import read_manifest
+from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.devices import inference_device
-from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
-from diffinject.diffusion.injection import InjectionParams
-from diffinject.diffusion.inversion_store import CONTENT, STYLE, InvertedSet, save_inverted
-from diffinject.diffusion.model import diffusion_precision, load_diffusion, to_model_range
-from diffinject.diffusion.precision import autocast
-from diffinject.diffusion.sampler import ddim_invert
+from diffinject.diffusion.injection_params import InjectionParams
+from diffinject.diffusion.inversion import choose_styles, invert_rows
+from diffinject.diffusion.inversion_store import CONTENT, STYLE, save_inverted
+from diffinject.diffusion.model import DiffusionConfig, load_diffusion
+from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.models.checkpoint import load_classifier
-from diffinject.models.training import predict_logits
-from diffinject.stages.common import (CONFLICTS, METRICS, MODELS, PREPARED, common_inputs, mined_train_rows,
-                                      missing_model_hint, model_dir)
+from diffinject.models.training import TrainerConfig, predict_logits
+from diffinject.stages.common import mined_train_rows
+from diffinject.stages.paths import CONFLICTS, METRICS, MODELS, PREPARED, missing_model_hint, model_dir
 
 OUT = Path("data/inversions")
 DIFFUSION = MODELS / "diffusion"
 
 
-def choose_styles(losses: np.ndarray, targets: np.ndarray, per_class: int, easiest_fraction: float,
-                  seed: int) -> np.ndarray:
-    """Rows of `per_class` style images per class, drawn from that class's lowest-loss fraction."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for label in np.unique(targets):
-        of_class = np.flatnonzero(targets == label)
-        easiest = of_class[np.argsort(losses[of_class], kind="stable")[: max(1, int(len(of_class) * easiest_fraction))]]
-        rows.append(rng.choice(easiest, size=min(per_class, len(easiest)), replace=False))
-    return np.sort(np.concatenate(rows))
-
-
-def invert_set(unet, scheduler, data: ImageTensors, rows: np.ndarray, n_steps: int, keep_path: bool,
-               batch_size: int, device: torch.device, proxy: np.ndarray | None = None) -> InvertedSet:
-    """DDIM inversions of data's `rows`; keep_path keeps x_t at every grid timestep (contents)."""
-    x_Ts, xss = [], []
-    for start in range(0, len(rows), batch_size):
-        chunk = torch.as_tensor(rows[start:start + batch_size])
-        inv = ddim_invert(unet, scheduler, to_model_range(data.images[chunk]).to(device), n_steps, keep_h=False,
-                          keep_path=keep_path)
-        x_Ts.append(inv.x_T.cpu())
-        if keep_path:
-            xss.append(inv.xs.cpu())
-    return InvertedSet(
-        x_T=torch.cat(x_Ts), ids=data.ids[rows], targets=data.targets[rows],
-        xs=torch.cat(xss, dim=1) if keep_path else None, timesteps=inv.timesteps if keep_path else None,
-        proxy=None if proxy is None else torch.as_tensor(proxy[rows], dtype=torch.int64),
-    )
+PARAMS = StageParams({
+    "trainer": TrainerConfig,
+    "diffusion": slice_of(DiffusionConfig, "precision"),
+    "injection": slice_of(InjectionParams, "n_inv_step", "batch_size", "styles_per_class", "style_easiest_fraction"),
+})
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    cfg = section(params, "injection", InjectionParams)
-    cfg.check()
-    trainer_cfg, seed = common_inputs(params)
+    p = PARAMS.load(params)
+    cfg, trainer_cfg, seed = p.injection, p.trainer, p.seed
     device = inference_device(trainer_cfg.accelerator)
     prepared = root / PREPARED
     manifest = read_manifest(prepared)
@@ -85,11 +60,11 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
 
     unet, scheduler = load_diffusion(root / DIFFUSION)
     unet = unet.to(device).eval()
-    precision = diffusion_precision(params, device)
+    precision = resolve_precision(p.diffusion.precision, device)
     start = time.perf_counter()
     with torch.no_grad(), autocast(precision, device):
-        contents = invert_set(unet, scheduler, train, content_rows, cfg.n_inv_step, True, cfg.batch_size, device, proxy)
-        styles = invert_set(unet, scheduler, train, style_rows, cfg.n_inv_step, False, cfg.batch_size, device, proxy)
+        contents = invert_rows(unet, scheduler, train, content_rows, cfg.n_inv_step, True, cfg.batch_size, device, proxy)
+        styles = invert_rows(unet, scheduler, train, style_rows, cfg.n_inv_step, False, cfg.batch_size, device, proxy)
     seconds = time.perf_counter() - start
     with atomic_dir(root / OUT) as tmp:
         save_inverted(contents, tmp / CONTENT)

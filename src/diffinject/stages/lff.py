@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from diffinject.config import load_params
-from diffinject.models.training import LfFConfig, train_lff
-from diffinject.stages.common import classifier_stage
+from diffinject.models.lff import LfFConfig, train_lff
+from diffinject.stages.common import classifier_params, classifier_stage
 
 SECTION = "lff"
+PARAMS = classifier_params(SECTION, LfFConfig)
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    return classifier_stage(params, SECTION, root, LfFConfig, train_lff)
+    return classifier_stage(params, PARAMS, SECTION, root, train_lff)
 
 
 def main(params_path: str = "params.yaml") -> None:

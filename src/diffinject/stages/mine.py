@@ -16,15 +16,16 @@ from typing import Any
 import numpy as np
 import torch.nn.functional as F
 
-from diffinject.config import check_at_least, load_params, section
+from diffinject.config import StageParams, check_at_least, load_params
 from diffinject.data.manifest import MANIFEST_NAME, read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_file, write_json
-from diffinject.mining import check_k, loss_histogram_png, mining_report, top_k_per_class
+from diffinject.models.mining import check_k, loss_histogram_png, mining_report, top_k_per_class
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.training import predict_logits
-from diffinject.stages.common import CONFLICTS, METRICS, PREPARED, common_inputs, missing_model_hint, model_dir
+from diffinject.models.training import TrainerConfig
+from diffinject.stages.paths import CONFLICTS, METRICS, PREPARED, missing_model_hint, model_dir
 
 SECTION = "mine"
 PLOT = METRICS / "plots" / "mine" / "loss_hist.png"
@@ -32,7 +33,7 @@ PLOT = METRICS / "plots" / "mine" / "loss_hist.png"
 
 @dataclass
 class MineConfig:
-    k: int = 10  # top-K highest-loss train samples per class (DiffInject's released code: 10)
+    k: int = 3  # top-K highest-loss train samples per class (DiffInject's released code: 10; 3 chosen on valid)
     batch_size: int = 1024  # inference batch
     hist_bins: int = 50  # bins of the loss histogram plot
 
@@ -40,10 +41,12 @@ class MineConfig:
         check_at_least(self, SECTION, 1, "batch_size", "hist_bins")
 
 
+PARAMS = StageParams({"trainer": TrainerConfig, SECTION: MineConfig}, seed=False)
+
+
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    cfg = section(params, SECTION, MineConfig)
-    cfg.check()
-    trainer_cfg, _ = common_inputs(params)
+    p = PARAMS.load(params)
+    cfg, trainer_cfg = p.mine, p.trainer
     prepared = root / PREPARED
     manifest = read_manifest(prepared)
     rows = manifest[manifest["split"] == "train"]

@@ -14,9 +14,9 @@ from typing import Any, Callable
 import torch
 
 from diffinject.data.tensors import ImageTensors, PoolDraw, concat, draw_from_pool, load_pool, repeat_evenly
-from diffinject.config import section
+from diffinject.config import StageParams, slice_of
 from diffinject.models.training import DebiasedConfig, TrainerConfig, ratio_or_debiased
-from diffinject.stages.common import TrainingData, common_inputs, load_training_data, mined_train_rows
+from diffinject.stages.common import TrainingData, load_training_data, mined_train_rows
 
 
 @dataclass
@@ -45,13 +45,18 @@ class StageInputs:
     data: TrainingData
 
 
-def stage_inputs(params: dict[str, Any], name: str, config_class: type, root: Path) -> StageInputs:
-    """Section `name` (with a `bias_conflict_ratio` that null resolves to debiased's) and the rest."""
-    cfg = section(params, name, config_class)
-    cfg.check(name)
-    ratio = ratio_or_debiased(cfg.bias_conflict_ratio, section(params, "debiased", DebiasedConfig))
-    trainer_cfg, seed = common_inputs(params)
-    return StageInputs(cfg, ratio, trainer_cfg, seed, load_training_data(root))
+def mixing_params(name: str, config_class: type) -> StageParams:
+    """Section `name`, whose null `bias_conflict_ratio` means debiased's, `trainer.*` and `seed`."""
+    return StageParams({"trainer": TrainerConfig, name: config_class,
+                        "debiased": slice_of(DebiasedConfig, "bias_conflict_ratio")})
+
+
+def stage_inputs(params: dict[str, Any], stage: StageParams, name: str, root: Path) -> StageInputs:
+    """The configs of `stage` (section `name` with its ratio resolved) and the training data."""
+    p = stage.load(params)
+    cfg = getattr(p, name)
+    return StageInputs(cfg, ratio_or_debiased(cfg.bias_conflict_ratio, p.debiased), p.trainer, p.seed,
+                       load_training_data(root))
 
 
 def mix(train: ImageTensors, extra: ImageTensors, ratio: float, seed: int, section: str,

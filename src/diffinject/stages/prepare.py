@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from diffinject.config import load_params, section, seed_of
+from diffinject.config import StageParams, load_params
 from diffinject.data.grid import sample_grid
 from diffinject.data.manifest import INFO_NAME, SPLITS, read_manifest
 from diffinject.data.prepare import DataConfig, prepare
@@ -14,12 +14,12 @@ from diffinject.fsutil import atomic_dir, atomic_file
 
 OUT_DIR = Path("data/prepared")
 PLOTS_DIR = Path("metrics/plots/prepare")
+PARAMS = StageParams({"data": DataConfig})
 
 
 def run(params: dict, out_dir: Path = OUT_DIR, plots_dir: Path = PLOTS_DIR) -> dict:
-    cfg = section(params, "data", DataConfig)
-    seed = seed_of(params)
-    cfg.check()
+    p = PARAMS.load(params)
+    cfg, seed = p.data, p.seed
     with atomic_dir(out_dir) as tmp:
         summary = prepare(cfg, seed, tmp)
         info = dict(dataclasses.asdict(summary), params=dataclasses.asdict(cfg), seed=seed)

@@ -10,21 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params, section, seed_of
+from diffinject.config import StageParams, load_params
 from diffinject.data.manifest import read_manifest
 from diffinject.data.palette import PaletteConfig, build_palette_sets
 from diffinject.data.prepare import DataConfig
 from diffinject.fsutil import atomic_dir
-from diffinject.stages.common import PALETTE, PREPARED
+from diffinject.stages.paths import PALETTE, PREPARED
+
+PARAMS = StageParams({"data": DataConfig, "palette": PaletteConfig})
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    data_cfg = section(params, "data", DataConfig)
-    cfg = section(params, "palette", PaletteConfig)
-    cfg.check()
+    p = PARAMS.load(params)
     prepared = read_manifest(root / PREPARED)
     with atomic_dir(root / PALETTE) as tmp:
-        manifest, summary = build_palette_sets(data_cfg, cfg, prepared, seed_of(params), tmp)
+        manifest, summary = build_palette_sets(p.data, p.palette, prepared, p.seed, tmp)
     print(f"prepare_palette: {summary} -> {root / PALETTE}")
     return {"n_images": len(manifest), "summary": summary}
 

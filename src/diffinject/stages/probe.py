@@ -20,20 +20,20 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from diffinject.config import load_params, section  # noqa: E402
+from diffinject.config import StageParams, load_params, slice_of  # noqa: E402
 from diffinject.data.manifest import read_manifest  # noqa: E402
 from diffinject.data.tensors import ImageTensors, load_split, num_classes_of  # noqa: E402
 from diffinject.devices import inference_device  # noqa: E402
-from diffinject.diffusion.injection import InjectionParams  # noqa: E402
-from diffinject.diffusion.model import diffusion_precision, load_diffusion, to_model_range  # noqa: E402
-from diffinject.diffusion.precision import autocast  # noqa: E402
+from diffinject.diffusion.injection_params import InjectionParams  # noqa: E402
+from diffinject.diffusion.model import DiffusionConfig, load_diffusion, to_model_range  # noqa: E402
+from diffinject.diffusion.precision import autocast, resolve_precision  # noqa: E402
 from diffinject.diffusion.probes import BIAS_EVAL, LABELINGS, VIEWS, path_features, probe_accuracy, probe_labels  # noqa: E402
 from diffinject.diffusion.sites import site_names  # noqa: E402
 from diffinject.errors import DiffinjectError  # noqa: E402
 from diffinject.fsutil import atomic_file, write_json  # noqa: E402
 from diffinject.models.checkpoint import load_classifier  # noqa: E402
-from diffinject.models.training import predict_logits  # noqa: E402
-from diffinject.stages.common import METRICS, MODELS, PREPARED, common_inputs, missing_model_hint, model_dir  # noqa: E402
+from diffinject.models.training import TrainerConfig, predict_logits  # noqa: E402
+from diffinject.stages.paths import METRICS, MODELS, PREPARED, missing_model_hint, model_dir  # noqa: E402
 
 OUT = METRICS / "probe.json"
 PLOTS = METRICS / "plots" / "probe"
@@ -47,6 +47,11 @@ class ProbeParams:
     def check(self) -> None:
         if self.n_images < 20 or self.batch_size < 1:
             raise DiffinjectError("params 'probe.n_images' (>= 20) and 'probe.batch_size' (>= 1): out of range")
+
+
+PARAMS = StageParams({"trainer": TrainerConfig, "probe": ProbeParams,
+                      "diffusion": slice_of(DiffusionConfig, "precision"),
+                      "injection": slice_of(InjectionParams, "n_inv_step")})
 
 
 def _sample(data: ImageTensors, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -91,10 +96,8 @@ def save_curves(timesteps: np.ndarray, curves: dict, root: Path) -> None:
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    cfg = section(params, "probe", ProbeParams)
-    cfg.check()
-    inj = section(params, "injection", InjectionParams)
-    trainer_cfg, seed = common_inputs(params)
+    p = PARAMS.load(params)
+    cfg, inj, trainer_cfg, seed = p.probe, p.injection, p.trainer, p.seed
     device = inference_device(trainer_cfg.accelerator)
     prepared = root / PREPARED
     manifest = read_manifest(prepared)
@@ -113,7 +116,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     unet = unet.to(device).eval()
     sites = site_names(unet)
     start = time.perf_counter()
-    with torch.no_grad(), autocast(diffusion_precision(params, device), device):
+    with torch.no_grad(), autocast(resolve_precision(p.diffusion.precision, device), device):
         timesteps, fit = path_features(unet, scheduler, to_model_range(train.images[fit_rows]).to(device),
                                        inj.n_inv_step, sites, cfg.batch_size)
         _, evaluate = path_features(unet, scheduler, to_model_range(valid.images[eval_rows]).to(device),

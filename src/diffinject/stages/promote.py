@@ -9,15 +9,17 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from diffinject.config import load_params, section
+from diffinject.config import StageParams, load_params
 from diffinject.errors import DiffinjectError
 from diffinject.tracking import registry, runs
 
 
+PARAMS = StageParams({registry.SECTION: registry.RegistryConfig}, seed=False)
+
+
 def run(params: dict[str, Any], version: int, root: Path = Path(".")) -> int | None:
     """Returns the previous champion's version (None when there was none)."""
-    cfg = section(params, registry.SECTION, registry.RegistryConfig)
-    cfg.check()
+    cfg = PARAMS.load(params).registry
     if version < 1:
         raise DiffinjectError(f"promote: version {version}: expected a registered version number >= 1")
     runs.setup_experiment(cfg.experiment, root)

@@ -15,24 +15,25 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from diffinject.config import load_params, section
+from diffinject.config import StageParams, load_params
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.fsutil import write_json
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.classifier import to_unit_float
-from diffinject.stages.common import METRICS, PREPARED, missing_model_hint, model_dir
+from diffinject.stages.paths import METRICS, PREPARED, missing_model_hint, model_dir
 from diffinject.tracking import runs, store
 from diffinject.tracking.registry import (SECTION, SELECTION_SPLIT, RegistryConfig, best_candidate, log_classifier,
                                          register)
 
 # Validation images logged as the model's input example (and so its signature).
 EXAMPLE_IMAGES = 4
+# registry.* alone decides what this stage writes; the MLflow run also records every param (runs.py).
+PARAMS = StageParams({SECTION: RegistryConfig}, seed=False)
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    cfg = section(params, SECTION, RegistryConfig)
-    cfg.check()
+    cfg = PARAMS.load(params).registry
     metrics_dir = root / METRICS
     metrics = runs.read_metrics(metrics_dir)
     param = f"{SECTION}.metric" if cfg.candidates is None else f"{SECTION}.candidates"

@@ -16,13 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params, section
+from diffinject.config import StageParams, load_params, slice_of
 from diffinject.errors import DiffinjectError
 from diffinject.models.classifier import SELECT_METRIC
+from diffinject.models.training import DebiasedConfig
 from diffinject.stages import evaluate, inject, train_debiased
-from diffinject.stages.common import CURVES, MODELS, PREPARED
+from diffinject.stages.paths import CURVES, MODELS, PREPARED
 from diffinject.tracking.registry import SELECTION_SPLIT, RegistryConfig
-from diffinject.tracking.search import TrialSetup, ValidationCurve, run_search
+from diffinject.tracking.search import SECTION, SearchConfig, TrialSetup, ValidationCurve, run_search
 
 POOL = inject.OUT / "manifest.parquet"  # the trial's synthetic set, relative to its folder
 REQUIRED = (PREPARED, inject.INVERSIONS, MODELS / "diffusion")
@@ -30,6 +31,9 @@ REQUIRED = (PREPARED, inject.INVERSIONS, MODELS / "diffusion")
 OPTIONAL = (MODELS / "judge", MODELS / "vanilla", inject.PROBE)
 # The curve column of the selection metric, as stages.common.write_training_outputs names it (valid_acc).
 CURVE_COLUMN = SELECT_METRIC.replace("/", "_")
+# What the search itself reads; each trial's stages read theirs from the trial's params.
+PARAMS = StageParams({SECTION: SearchConfig, "registry": RegistryConfig,
+                      train_debiased.SECTION: slice_of(DebiasedConfig, "select")})
 
 
 def trial_pipeline(params: dict[str, Any], root: Path, curve: ValidationCurve) -> None:
@@ -40,12 +44,12 @@ def trial_pipeline(params: dict[str, Any], root: Path, curve: ValidationCurve) -
 
 
 def setup_for(params: dict[str, Any]) -> TrialSetup:
-    registry = section(params, "registry", RegistryConfig)
-    registry.check()
+    p = PARAMS.load(params)
+    registry = p.registry
     if registry.model != train_debiased.SECTION:
         raise DiffinjectError(f"params 'registry.metric': the search trains the {train_debiased.SECTION} model, so its "
                               f"objective must be {train_debiased.SECTION}.{SELECTION_SPLIT}.<metric>, got {registry.metric!r}")
-    select = (params.get(train_debiased.SECTION) or {}).get("select", "best")
+    select = getattr(p, train_debiased.SECTION).select
     return TrialSetup(
         pipeline=trial_pipeline,
         required_inputs=REQUIRED,

@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from diffinject.config import load_params
-from diffinject.stages.common import classifier_stage
+from diffinject.models.training import BiasedConfig
+from diffinject.stages.common import classifier_params, classifier_stage
 
 SECTION = "biased"
+PARAMS = classifier_params(SECTION, BiasedConfig)
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    return classifier_stage(params, SECTION, root)
+    return classifier_stage(params, PARAMS, SECTION, root)
 
 
 def main(params_path: str = "params.yaml") -> None:

@@ -17,19 +17,19 @@ from typing import Any
 
 import lightning
 
-from diffinject.config import load_params, section
+from diffinject.config import load_params
 from diffinject.models.training import DebiasedConfig, train_classifier
-from diffinject.stages.common import common_inputs, load_training_data, write_training_outputs
+from diffinject.stages.common import classifier_params, load_training_data, write_training_outputs
 from diffinject.stages.mixing import with_pool
 
 SECTION = "debiased"
+PARAMS = classifier_params(SECTION, DebiasedConfig)
 
 
 def run(params: dict[str, Any], root: Path = Path("."), callbacks: list[lightning.Callback] | None = None) -> dict[str, Any]:
     """`callbacks` join the training's Trainer (the search's pruning callback)."""
-    cfg = section(params, SECTION, DebiasedConfig)
-    cfg.check(SECTION)
-    trainer_cfg, seed = common_inputs(params)
+    p = PARAMS.load(params)
+    cfg, trainer_cfg, seed = p.debiased, p.trainer, p.seed
     data = load_training_data(root)
     mixed = with_pool(data.train, cfg.pool, root, data.num_classes, cfg.bias_conflict_ratio, seed, SECTION)
     result = train_classifier(mixed.data, data.valid, data.num_classes, cfg, trainer_cfg, seed, SECTION, callbacks)

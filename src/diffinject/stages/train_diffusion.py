@@ -12,35 +12,32 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-import lightning
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from diffinject.config import load_params, section
+from diffinject.config import StageParams, load_params, slice_of
 from diffinject.data.manifest import MANIFEST_NAME, read_manifest
-from diffinject.data.tensors import load_split, make_loader
-from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet, load_diffusion, save_diffusion
+from diffinject.data.tensors import load_split
+from diffinject.devices import inference_device
+from diffinject.diffusion.injection_params import InjectionParams
+from diffinject.diffusion.model import DiffusionConfig, build_scheduler, load_diffusion, save_diffusion
 from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.diffusion.quality import reconstruct, sample_from_noise
-from diffinject.diffusion.training import DiffusionModule
-from diffinject.devices import inference_device, skip_failing_nvml_probe
-from diffinject.errors import DiffinjectError
+from diffinject.diffusion.training import train_ddpm
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid
 from diffinject.models.training import TrainerConfig
-from diffinject.quiet import quiet_lightning
-from diffinject.stages.common import METRICS, MODELS, PREPARED, common_inputs
+from diffinject.stages.paths import METRICS, MODELS, PREPARED
 
 OUT = MODELS / "diffusion"
 RESUME = MODELS / ".diffusion-resume"
 PLOTS = METRICS / "plots" / "diffusion"
 # Reconstruction fidelity is measured on this many valid images with the injection's step counts.
 N_RECONSTRUCT = 64
-DEFAULT_INJECTION_STEPS = 20
+PARAMS = StageParams({"trainer": TrainerConfig, "diffusion": DiffusionConfig,
+                      "injection": slice_of(InjectionParams, "n_inv_step", "n_gen_step")})
 
 
 def resume_key(cfg: DiffusionConfig, seed: int, prepared: Path) -> str:
@@ -50,52 +47,10 @@ def resume_key(cfg: DiffusionConfig, seed: int, prepared: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _trainer(trainer_cfg: TrainerConfig, cfg: DiffusionConfig, ckpt_dir: Path, precision: str) -> lightning.Trainer:
-    callbacks: list[lightning.Callback] = [
-        ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=0),
-    ]
-    if trainer_cfg.enable_progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=trainer_cfg.progress_bar_refresh_rate))
-    skip_failing_nvml_probe()
-    quiet_lightning()
-    return lightning.Trainer(
-        accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices, strategy=trainer_cfg.strategy,
-        num_nodes=trainer_cfg.num_nodes, precision=precision, deterministic=trainer_cfg.deterministic,
-        max_steps=cfg.train_steps, max_epochs=-1, callbacks=callbacks, logger=False,
-        enable_progress_bar=trainer_cfg.enable_progress_bar, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0,
-    )
-
-
-def train(cfg: DiffusionConfig, trainer_cfg: TrainerConfig, seed: int, root: Path):
-    """Train (or resume training) the DDPM; returns (EMA unet, scheduler, seconds, is_global_zero)."""
-    prepared = root / PREPARED
-    train_set = load_split(prepared, "train")  # images only: the DDPM never sees a label
-    lightning.seed_everything(seed, workers=True, verbose=False)
-    c, h, w = train_set.shape
-    if h != w:
-        raise DiffinjectError(f"{prepared}: the DDPM needs square images, got {h}x{w}")
-    unet, scheduler = build_unet(cfg, h, c), build_scheduler(cfg)
-    module = DiffusionModule(unet, scheduler, cfg.lr, cfg.warmup_steps, cfg.train_steps, cfg.ema_decay)
-    ckpt_dir = root / RESUME / resume_key(cfg, seed, prepared)
-    last = ckpt_dir / "last.ckpt"
-    if last.is_file():
-        print(f"train_diffusion: resuming from {last}")
-    precision = resolve_precision(cfg.precision, inference_device(trainer_cfg.accelerator))
-    trainer = _trainer(trainer_cfg, cfg, ckpt_dir, precision)
-    start = time.perf_counter()
-    trainer.fit(module, make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed),
-                ckpt_path=str(last) if last.is_file() else None)
-    seconds = time.perf_counter() - start
-    if trainer.global_step < cfg.train_steps:
-        raise DiffinjectError(f"train_diffusion stopped at step {trainer.global_step} of {cfg.train_steps}")
-    return module.ema_unet(), scheduler, seconds, trainer.is_global_zero, ckpt_dir
-
-
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    cfg = section(params, "diffusion", DiffusionConfig)
-    cfg.check()
-    trainer_cfg, seed = common_inputs(params)
+    p = PARAMS.load(params)
+    cfg, seed = p.diffusion, p.seed
+    prepared = root / PREPARED
     metrics: dict[str, Any] = {}
     ckpt_dir = None
     if cfg.pretrained:
@@ -103,17 +58,20 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
         metrics["pretrained"] = str(cfg.pretrained)
         is_zero = True
     else:
-        unet, scheduler, seconds, is_zero, ckpt_dir = train(cfg, trainer_cfg, seed, root)
-        metrics.update(train_steps=cfg.train_steps, train_seconds=round(seconds, 1))
+        ckpt_dir = root / RESUME / resume_key(cfg, seed, prepared)
+        precision = resolve_precision(cfg.precision, inference_device(p.trainer.accelerator))
+        train_set = load_split(prepared, "train")  # images only: the DDPM never sees a label
+        trained = train_ddpm(cfg, p.trainer, train_set, seed, ckpt_dir, precision)
+        unet, scheduler, is_zero = trained.unet, trained.scheduler, trained.is_global_zero
+        metrics.update(train_steps=cfg.train_steps, train_seconds=round(trained.seconds, 1))
     if not is_zero:
         return metrics
     unet = unet.cpu().eval()
     precision = resolve_precision(cfg.precision, torch.device("cpu"))
-    metrics.update(parameters=sum(p.numel() for p in unet.parameters()), precision=precision)
-    # Fidelity of inversion -> reconstruction on valid images, with the injection's default step counts.
-    injection = params.get("injection") or {}
-    n_inv, n_gen = int(injection.get("n_inv_step", DEFAULT_INJECTION_STEPS)), int(injection.get("n_gen_step", DEFAULT_INJECTION_STEPS))
-    valid = load_split(root / PREPARED, "valid", read_manifest(root / PREPARED))
+    metrics.update(parameters=sum(w.numel() for w in unet.parameters()), precision=precision)
+    # Fidelity of inversion -> reconstruction on valid images, with the injection's step counts.
+    n_inv, n_gen = p.injection.n_inv_step, p.injection.n_gen_step
+    valid = load_split(prepared, "valid", read_manifest(prepared))
     generator = torch.Generator().manual_seed(seed)
     subset = valid.images[torch.randperm(len(valid), generator=generator)[:N_RECONSTRUCT]]
     with autocast(precision, torch.device("cpu")):

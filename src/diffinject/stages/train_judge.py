@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params, section
+from diffinject.config import load_params
 from diffinject.data.tensors import ImageTensors
-from diffinject.models.training import TrainConfig, train_classifier
-from diffinject.stages.common import common_inputs, load_training_data, write_training_outputs
-from diffinject.synthetic_quality import to_grey
+from diffinject.models.training import JudgeConfig, train_classifier
+from diffinject.stages.common import classifier_params, load_training_data, write_training_outputs
+from diffinject.diffusion.synthetic_quality import to_grey
 
 SECTION = "judge"
+PARAMS = classifier_params(SECTION, JudgeConfig)
 
 
 def grey(data: ImageTensors) -> ImageTensors:
@@ -20,12 +21,10 @@ def grey(data: ImageTensors) -> ImageTensors:
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    cfg = section(params, SECTION, TrainConfig)
-    cfg.check(SECTION)
-    trainer_cfg, seed = common_inputs(params)
+    p = PARAMS.load(params)
     data = load_training_data(root)
-    result = train_classifier(grey(data.train), grey(data.valid), data.num_classes, cfg, trainer_cfg, seed, SECTION)
-    return write_training_outputs(root, SECTION, result, cfg, seed)
+    result = train_classifier(grey(data.train), grey(data.valid), data.num_classes, p.judge, p.trainer, p.seed, SECTION)
+    return write_training_outputs(root, SECTION, result, p.judge, p.seed)
 
 
 def main(params_path: str = "params.yaml") -> None:

@@ -15,14 +15,16 @@ from typing import Any
 from diffinject.config import load_params
 from diffinject.data.tensors import repeat_evenly
 from diffinject.models.training import UpsampleConfig, train_classifier
-from diffinject.stages.common import CONFLICTS, write_training_outputs
-from diffinject.stages.mixing import mined_rows, mix, stage_inputs
+from diffinject.stages.common import write_training_outputs
+from diffinject.stages.paths import CONFLICTS
+from diffinject.stages.mixing import mined_rows, mix, mixing_params, stage_inputs
 
 SECTION = "upsample"
+PARAMS = mixing_params(SECTION, UpsampleConfig)
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    inputs = stage_inputs(params, SECTION, UpsampleConfig, root)
+    inputs = stage_inputs(params, PARAMS, SECTION, root)
     mined = mined_rows(inputs.data.train, root / CONFLICTS)
     mixed = mix(inputs.data.train, mined, inputs.ratio, inputs.seed, SECTION, draw=repeat_evenly)
     result = train_classifier(mixed.data, inputs.data.valid, inputs.data.num_classes, inputs.cfg, inputs.trainer,

@@ -7,24 +7,26 @@ import json
 import sys
 from pathlib import Path
 
-from diffinject.config import load_params, section
+from diffinject.config import StageParams, load_params, slice_of
 from diffinject.data.manifest import INFO_NAME, read_manifest
+from diffinject.data.prepare import DataConfig
 from diffinject.data.validation import ValidateConfig, validate_prepared
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import write_json
 
 DATA_DIR = Path("data/prepared")
 METRICS = Path("metrics/validation.json")
+# The measured conflict fraction is checked against the one asked for.
+PARAMS = StageParams({"data": slice_of(DataConfig, "conflict_pct"), "validate": ValidateConfig}, seed=False)
 
 
 def run(params: dict, data_dir: Path = DATA_DIR, metrics_path: Path = METRICS) -> dict:
-    cfg = section(params, "validate", ValidateConfig)
+    p = PARAMS.load(params)
     manifest = read_manifest(data_dir)
     info_path = data_dir / INFO_NAME
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     n_classes = int(info.get("n_classes") or manifest["target"].max() + 1)
-    expected_pct = (params.get("data") or {}).get("conflict_pct")
-    report = validate_prepared(data_dir, manifest, n_classes, expected_pct, cfg)
+    report = validate_prepared(data_dir, manifest, n_classes, p.data.conflict_pct, p.validate)
     result = report.to_json()
     write_json(metrics_path, result)
     for check in report.failed:

@@ -11,7 +11,7 @@ hand with `python -m diffinject promote VERSION`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import mlflow
@@ -55,7 +55,7 @@ class RegistryConfig:
     serialization_format: Literal["pickle", "pt2"] = "pickle"
     # models/ folders compared on registry.metric's split and metric (e.g. valid.acc); the best one is
     # registered. null: only the model registry.metric names.
-    candidates: list[str] | None = None
+    candidates: list[str] | None = field(default_factory=lambda: ["debiased", "debiased_lff"])  # the DiffInject-based models
 
     def check(self) -> None:
         parts = self.metric.split(".")

@@ -7,6 +7,8 @@ stage. What a run records, and under which keys:
 | metrics/eval.json | parent metrics | `<model>.<split>.<metric>`: `debiased.test.acc` |
 | every other metrics/<name>.json | parent metrics | `<name>/<dotted path>`: `inject/label_fidelity` |
 | DVC md5 of every data set and model (dvc.lock outs) | parent params | `dvc.<path>.md5`: `dvc.data/prepared.md5` |
+| every data set of dvc.lock (outs under data/) | parent dataset inputs | name = DVC path, digest = md5, context = the stage that wrote it |
+| the data sets a training stage read (its deps under data/) | child dataset inputs | as above, context `training` |
 | git commit, DVC experiment | parent tags | `git.commit` (+ MLflow's own), `dvc.exp_name`, `dvc.baseline_rev` |
 | plots, sample grids and curves (all of metrics/plots/), params.yaml, dvc.lock | parent artifacts | `plots/...`, `pipeline/` |
 | metrics/<name>.json + curve metrics/plots/train/<name>.csv | child run `<name>` | `valid.acc`; curve columns per epoch (`valid_acc`, step = epoch) |
@@ -28,7 +30,7 @@ from typing import Any, Iterator
 
 import mlflow
 import yaml
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from diffinject.errors import DiffinjectError
@@ -47,6 +49,10 @@ NOT_PIPELINE_METRICS = ("register.json", "search.json")
 # dvc.lock outs under these prefixes are logged as values and artifacts, not as data hashes.
 NOT_DATA_PREFIXES = ("metrics/",)
 PLOTS_ARTIFACTS = "plots"
+# DVC-versioned data sets are MLflow dataset inputs (the UI's Datasets column): outs/deps under this prefix.
+DATA_PREFIX = "data/"
+DATASET_SOURCE_TYPE = "dvc"
+DATASET_CONTEXT = "mlflow.data.context"  # MLflow's input tag shown next to the dataset
 CURVE_STEP = "epoch"
 ENV_EXP_NAME = "DVC_EXP_NAME"
 ENV_BASELINE_REV = "DVC_EXP_BASELINE_REV"
@@ -138,6 +144,35 @@ def dvc_hashes(lock_path: Path) -> dict[str, str]:
     return hashes
 
 
+def _read_lock(lock_path: Path) -> dict[str, Any]:
+    if not lock_path.is_file():
+        return {}
+    try:
+        return (yaml.safe_load(lock_path.read_text()) or {}).get("stages") or {}
+    except yaml.YAMLError as exc:
+        raise DiffinjectError(f"{lock_path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+
+
+def _dataset(path: str, md5: str, context: str) -> DatasetInput:
+    return DatasetInput(Dataset(name=path, digest=md5, source_type=DATASET_SOURCE_TYPE, source=path),
+                        tags=[InputTag(DATASET_CONTEXT, context)])
+
+
+def pipeline_datasets(lock_path: Path) -> list[DatasetInput]:
+    """Every data set dvc.lock versions (outs under data/), its context the stage that wrote it."""
+    return [_dataset(out["path"], out["md5"], name) for name, stage in _read_lock(lock_path).items()
+            for out in stage.get("outs") or [] if str(out.get("path", "")).startswith(DATA_PREFIX) and "md5" in out]
+
+
+def training_datasets(lock_path: Path, model: str) -> list[DatasetInput]:
+    """The data sets (deps under data/) of the stage whose out is models/<model>."""
+    for stage in _read_lock(lock_path).values():
+        if any(out.get("path") == f"models/{model}" for out in stage.get("outs") or []):
+            return [_dataset(dep["path"], dep["md5"], "training") for dep in stage.get("deps") or []
+                    if str(dep.get("path", "")).startswith(DATA_PREFIX) and "md5" in dep]
+    return []
+
+
 def git_commit(root: Path) -> str | None:
     """HEAD of the repository at `root` (a DVC temp copy has the experiment's baseline), None outside git."""
     try:
@@ -221,6 +256,9 @@ def log_training_children(client: MlflowClient, experiment_id: str, parent_id: s
         section = params.get(name)
         child_params = [Param(f"{name}.{k}", param_value(v)) for k, v in flatten(section).items()] if isinstance(section, dict) else []
         log_batched(client, child.info.run_id, metrics=metrics, params=child_params)
+        datasets = training_datasets(root / DVC_LOCK, name)
+        if datasets:
+            client.log_inputs(child.info.run_id, datasets=datasets)
         client.log_artifact(child.info.run_id, str(curve), "curves")
         client.set_terminated(child.info.run_id)
         names.append(name)
@@ -250,6 +288,9 @@ def pipeline_run(root: Path, params: dict[str, Any], experiment: str) -> Iterato
             + [Param(k, v) for k, v in hashes.items()],
             tags=[RunTag(k, v) for k, v in tags.items() if v],
         )
+        datasets = pipeline_datasets(root / DVC_LOCK)
+        if datasets:
+            client.log_inputs(run_id, datasets=datasets)
         if (root / PLOTS_DIR).is_dir():  # sample grids, histograms, curves and confusion tables
             client.log_artifacts(run_id, str(root / PLOTS_DIR), PLOTS_ARTIFACTS)
         for path in (root / PARAMS_FILE, root / DVC_LOCK):

@@ -16,8 +16,10 @@ label, is it balanced, how far is it from real images?
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -82,3 +84,30 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a), 0, None)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)
+
+
+def pool_report(images: torch.Tensor, pool: pd.DataFrame, n_classes: int, colour_biased: bool,
+                judged: np.ndarray | None = None, vanilla: nn.Module | None = None,
+                reference: torch.Tensor | None = None) -> dict[str, Any]:
+    """The quality report of a synthetic pool (`images` in the order of the manifest `pool`: target,
+    content_target, style_target, label_from). `colour_biased`: the measured colour is the bias (our
+    LfF colouring); `judged`: the colour-blind judge's predictions on the grey pool; `vanilla` and
+    `reference` (real test images): the Fréchet distance. A part whose input is None is left out."""
+    targets = pool["target"].to_numpy()
+    report: dict[str, Any] = {"n_samples": len(pool), "label_from": str(pool["label_from"].iloc[0])}
+    colour = None
+    if colour_biased and images.shape[1] == 3:
+        fraction, colour = colour_conflict_fraction(images, targets)
+        report["colour_conflict_fraction"] = fraction
+        report["bias_imbalance"] = bias_imbalance(targets, colour, n_classes)
+        report["colour_from_style_fraction"] = float(np.mean(colour == pool["style_target"].to_numpy()))
+    if judged is not None:
+        report["label_fidelity"] = float(np.mean(judged == targets))
+        report["judge_agrees_with_content"] = float(np.mean(judged == pool["content_target"].to_numpy()))
+        report["judge_agrees_with_style"] = float(np.mean(judged == pool["style_target"].to_numpy()))
+        if colour is not None:
+            report["faithful_conflict_fraction"] = faithful_conflict_fraction(judged, colour, targets)
+    if vanilla is not None and reference is not None:
+        report["frechet_distance"] = frechet_distance(penultimate_features(vanilla, images),
+                                                      penultimate_features(vanilla, reference))
+    return report

@@ -1,0 +1,26 @@
+"""Where the stages read and write, relative to `root` (the repository when run by DVC; a temporary
+folder in tests and benchmarks). Constants only, so a stage that needs a path depends on nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PREPARED = Path("data/prepared")
+PALETTE = Path("data/palette")  # every-colour valid/test sets (prepare_palette)
+CONFLICTS = Path("data/conflicts.csv")  # the mined samples (mine): id, target, loss, rank
+MODELS = Path("models")
+METRICS = Path("metrics")
+CURVES = METRICS / "plots" / "train"
+# Which stage writes models/<name>, for "run this first" messages; baselines first, the order of
+# evaluate.models' default.
+MODEL_STAGES = {"vanilla": "vanilla", "biased": "train_biased", "lff": "lff", "upsample": "upsample",
+                "ae_debias": "ae_debias", "debiased": "train_debiased", "debiased_lff": "debiased_lff"}
+
+
+def model_dir(root: Path, name: str) -> Path:
+    return root / MODELS / name
+
+
+def missing_model_hint(name: str) -> str:
+    stage = MODEL_STAGES.get(name)
+    return f"run `python -m diffinject {stage}` first" if stage else "train it first"

@@ -1,0 +1,53 @@
+"""Optuna search over `injection.h_gamma`, `debiased.bias_conflict_ratio` and `debiased.lr` (ranges,
+sampler, trials and seed in `search.*`), optimising the validation metric `registry.metric` in
+`registry.direction` (never a test metric: `RegistryConfig.check`).
+
+- Storage: `search.storage` / `--storage`, else `sqlite:///<main repo>/mlruns/optuna.db` (SQLite waits
+  `SQLITE_TIMEOUT_S` on a locked file, so workers on one machine can share it); any RDB URL
+  (PostgreSQL) for workers on several machines. `load_if_exists`, so every worker started with the same
+  `search.study_name` joins one study; a worker's sampler seed is the search seed plus its join index
+  (`diffinject.workers` study attribute), so two workers do not draw the same random start-up trials.
+  Heartbeats mark the trials of a killed worker as failed.
+- Each trial runs the injected `pipeline(params, root, curve)` in its own folder
+  `mlruns/search/<study>/trial-<n>/` (inputs linked from the repository, outputs private), reads
+  `registry.metric` from the folder's metrics, and is an MLflow child run of the study's run
+  (`search-<study>`; logged here with the client API, not optuna-integration's deprecated callback).
+- A trial whose pipeline raises one of `TRIAL_FAILURES` is recorded FAIL (MLflow: FAILED, with the error)
+  and the study goes on. A missing metric is not a trial failure: it stops the search with an error.
+- Pruning: the pipeline gives its training `ValidationCurve.lightning_callback`, which reports each
+  epoch's (running best) validation accuracy as it ends; training stops at the first epoch the pruner
+  rejects, and `ValidationCurve.report` then marks the trial PRUNED before evaluation.
+- At the end: metrics/search.json, params.best.yaml, and history / importance / curve plots (also
+  artifacts of the study's run).
+
+One module per role, in the order a worker uses them:
+
+config     `search.*` (SearchConfig) and its checks
+space      the searched keys (SPACE), sampling them, the trial's params (overlay)
+storage    opening the Optuna RDB storage, its loggable label
+study      joining the study: metric check, worker index, per-worker sampler seed; the pruner from pruning
+pruning    the validation curve reported epoch by epoch, the Lightning callback that stops a rejected trial
+tracker    the study's MLflow run and its child run per trial
+objective  one trial: folder, linked inputs, pipeline, metric, failure handling (TrialSetup, TRIAL_FAILURES)
+plots      history / intermediate values / importance PNGs
+summary    metrics/search.json, params.best.yaml, the study run's final metrics and artifacts
+runner     run_search: one worker from params to summary
+
+The names below are the package's interface (the search stage, tests and benchmarks import them from
+here); the modules' other names are internals.
+"""
+
+from diffinject.tracking.search.config import SECTION, SearchConfig
+from diffinject.tracking.search.objective import TRIAL_FAILURES, Pipeline, TrialFailed, TrialSetup
+from diffinject.tracking.search.pruning import PruneDuringTraining, ValidationCurve
+from diffinject.tracking.search.runner import run_search
+from diffinject.tracking.search.space import SPACE, overlay
+from diffinject.tracking.search.storage import open_storage
+from diffinject.tracking.search.study import METRIC_ATTR, WORKERS_ATTR
+from diffinject.tracking.search.summary import BEST_PARAMS, PLOTS, SEARCH_JSON
+
+__all__ = [
+    "BEST_PARAMS", "METRIC_ATTR", "PLOTS", "SEARCH_JSON", "SECTION", "SPACE", "TRIAL_FAILURES", "WORKERS_ATTR",
+    "Pipeline", "PruneDuringTraining", "SearchConfig", "TrialFailed", "TrialSetup", "ValidationCurve",
+    "open_storage", "overlay", "run_search",
+]

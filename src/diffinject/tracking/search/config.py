@@ -1,0 +1,49 @@
+"""`search.*`: the study's settings (name, trials, sampler, storage, ranges, pruner) and their checks."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from diffinject.config import check_at_least
+from diffinject.errors import DiffinjectError
+from diffinject.tracking.search.space import SPACE
+
+SECTION = "search"
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # also a folder name and an MLflow filter value
+
+
+@dataclass
+class SearchConfig:
+    """`search.*`."""
+
+    study_name: str = "diffinject"  # workers with the same name (and storage) share one study
+    n_trials: int = 20  # per process (`--n-trials`)
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int | None = None  # sampler seed; null: the top-level `seed`
+    storage: str | None = None  # Optuna storage URL; null: sqlite:///<repo>/mlruns/optuna.db
+    h_gamma: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    bias_conflict_ratio: list[float] = field(default_factory=lambda: [0.05, 0.5])
+    lr: list[float] = field(default_factory=lambda: [1e-4, 1e-2])  # log scale
+    pruner: Literal["median", "none"] = "median"
+    pruner_startup_trials: int = 3  # complete trials before the median pruner prunes any
+    pruner_warmup_epochs: int = 5  # epochs of a trial's curve before it may be pruned (early epochs are noisy)
+    keep_trial_dirs: bool = False  # keep mlruns/search/<study>/trial-<n>/ (synthetic set, model) after a trial
+
+    def check(self) -> None:
+        if not _STUDY_NAME.match(self.study_name):
+            raise DiffinjectError(f"params '{SECTION}.study_name': got {self.study_name!r}, expected letters, digits, _ . -")
+        if self.n_trials < 1:
+            raise DiffinjectError(f"params '{SECTION}.n_trials' (or --n-trials): got {self.n_trials}, expected >= 1")
+        check_at_least(self, SECTION, 0, "pruner_warmup_epochs", "pruner_startup_trials")
+        for key, (_, log) in SPACE.items():
+            bounds = getattr(self, key)
+            if len(bounds) != 2 or not bounds[0] < bounds[1]:
+                raise DiffinjectError(f"params '{SECTION}.{key}': got {bounds}, expected [low, high] with low < high")
+            if log and bounds[0] <= 0:
+                raise DiffinjectError(f"params '{SECTION}.{key}': got {bounds}, a log-scale range needs low > 0")
+        if not (0 <= self.h_gamma[0] and self.h_gamma[1] <= 1):
+            raise DiffinjectError(f"params '{SECTION}.h_gamma': got {self.h_gamma}, expected within [0, 1] (a slerp weight)")
+        if self.bias_conflict_ratio[0] < 0:
+            raise DiffinjectError(f"params '{SECTION}.bias_conflict_ratio': got {self.bias_conflict_ratio}, expected >= 0")
