@@ -44,11 +44,13 @@ def test_progress_in_a_log_is_a_line_per_interval_not_a_bar_per_tick(monkeypatch
     quiet.throttle_progress_in_logs()
     assert os.environ["TQDM_MININTERVAL"] == "2"
 
+    from diffinject.models import classifier
+
     clock = iter(range(0, 1000, 10))  # every call to the clock moves 10 s on
-    monkeypatch.setattr(quiet.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(classifier.time, "monotonic", lambda: next(clock))
     trainer = SimpleNamespace(is_global_zero=True, max_epochs=-1, max_steps=100, current_epoch=0, global_step=0,
                               progress_bar_metrics={"train/loss": 0.5})
-    progress = quiet.LogLineProgress(interval_s=30)
+    progress = classifier.LogLineProgress(interval_s=30)
     progress.on_train_start(trainer, None)
     for step in range(1, 11):
         trainer.global_step = step
@@ -67,3 +69,13 @@ def test_a_terminal_keeps_tqdms_own_interval(monkeypatch):
     monkeypatch.delenv("TQDM_MININTERVAL")
     quiet.throttle_progress_in_logs()
     assert "TQDM_MININTERVAL" not in os.environ
+
+
+def test_the_cli_sets_the_interval_before_anything_imports_tqdm():
+    """tqdm reads TQDM_MININTERVAL once, when it is imported: the CLI module must not import it."""
+    import subprocess
+    import sys
+
+    code = "import sys, diffinject.cli; print('tqdm' in sys.modules, 'lightning' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]

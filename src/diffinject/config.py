@@ -119,7 +119,7 @@ def slice_of(cls: type, *keys: str) -> type:
         raise TypeError(f"{cls.__name__} has no field {unknown[0]!r}")
     hints = typing.get_type_hints(cls)
     spec = [(k, hints[k], dataclasses.field(default=fields[k].default, default_factory=fields[k].default_factory))
-            if fields[k].default_factory is not dataclasses.MISSING else (k, hints[k], fields[k].default) for k in keys]
+            for k in keys]
 
     def check(self, section: str) -> None:
         run_check(cls(**{k: getattr(self, k) for k in keys}), section)

@@ -7,11 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 import warnings
-from typing import Any
-
-import lightning
 
 # Seconds between progress lines in a log file; a terminal keeps tqdm's live bar.
 LOG_INTERVAL_S = 30.0
@@ -47,32 +43,7 @@ def stderr_is_terminal() -> bool:
 
 def throttle_progress_in_logs() -> None:
     """Every tqdm bar (ours, diffusers') redraws at most every LOG_INTERVAL_S when stderr is a file or
-    a pipe; a TQDM_MININTERVAL the user set wins. Call once, before any bar opens."""
+    a pipe; a TQDM_MININTERVAL the user set wins. tqdm reads it when it is first imported, so the CLI
+    calls this before importing a stage (and this module imports nothing that imports tqdm)."""
     if not stderr_is_terminal():
         os.environ.setdefault("TQDM_MININTERVAL", str(LOG_INTERVAL_S))
-
-
-class LogLineProgress(lightning.Callback):
-    """A training's progress as plain lines for a log: one every `interval_s`, and one at the end."""
-
-    def __init__(self, interval_s: float = LOG_INTERVAL_S):
-        self.interval_s = interval_s
-        self._last = 0.0
-
-    def on_train_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
-        self._last = time.monotonic()
-
-    def _line(self, trainer: lightning.Trainer) -> str:
-        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        steps = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
-        metrics = " ".join(f"{k} {float(v):.4g}" for k, v in sorted(trainer.progress_bar_metrics.items()))
-        return f"  epoch {trainer.current_epoch + 1}{epochs}, step {trainer.global_step}{steps} {metrics}".rstrip()
-
-    def on_train_batch_end(self, trainer: lightning.Trainer, *_: Any) -> None:
-        if trainer.is_global_zero and time.monotonic() - self._last >= self.interval_s:
-            print(self._line(trainer), file=sys.stderr, flush=True)
-            self._last = time.monotonic()
-
-    def on_train_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
-        if trainer.is_global_zero:
-            print(self._line(trainer), file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ floats in [0, 1] here, on the device, so the host only ever moves bytes.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from torch import nn
 
 from diffinject.models.losses import DEFAULT_GCE_Q, per_sample_loss
+from diffinject.quiet import LOG_INTERVAL_S
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # uint8 pixel range, the divisor that maps images to [0, 1].
@@ -225,3 +227,30 @@ class TrainProgressBar(TQDMProgressBar):
 
     def on_validation_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         pass
+
+
+class LogLineProgress(lightning.Callback):
+    """TrainProgressBar's stand-in when stderr is a log file, not a terminal: the training's progress as
+    plain lines, one every `interval_s` and one at the end (build_trainer chooses)."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S):
+        self.interval_s = interval_s
+        self._last = 0.0
+
+    def on_train_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        self._last = time.monotonic()
+
+    def _line(self, trainer: lightning.Trainer) -> str:
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        steps = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+        metrics = " ".join(f"{k} {float(v):.4g}" for k, v in sorted(trainer.progress_bar_metrics.items()))
+        return f"  epoch {trainer.current_epoch + 1}{epochs}, step {trainer.global_step}{steps} {metrics}".rstrip()
+
+    def on_train_batch_end(self, trainer: lightning.Trainer, *_: Any) -> None:
+        if trainer.is_global_zero and time.monotonic() - self._last >= self.interval_s:
+            print(self._line(trainer), file=sys.stderr, flush=True)
+            self._last = time.monotonic()
+
+    def on_train_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        if trainer.is_global_zero:
+            print(self._line(trainer), file=sys.stderr, flush=True)

@@ -26,10 +26,10 @@ from diffinject.config import check_at_least
 from diffinject.data.tensors import ImageDataModule, ImageTensors, make_loader
 from diffinject.devices import skip_failing_nvml_probe
 from diffinject.errors import DiffinjectError
-from diffinject.models.classifier import SELECT_MODES, ClassifierModule, EpochSelector, TrainProgressBar
+from diffinject.models.classifier import SELECT_MODES, ClassifierModule, EpochSelector, LogLineProgress, TrainProgressBar
 from diffinject.models.losses import DEFAULT_GCE_Q
 from diffinject.models.networks import NetConfig, build_network, load_imagenet_weights
-from diffinject.quiet import LogLineProgress, quiet_lightning, stderr_is_terminal
+from diffinject.quiet import quiet_lightning, stderr_is_terminal
 
 # Lightning warns that num_workers=0 may bottleneck; our data is decoded in memory and workers would
 # only add inter-process copies (benchmarks/classifier_training.py measures it).
