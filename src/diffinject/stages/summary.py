@@ -19,7 +19,7 @@ REGISTER = METRICS / "register.json"
 # Where to look: sample grids and curves (files), all plots in one page (`dvc plots show`), the MLflow UI.
 PICTURES = ("metrics/plots/ (sample grids, injected pairs, curves, confusion tables)",
             "dvc plots show  ->  dvc_plots/index.html",
-            "mlflow ui --backend-store-uri mlruns  ->  http://127.0.0.1:5000")
+            "mlflow ui --backend-store-uri sqlite:///$PWD/mlruns/mlflow.db --host 127.0.0.1  ->  http://127.0.0.1:5000")
 
 
 def _read(path: Path) -> dict[str, Any] | None:
