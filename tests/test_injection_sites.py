@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import warnings
+
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -209,3 +211,15 @@ def test_pairs_with_the_label_from_the_content_skip_styles_whose_proxy_is_the_co
     pairs = make_pairs(content_targets, style_targets, 50, 1, "content", None, style_proxy)
     assert np.all(style_proxy[pairs.style] != content_targets[pairs.content])
     assert np.all(style_targets[pairs.style] != content_targets[pairs.content])
+
+
+def test_a_unet_without_the_shared_encoders_layout_says_so_once():
+    """No silent fallback: a network lacking conv_in (or down_blocks) runs two full passes, with a warning."""
+    unet, scheduler = tiny_unet()
+    del unet.conv_in
+    with pytest.warns(UserWarning, match="two full UNet passes"):
+        sampler = InjectionSampler(unet, scheduler, InjectionConfig(operator="slerp", sites=("h",)))
+    assert not sampler.share_encoder
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        InjectionSampler(unet, scheduler, InjectionConfig(operator="slerp", sites=("h",)), share_encoder=False)
