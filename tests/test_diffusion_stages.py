@@ -109,3 +109,31 @@ def test_training_resumes_from_last_checkpoint(tmp_path, prepared_mnist, monkeyp
     assert steps == [5, 6, 7, 8]  # continued after the step-4 checkpoint, not from zero
     assert (root / "models" / "diffusion" / "unet" / "config.json").is_file()
     assert not list((root / "models" / ".diffusion-resume").glob("*/last.ckpt"))
+
+
+@pytest.mark.parametrize(("shape", "found"), [((3, 32, 32), "3x28x28 images"), ((1, 28, 28), "3x28x28 images")])
+def test_a_diffusion_folder_for_other_images_is_a_one_line_error(tmp_path, shape, found):
+    """Another image size or channel count: named, with the fix, before any PyTorch shape error."""
+    from diffinject.diffusion.model import load_diffusion, save_diffusion
+    from diffinject.errors import DiffinjectError
+    from tests.conftest import tiny_unet
+
+    unet, scheduler = tiny_unet()  # 3 x 28 x 28
+    save_diffusion(unet, scheduler, tmp_path / "diffusion")
+    assert load_diffusion(tmp_path / "diffusion", image_shape=(3, 28, 28))[0].config.sample_size == 28
+    with pytest.raises(DiffinjectError, match=rf"unet: the UNet is built for {found} .* but the data is {'x'.join(map(str, shape))}"):
+        load_diffusion(tmp_path / "diffusion", image_shape=shape)
+
+
+def test_inject_refuses_a_window_beyond_the_schedule(tiny_ddpm, prepared_mnist, tmp_path):
+    from diffinject.errors import DiffinjectError
+    from diffinject.stages import inject
+    from tests.conftest import inverted_repo
+
+    root = inverted_repo(tmp_path / "repo", prepared_mnist, *tiny_ddpm, 6)
+    params = {"trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+              "injection": {"n_gen_step": 6, "n_inv_step": 6, "n_samples": 4, "n_samples_ratio": None,
+                            "label_from": "content", "t_edit": 1000, "t_max": None}}
+    with pytest.raises(DiffinjectError, match=r"params 'injection': the window t_edit 1000 .. t_max none holds none"):
+        inject.run(params, root)
+    assert not (root / "data" / "synthetic").exists()

@@ -79,10 +79,12 @@ def save_diffusion(unet: UNet2DModel, scheduler: DDPMScheduler, out: Path) -> No
     scheduler.save_pretrained(out / SCHEDULER_DIR)
 
 
-def load_diffusion(path: str | Path, default_scheduler: DDPMScheduler | None = None) -> tuple[UNet2DModel, DDPMScheduler]:
+def load_diffusion(path: str | Path, default_scheduler: DDPMScheduler | None = None,
+                   image_shape: tuple[int, ...] | None = None) -> tuple[UNet2DModel, DDPMScheduler]:
     """Load `path/unet` (or `path` itself when it is a UNet folder) and its scheduler.
 
-    A user's UNet without a scheduler folder gets `default_scheduler` (the one in params)."""
+    A user's UNet without a scheduler folder gets `default_scheduler` (the one in params). With
+    `image_shape` (C, H, W) of the data it will see, a UNet built for other images is a one-line error."""
     path = Path(path)
     unet_dir = path / UNET_DIR if (path / UNET_DIR / "config.json").is_file() else path
     if not (unet_dir / "config.json").is_file():
@@ -95,6 +97,8 @@ def load_diffusion(path: str | Path, default_scheduler: DDPMScheduler | None = N
         raise DiffinjectError(f"{unet_dir}: cannot load a UNet2DModel ({str(exc).splitlines()[0]})") from exc
     if getattr(unet, "mid_block", None) is None:
         raise DiffinjectError(f"{unet_dir}: the UNet has no mid block, so it has no h-space to inject into")
+    if image_shape is not None:
+        check_fits(unet, tuple(image_shape), unet_dir)
     if (path / SCHEDULER_DIR / "scheduler_config.json").is_file():
         scheduler = DDPMScheduler.from_pretrained(path / SCHEDULER_DIR)
     elif default_scheduler is not None:
@@ -106,6 +110,17 @@ def load_diffusion(path: str | Path, default_scheduler: DDPMScheduler | None = N
     except ValueError as exc:
         raise DiffinjectError(f"{path}: the scheduler's {exc}") from exc
     return unet, scheduler
+
+
+def check_fits(unet: UNet2DModel, image_shape: tuple[int, ...], where: Path) -> None:
+    """The UNet's config.json (in/out channels, sample_size) must describe `image_shape` (C, H, W)."""
+    c, h, w = image_shape
+    size = unet.config.sample_size
+    built = (size, size) if isinstance(size, int) else tuple(size)
+    if (unet.config.in_channels, unet.config.out_channels) != (c, c) or built != (h, w):
+        raise DiffinjectError(
+            f"{where}: the UNet is built for {unet.config.in_channels}x{built[0]}x{built[1]} images (config.json in_channels, "
+            f"sample_size), but the data is {c}x{h}x{w}; use a UNet of the data's size or set data.image_size to {built[0]}")
 
 
 def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:

@@ -211,6 +211,11 @@ def plan_steps(config: InjectionConfig, num_train_timesteps: int) -> list[Step]:
             eta = 0.0  # InjectFusion's dt_lambda branch recomputes x_{t-1} without the noise term
         in_window = config.t_edit <= t and (config.t_max is None or t <= config.t_max)
         steps.append(Step(t, t_next, inject=in_window and config.h_gamma > 0, eta=eta, dir_scale=dir_scale))
+    if config.h_gamma > 0 and not any(step.inject for step in steps):
+        # else the "synthetic" pool would silently be plain reconstructions of the styles
+        window = f"t_edit {config.t_edit} .. t_max {'none' if config.t_max is None else config.t_max}"
+        raise ValueError(f"the window {window} holds none of the {len(steps)} {config.schedule} generation steps "
+                         f"(timesteps {descending[-1]} .. {descending[0]} of {num_train_timesteps}): nothing would be injected")
     return steps
 
 

@@ -129,7 +129,7 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed, label_from,
                        None if contents.proxy is None else contents.proxy.numpy(),
                        None if styles.proxy is None else styles.proxy.numpy())
-    unet, scheduler = load_diffusion(root / MODELS / "diffusion")
+    unet, scheduler = load_diffusion(root / MODELS / "diffusion", image_shape=tuple(styles.x_T.shape[1:]))
     unet = unet.to(device).eval()
     precision = resolve_precision(p.diffusion.precision, device)
     try:

@@ -58,7 +58,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     proxy = logits.argmax(1).numpy()  # the biased model's class: a bias proxy, no bias label read
     style_rows = choose_styles(losses, train.targets.numpy(), cfg.styles_per_class, cfg.style_easiest_fraction, seed)
 
-    unet, scheduler = load_diffusion(root / DIFFUSION)
+    unet, scheduler = load_diffusion(root / DIFFUSION, image_shape=train.shape)
     unet = unet.to(device).eval()
     precision = resolve_precision(p.diffusion.precision, device)
     start = time.perf_counter()

@@ -112,7 +112,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     labels = probe_labels(train.targets.numpy()[fit_rows], fit_soft, valid.targets.numpy()[eval_rows], eval_soft,
                           n_classes, _bias(manifest, train, fit_rows), _bias(manifest, valid, eval_rows))
 
-    unet, scheduler = load_diffusion(root / MODELS / "diffusion")
+    unet, scheduler = load_diffusion(root / MODELS / "diffusion", image_shape=train.shape)
     unet = unet.to(device).eval()
     sites = site_names(unet)
     start = time.perf_counter()

@@ -54,7 +54,8 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     ckpt_dir = None
     if cfg.pretrained:
-        unet, scheduler = load_diffusion(cfg.pretrained, build_scheduler(cfg))
+        shape = load_split(prepared, "valid").shape  # (C, H, W) of the data it will invert
+        unet, scheduler = load_diffusion(cfg.pretrained, build_scheduler(cfg), image_shape=shape)
         metrics["pretrained"] = str(cfg.pretrained)
         is_zero = True
     else:
