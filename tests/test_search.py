@@ -372,3 +372,16 @@ def test_pruning_callback_names_a_missing_metric(prepared_mnist):
     with pytest.raises(runs.MissingMetricError, match="'valid/auc' not logged"):
         train_classifier(train, valid, 10, TrainConfig(epochs=1, batch_size=512), TrainerConfig(enable_progress_bar=False),
                          0, "debiased", callbacks=[curve.lightning_callback("valid/auc")])
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("not a url", r"'not a url' is not a database URL"),
+    ("nosuchdb://u@host/db", r"nosuchdb://u@host/db: cannot open the Optuna storage"),
+    ("postgresql://u:s3cret@127.0.0.1:1/optuna", r"postgresql://u:\*\*\*@127.0.0.1:1/optuna: cannot open the Optuna storage"),
+])
+def test_an_unusable_storage_url_is_one_line_without_its_password(url, expected):
+    from diffinject.tracking.search.storage import open_storage
+
+    with pytest.raises(DiffinjectError, match=expected) as caught:
+        open_storage(url)
+    assert "s3cret" not in str(caught.value) and "\n" not in str(caught.value)
