@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import StageParams, load_params
+from diffinject.config import StageParams
 from diffinject.errors import DiffinjectError
 from diffinject.stages.paths import METRICS
 
@@ -59,7 +59,7 @@ def registry_line(decision: dict[str, Any]) -> str:
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> str:
-    PARAMS.load(params)
+    """`params` is unused (PARAMS is empty): the table reads only what the stages wrote."""
     results = _read(root / EVAL)
     if results is None:
         raise DiffinjectError(f"{root / EVAL}: not found (run `dvc repro evaluate` first)")
@@ -76,4 +76,4 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> str:
 
 
 def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path) if Path(params_path).is_file() else {})
+    run({})

@@ -124,16 +124,21 @@ def require_metric(metrics: dict[str, float], name: str, metrics_dir: Path, para
     return metrics[name]
 
 
-def dvc_hashes(lock_path: Path) -> dict[str, str]:
-    """`dvc.<path>.md5` of every out in dvc.lock except metrics and plots (module docstring)."""
+def read_lock(lock_path: Path) -> dict[str, Any]:
+    """The `stages` of dvc.lock; a pipeline run reads it once for its hashes and data sets."""
     if not lock_path.is_file():
         raise DiffinjectError(f"{lock_path}: not found (run the pipeline with `dvc repro` so it records its data hashes)")
     try:
-        lock = yaml.safe_load(lock_path.read_text()) or {}
+        return (yaml.safe_load(lock_path.read_text()) or {}).get("stages") or {}
     except yaml.YAMLError as exc:
         raise DiffinjectError(f"{lock_path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+
+
+def dvc_hashes(lock_path: Path, stages: dict[str, Any] | None = None) -> dict[str, str]:
+    """`dvc.<path>.md5` of every out in dvc.lock except metrics and plots (module docstring); `stages`:
+    the lock as read_lock already read it."""
     hashes: dict[str, str] = {}
-    for stage_name, stage in (lock.get("stages") or {}).items():
+    for stage_name, stage in (read_lock(lock_path) if stages is None else stages).items():
         for out in stage.get("outs") or []:
             path = out.get("path", "")
             if path.startswith(NOT_DATA_PREFIXES):
@@ -144,29 +149,20 @@ def dvc_hashes(lock_path: Path) -> dict[str, str]:
     return hashes
 
 
-def _read_lock(lock_path: Path) -> dict[str, Any]:
-    if not lock_path.is_file():
-        return {}
-    try:
-        return (yaml.safe_load(lock_path.read_text()) or {}).get("stages") or {}
-    except yaml.YAMLError as exc:
-        raise DiffinjectError(f"{lock_path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-
-
 def _dataset(path: str, md5: str, context: str) -> DatasetInput:
     return DatasetInput(Dataset(name=path, digest=md5, source_type=DATASET_SOURCE_TYPE, source=path),
                         tags=[InputTag(DATASET_CONTEXT, context)])
 
 
-def pipeline_datasets(lock_path: Path) -> list[DatasetInput]:
+def pipeline_datasets(stages: dict[str, Any]) -> list[DatasetInput]:
     """Every data set dvc.lock versions (outs under data/), its context the stage that wrote it."""
-    return [_dataset(out["path"], out["md5"], name) for name, stage in _read_lock(lock_path).items()
+    return [_dataset(out["path"], out["md5"], name) for name, stage in stages.items()
             for out in stage.get("outs") or [] if str(out.get("path", "")).startswith(DATA_PREFIX) and "md5" in out]
 
 
-def training_datasets(lock_path: Path, model: str) -> list[DatasetInput]:
-    """The data sets (deps under data/) of the stage whose out is models/<model>."""
-    for stage in _read_lock(lock_path).values():
+def training_datasets(stages: dict[str, Any], model: str) -> list[DatasetInput]:
+    """The data sets (deps under data/) of the dvc.lock stage whose out is models/<model>."""
+    for stage in stages.values():
         if any(out.get("path") == f"models/{model}" for out in stage.get("outs") or []):
             return [_dataset(dep["path"], dep["md5"], "training") for dep in stage.get("deps") or []
                     if str(dep.get("path", "")).startswith(DATA_PREFIX) and "md5" in dep]
@@ -242,7 +238,7 @@ def setup_experiment(name: str, root: Path | None = None) -> str:
 
 
 def log_training_children(client: MlflowClient, experiment_id: str, parent_id: str, root: Path,
-                          params: dict[str, Any]) -> list[str]:
+                          params: dict[str, Any], lock: dict[str, Any]) -> list[str]:
     """One child run per training stage that left a curve (metrics/plots/train/<name>.csv)."""
     names = []
     now = int(time.time() * 1000)
@@ -256,7 +252,7 @@ def log_training_children(client: MlflowClient, experiment_id: str, parent_id: s
         section = params.get(name)
         child_params = [Param(f"{name}.{k}", param_value(v)) for k, v in flatten(section).items()] if isinstance(section, dict) else []
         log_batched(client, child.info.run_id, metrics=metrics, params=child_params)
-        datasets = training_datasets(root / DVC_LOCK, name)
+        datasets = training_datasets(lock, name)
         if datasets:
             client.log_inputs(child.info.run_id, datasets=datasets)
         client.log_artifact(child.info.run_id, str(curve), "curves")
@@ -273,7 +269,8 @@ def pipeline_run(root: Path, params: dict[str, Any], experiment: str) -> Iterato
     experiment_id = setup_experiment(experiment, root)
     client = MlflowClient()
     metrics = read_metrics(root / METRICS_DIR)
-    hashes = dvc_hashes(root / DVC_LOCK)
+    lock = read_lock(root / DVC_LOCK)
+    hashes = dvc_hashes(root / DVC_LOCK, lock)
     tags = {"dvc.exp_name": os.environ.get(ENV_EXP_NAME, ""), "dvc.baseline_rev": os.environ.get(ENV_BASELINE_REV, "")}
     commit = git_commit(root)
     if commit:
@@ -288,7 +285,7 @@ def pipeline_run(root: Path, params: dict[str, Any], experiment: str) -> Iterato
             + [Param(k, v) for k, v in hashes.items()],
             tags=[RunTag(k, v) for k, v in tags.items() if v],
         )
-        datasets = pipeline_datasets(root / DVC_LOCK)
+        datasets = pipeline_datasets(lock)
         if datasets:
             client.log_inputs(run_id, datasets=datasets)
         if (root / PLOTS_DIR).is_dir():  # sample grids, histograms, curves and confusion tables
@@ -296,5 +293,5 @@ def pipeline_run(root: Path, params: dict[str, Any], experiment: str) -> Iterato
         for path in (root / PARAMS_FILE, root / DVC_LOCK):
             if path.is_file():
                 client.log_artifact(run_id, str(path), "pipeline")
-        log_training_children(client, experiment_id, run_id, root, params)
+        log_training_children(client, experiment_id, run_id, root, params, lock)
         yield run
