@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from diffinject.errors import DiffinjectError
+from diffinject.errors import DiffinjectError, first_line
 
 DEFAULT_PARAMS = "params.yaml"
 T = TypeVar("T")
@@ -34,7 +34,7 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
     try:
         params = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise DiffinjectError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise DiffinjectError(f"{path}: not valid YAML ({first_line(exc)})") from exc
     if not isinstance(params, dict):
         raise DiffinjectError(f"{path}: expected a mapping of sections at the top level")
     return params

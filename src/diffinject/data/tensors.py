@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Sequence
 
 import lightning
@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from diffinject.data.manifest import MANIFEST_NAME, SPLITS, read_manifest
-from diffinject.errors import DiffinjectError
+from diffinject.errors import DiffinjectError, first_line
 
 # PNG decoding releases the GIL inside zlib, so two threads keep both cores busy.
 DECODE_THREADS = 2
@@ -82,6 +82,10 @@ def load_images(root: Path, rel_paths: Sequence[str]) -> torch.Tensor:
     """Decode `root / p` for every p into one (N, 3, H, W) uint8 tensor; every image must have the
     size of the first. Each image is written straight into the preallocated result, so the peak is the
     result plus a few images (a list of arrays then a stack would hold the set three times)."""
+    for p in rel_paths:
+        if PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute() or ".." in PurePosixPath(p).parts:
+            # a manifest names files inside its own folder: never one elsewhere on the machine
+            raise DiffinjectError(f"{root}: manifest path {p!r} leaves the folder (expected a path relative to it, without '..')")
     files = [root / p for p in rel_paths]
     if not files:
         return torch.empty((0, 3, 0, 0), dtype=torch.uint8)
@@ -135,7 +139,7 @@ def read_image_table(path: str | Path) -> pd.DataFrame:
         else:
             raise DiffinjectError(f"{path}: unknown manifest format (expected .parquet or .csv)")
     except (OSError, ValueError) as exc:
-        raise DiffinjectError(f"{path}: not a readable manifest ({str(exc).splitlines()[0]})") from exc
+        raise DiffinjectError(f"{path}: not a readable manifest ({first_line(exc)})") from exc
     missing = [c for c in POOL_COLUMNS if c not in table.columns]
     if missing:
         raise DiffinjectError(f"{path}: manifest lacks columns {missing} (expected at least {list(POOL_COLUMNS)})")

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from diffinject.errors import DiffinjectError
+from diffinject.errors import DiffinjectError, first_line
 
 CONTENT = "content.safetensors"
 STYLE = "style.safetensors"
+REQUIRED = ("x_T", "ids", "targets")
 
 
 @dataclass
@@ -53,8 +55,15 @@ def load_inverted(path: Path) -> InvertedSet:
         raise DiffinjectError(f"{path}: inversion cache not found (run `python -m diffinject invert` first)")
     try:
         t = load_file(str(path))
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise DiffinjectError(f"{path}: not a readable inversion cache ({exc})") from exc
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise DiffinjectError(f"{path}: not a readable inversion cache ({first_line(exc)}; re-run `python -m diffinject invert`)") from exc
+    missing = [key for key in REQUIRED if key not in t]
+    if missing:
+        raise DiffinjectError(f"{path}: inversion cache lacks {', '.join(missing)} (expected {', '.join(REQUIRED)}; "
+                              "re-run `python -m diffinject invert`)")
+    n = len(t["x_T"])
+    if t["x_T"].ndim != 4 or len(t["ids"]) != n or len(t["targets"]) != n:
+        raise DiffinjectError(f"{path}: x_T, ids and targets disagree on the number of images (re-run `python -m diffinject invert`)")
     return InvertedSet(
         x_T=t["x_T"], ids=t["ids"], targets=t["targets"],
         hs=t["hs"].float() if "hs" in t else None,

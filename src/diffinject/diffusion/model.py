@@ -10,10 +10,11 @@ from typing import Literal
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils import is_accelerate_available
+from safetensors import SafetensorError
 
 from diffinject.diffusion.precision import check_precision
 from diffinject.diffusion.sampler import PREDICTION_TYPES, checked_prediction_type
-from diffinject.errors import DiffinjectError
+from diffinject.errors import DiffinjectError, first_line
 
 UNET_DIR = "unet"
 SCHEDULER_DIR = "scheduler"
@@ -93,14 +94,18 @@ def load_diffusion(path: str | Path, default_scheduler: DDPMScheduler | None = N
         # diffusers defaults to low_cpu_mem_usage, which needs `accelerate` (not a dependency) and
         # otherwise falls back to False with a multi-line warning at every load
         unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=is_accelerate_available())
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise DiffinjectError(f"{unet_dir}: cannot load a UNet2DModel ({str(exc).splitlines()[0]})") from exc
+    except (OSError, ValueError, RuntimeError, TypeError, SafetensorError) as exc:
+        # garbage or truncated weights, a config.json of another model (weights of the wrong shapes)
+        raise DiffinjectError(f"{unet_dir}: cannot load a UNet2DModel ({first_line(exc)})") from exc
     if getattr(unet, "mid_block", None) is None:
         raise DiffinjectError(f"{unet_dir}: the UNet has no mid block, so it has no h-space to inject into")
     if image_shape is not None:
         check_fits(unet, tuple(image_shape), unet_dir)
     if (path / SCHEDULER_DIR / "scheduler_config.json").is_file():
-        scheduler = DDPMScheduler.from_pretrained(path / SCHEDULER_DIR)
+        try:
+            scheduler = DDPMScheduler.from_pretrained(path / SCHEDULER_DIR)
+        except (OSError, ValueError, TypeError) as exc:
+            raise DiffinjectError(f"{path / SCHEDULER_DIR}: cannot load a DDPMScheduler ({first_line(exc)})") from exc
     elif default_scheduler is not None:
         scheduler = default_scheduler
     else:

@@ -6,7 +6,6 @@ Every network takes float images in [0, 1], shape (B, C, H, W), and returns logi
 from __future__ import annotations
 
 import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from diffinject.errors import DiffinjectError
+from diffinject.errors import DiffinjectError, first_line
 from diffinject.models.autoencoder import DEFAULT_AE_WIDTH, AEClassifier, ConvAutoencoder
 
 ARCHS = ("mlp", "resnet18")
@@ -120,9 +119,3 @@ def load_imagenet_weights(net: nn.Module, path: str | Path, param: str) -> None:
         raise DiffinjectError(
             f"{path}: not resnet18 ImageNet weights (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception message, without terminal escape codes."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

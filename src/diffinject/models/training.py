@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import time
+import typing
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
 
 import lightning
 import torch
+from lightning.fabric.connector import _PRECISION_INPUT
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import nn
 
 from diffinject.config import check_at_least
 from diffinject.data.tensors import ImageDataModule, ImageTensors, make_loader
 from diffinject.devices import skip_failing_nvml_probe
-from diffinject.errors import DiffinjectError
+from diffinject.errors import DiffinjectError, first_line
 from diffinject.models.classifier import SELECT_MODES, ClassifierModule, EpochSelector, LogLineProgress, TrainProgressBar
 from diffinject.models.losses import DEFAULT_GCE_Q
 from diffinject.models.networks import NetConfig, build_network, load_imagenet_weights
@@ -63,6 +68,22 @@ class TrainerConfig:
     progress_bar_refresh_rate: int = 10  # batches between progress bar redraws (and at most 10 per second)
 
     def check(self) -> None:
+        # Lightning's own registries, so a name it accepts is accepted here and nothing else reaches it
+        # (its ValueError / MisconfigurationException would be a traceback).
+        accelerators = ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
+        if self.accelerator not in accelerators:
+            raise DiffinjectError(f"params 'trainer.accelerator': got {self.accelerator!r}, expected one of {', '.join(accelerators)}")
+        strategies = ("auto", *StrategyRegistry.available_strategies())
+        if self.strategy not in strategies:
+            raise DiffinjectError(f"params 'trainer.strategy': got {self.strategy!r}, expected one of "
+                                  f"{', '.join(s for s in strategies if '_find_unused' not in s)}")
+        precisions = [v for arg in typing.get_args(_PRECISION_INPUT) for v in typing.get_args(arg)]
+        if self.precision not in precisions:
+            raise DiffinjectError(f"params 'trainer.precision': got {self.precision!r}, expected one of "
+                                  f"{', '.join(str(v) for v in precisions if isinstance(v, str) and '-' in v)}")
+        if not _valid_devices(self.devices):
+            raise DiffinjectError(f"params 'trainer.devices': got {self.devices!r}, expected a count >= 1, -1 (all), "
+                                  "\"auto\" or a non-empty list of device indices")
         if self.num_nodes < 1:
             raise DiffinjectError(f"params 'trainer.num_nodes': got {self.num_nodes}, expected >= 1")
         if self.progress_bar_refresh_rate < 1:
@@ -70,6 +91,17 @@ class TrainerConfig:
                 f"params 'trainer.progress_bar_refresh_rate': got {self.progress_bar_refresh_rate}, expected >= 1 "
                 "(set trainer.enable_progress_bar: false to hide the bar)"
             )
+
+
+def _valid_devices(devices: Any) -> bool:
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices >= 1 or devices == -1
+    if isinstance(devices, str):
+        parts = devices.split(",")
+        return devices in ("auto", "-1") or all(p.strip().isdigit() for p in parts if p.strip()) and any(p.strip() for p in parts)
+    return bool(devices) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
 
 
 @dataclass
@@ -191,6 +223,15 @@ def build_trainer(cfg: TrainerConfig, max_epochs: int = 1, callbacks: list[light
         callbacks.append(TrainProgressBar(refresh_rate=cfg.progress_bar_refresh_rate))
     elif cfg.enable_progress_bar and not inference:
         callbacks.append(LogLineProgress())
+    try:
+        return _trainer(cfg, max_epochs, callbacks, inference, precision, bar, trainer_kwargs)
+    except (ValueError, MisconfigurationException) as exc:
+        # what the checks above cannot know: e.g. a GPU asked for on a machine without one
+        raise DiffinjectError(f"params 'trainer': {first_line(exc)}") from exc
+
+
+def _trainer(cfg: TrainerConfig, max_epochs: int, callbacks: list[lightning.Callback], inference: bool,
+             precision: str | int | None, bar: bool, trainer_kwargs: dict[str, Any]) -> lightning.Trainer:
     return lightning.Trainer(
         accelerator=cfg.accelerator,
         devices=1 if inference else cfg.devices,

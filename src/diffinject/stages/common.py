@@ -13,7 +13,7 @@ import pandas as pd
 from diffinject.config import StageParams
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
-from diffinject.errors import DiffinjectError
+from diffinject.errors import DiffinjectError, first_line
 from diffinject.fsutil import atomic_dir, atomic_file, write_json
 from diffinject.models.checkpoint import save_classifier
 from diffinject.models.training import FitResult, TrainConfig, TrainerConfig, train_classifier
@@ -80,9 +80,11 @@ def mined_train_rows(train: ImageTensors, conflicts_csv: Path) -> np.ndarray:
     try:
         mined = pd.read_csv(conflicts_csv)
     except (OSError, ValueError) as exc:
-        raise DiffinjectError(f"{conflicts_csv}: not a readable CSV ({str(exc).splitlines()[0]})") from exc
+        raise DiffinjectError(f"{conflicts_csv}: not a readable CSV ({first_line(exc)})") from exc
     if "id" not in mined.columns:
         raise DiffinjectError(f"{conflicts_csv}: no 'id' column (expected the output of the mine stage)")
+    if not pd.api.types.is_integer_dtype(mined["id"]):
+        raise DiffinjectError(f"{conflicts_csv}: column 'id' must hold integer manifest ids (expected the output of the mine stage)")
     position = {int(i): row for row, i in enumerate(train.ids.tolist())}
     unknown = [int(i) for i in mined["id"] if int(i) not in position]
     if unknown:

@@ -23,6 +23,7 @@ import contextlib
 import csv
 import json
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -30,10 +31,12 @@ from typing import Any, Iterator
 
 import mlflow
 import yaml
+from sqlalchemy.exc import SQLAlchemyError
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from diffinject.errors import DiffinjectError
+from diffinject.errors import DiffinjectError, first_line
 from diffinject.tracking import store
 
 METRICS_DIR = Path("metrics")
@@ -61,6 +64,9 @@ PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's tag that nests a run under anot
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # shown by the MLflow UI
 # MLflow 3's UI opens an experiment of this kind on its training runs (not the GenAI traces overview).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# Which process owns a run: a run left RUNNING by a process that is gone (killed) is marked FAILED by
+# the next process on that host that opens the store (mark_stale_runs).
+OWNER_HOST, OWNER_PID = "diffinject.host", "diffinject.pid"
 # MLflow's log_batch limits per call (mlflow.utils.validation).
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
@@ -81,8 +87,9 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def param_value(value: Any) -> str:
-    """A params.yaml value as MLflow stores it (a string): YAML spelling for null, bools and lists."""
-    return value if isinstance(value, str) else json.dumps(value)
+    """A params.yaml value as MLflow stores it (a string): YAML spelling for null, bools and lists; a
+    URL's password (search.storage) is never logged."""
+    return store.redacted(value) if isinstance(value, str) else json.dumps(value)
 
 
 def is_number(value: Any) -> bool:
@@ -131,7 +138,7 @@ def read_lock(lock_path: Path) -> dict[str, Any]:
     try:
         return (yaml.safe_load(lock_path.read_text()) or {}).get("stages") or {}
     except yaml.YAMLError as exc:
-        raise DiffinjectError(f"{lock_path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise DiffinjectError(f"{lock_path}: not valid YAML ({first_line(exc)})") from exc
 
 
 def dvc_hashes(lock_path: Path, stages: dict[str, Any] | None = None) -> dict[str, str]:
@@ -220,20 +227,60 @@ def log_batched(client: MlflowClient, run_id: str, metrics: list[Metric] = (), p
         client.log_batch(run_id, tags=list(tags))
 
 
+def owner_tags() -> dict[str, str]:
+    """Tags of every run this process creates and ends itself (not a study's shared run)."""
+    return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def mark_stale_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark FAILED the runs left RUNNING by a process of this host that no longer exists (a SIGKILL, a
+    power cut): without it they stay RUNNING in the UI for ever. Other hosts' runs are theirs to sweep."""
+    host = socket.gethostname()
+    stale = []
+    for run in client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{host}'"):
+        pid = run.data.tags.get(OWNER_PID, "")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            client.set_tag(run.info.run_id, "diffinject.failure", f"process {pid} on {host} ended without closing the run")
+            client.set_terminated(run.info.run_id, status="FAILED")
+            stale.append(run.info.run_id)
+    if stale:
+        print(f"mlflow: marked {len(stale)} run(s) FAILED, left RUNNING by a process that is gone: {', '.join(stale)}")
+    return stale
+
+
 def setup_experiment(name: str, root: Path | None = None) -> str:
     """Point MLflow at the store (store.py) and return the id of experiment `name`, creating it with its
     artifacts beside a local database. Serialised between processes (schema and experiment creation)."""
     uri = store.tracking_uri(root)
     store.ensure_sqlite_dir(uri)
+    store.check_database(uri)
     mlflow.set_tracking_uri(uri)
     with store.store_lock(root):
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(name)
+        try:
+            client = MlflowClient(uri)
+            experiment = client.get_experiment_by_name(name)
+        except (ImportError, MlflowException, SQLAlchemyError) as exc:
+            # a missing database driver, a server that refuses, a URI MLflow does not know: one line, and
+            # never the URI's password
+            where = store.ENV_TRACKING_URI if os.environ.get(store.ENV_TRACKING_URI) else "the tracking store"
+            raise DiffinjectError(f"{where} {store.redacted(uri)}: cannot open the MLflow store "
+                                  f"({first_line(exc).replace(uri, store.redacted(uri))})") from exc
         if experiment is None:
             return client.create_experiment(name, artifact_location=store.artifact_location(uri), tags=EXPERIMENT_KIND)
         for key, value in EXPERIMENT_KIND.items():
             if key not in experiment.tags:
                 client.set_experiment_tag(experiment.experiment_id, key, value)
+        mark_stale_runs(client, experiment.experiment_id)
         return experiment.experiment_id
 
 
@@ -244,7 +291,7 @@ def log_training_children(client: MlflowClient, experiment_id: str, parent_id: s
     now = int(time.time() * 1000)
     for curve in sorted((root / CURVES_DIR).glob("*.csv")):
         name = curve.stem
-        child = client.create_run(experiment_id, run_name=name, tags={PARENT_RUN_ID: parent_id, "stage": name})
+        child = client.create_run(experiment_id, run_name=name, tags={PARENT_RUN_ID: parent_id, "stage": name, **owner_tags()})
         summary = root / METRICS_DIR / f"{name}.json"
         values = flatten(read_json(summary)) if summary.is_file() else {}
         metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if is_number(v)]
@@ -275,7 +322,7 @@ def pipeline_run(root: Path, params: dict[str, Any], experiment: str) -> Iterato
     commit = git_commit(root)
     if commit:
         tags.update({"git.commit": commit, GIT_COMMIT_TAG: commit})
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(root)) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(root), tags=owner_tags()) as run:
         run_id = run.info.run_id
         now = int(time.time() * 1000)
         log_batched(

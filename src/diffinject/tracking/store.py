@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 import filelock  # a dependency of torch, so always installed with it
 
-from diffinject.errors import DiffinjectError
+from diffinject.errors import DiffinjectError, first_line
 
 STORE_DIR = "mlruns"  # under the main repository root; git-ignored
 MLFLOW_DB = "mlflow.db"
@@ -78,6 +78,41 @@ def artifact_location(uri: str) -> str | None:
 def optuna_storage_url(storage: str | None, root: Path | None = None) -> str:
     """`storage` (any SQLAlchemy URL), else `sqlite:///<main repo>/mlruns/optuna.db`."""
     return storage or f"sqlite:///{store_dir(root) / OPTUNA_DB}"
+
+
+def redacted(url: str) -> str:
+    """`url` with the password of its user part replaced by ***: what may be printed or logged."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    host = parsed.netloc.rsplit("@", 1)[1]
+    return parsed._replace(netloc=f"{parsed.username}:***@{host}").geturl()
+
+
+# URI schemes MLflow serves itself (a server, a folder, Databricks); any other is a SQLAlchemy database URL.
+NOT_A_DATABASE = ("", "file", "http", "https", "databricks", "databricks-uc", "uc")
+CONNECT_TIMEOUT_S = 10
+
+
+def check_database(uri: str) -> None:
+    """Connect once to a database tracking URI (postgresql://, mysql://, ...) before MLflow does: MLflow
+    retries an unreachable one for ~100 s, printing each failure, where a typo deserves one line at once."""
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme in NOT_A_DATABASE or scheme == "sqlite":
+        return
+    import sqlalchemy  # here: only a database URI pays its import
+
+    try:
+        args = {"connect_timeout": CONNECT_TIMEOUT_S} if scheme in ("postgresql", "mysql") else {}
+        engine = sqlalchemy.create_engine(uri, connect_args=args)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        reason = first_line(exc).replace(uri, redacted(uri))
+        raise DiffinjectError(f"{ENV_TRACKING_URI} {redacted(uri)}: cannot open the MLflow store ({reason})") from exc
 
 
 def sqlite_path(url: str) -> Path | None:

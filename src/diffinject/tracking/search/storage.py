@@ -9,7 +9,7 @@ import optuna
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
-from diffinject.errors import DiffinjectError
+from diffinject.errors import DiffinjectError, first_line
 from diffinject.tracking import store
 
 HEARTBEAT_INTERVAL_S = 60  # a running trial's heartbeat; one silent for GRACE_PERIOD_S is marked FAIL
@@ -37,5 +37,5 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
         # an unknown dialect, a missing driver, a server that refuses: SQLAlchemy's own multi-line error, in
         # one line and without the URL's password (the label hides it)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise DiffinjectError(f"{storage_label(url)}: cannot open the Optuna storage ({reason.replace(url, storage_label(url))})") from exc

@@ -48,7 +48,7 @@ class StudyTracker:
     def start_trial(self, number: int, values: dict[str, float], worker: int) -> str:
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags={
             runs.PARENT_RUN_ID: self.run_id, "optuna.study": self.study_name, "optuna.trial": str(number),
-            "diffinject.worker": str(worker),
+            "diffinject.worker": str(worker), **runs.owner_tags(),
         })
         runs.log_batched(self.client, run.info.run_id, params=[Param(k, runs.param_value(v)) for k, v in values.items()])
         return run.info.run_id
