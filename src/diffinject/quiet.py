@@ -9,8 +9,9 @@ import os
 import sys
 import warnings
 
-# Seconds between progress lines in a log file; a terminal keeps tqdm's live bar.
-LOG_INTERVAL_S = 30.0
+# Seconds between progress lines in a log file (DIFFINJECT_LOG_INTERVAL_S sets another); a terminal
+# keeps tqdm's live bar.
+LOG_INTERVAL_S = float(os.environ.get("DIFFINJECT_LOG_INTERVAL_S", 30.0))
 
 # Lightning's rank-zero logger: the module records under its own name, or under pytorch_lightning's
 # when that standalone package is imported too (optuna-integration does), so both are filtered.

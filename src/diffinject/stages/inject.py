@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 from diffinject.config import StageParams, load_params, slice_of
 from diffinject.data.manifest import INFO_NAME, MANIFEST_NAME, read_manifest
 from diffinject.data.tensors import ImageTensors, load_images, load_split, num_classes_of
-from diffinject.devices import inference_device
+from diffinject.devices import barrier, inference_device, rank_and_world
 from diffinject.diffusion.injection import collect_manifest, generate_pool, make_pairs
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, load_inverted
@@ -139,12 +138,13 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     work = work_dir(root, cfg, seed, precision, label_from)
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world = rank_and_world()
     with sampler, autocast(precision, device):  # leaving the sampler removes its hook from the UNet
         features = content_features(unet, contents, cfg.sites(), cfg.batch_size)
         generate_pool(sampler, contents, features, styles, pairs, label_from, cfg.batch_size, seed, work,
                       rank=rank, world_size=world, on_batch=on_batch)
     seconds = time.perf_counter() - start
+    barrier()  # rank 0 collects every rank's batches: wait for the slowest
     if rank != 0:
         return {}
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
