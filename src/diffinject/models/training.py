@@ -23,13 +23,13 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.strategies import StrategyRegistry
+from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import nn
 
 from diffinject.config import check_at_least
 from diffinject.data.tensors import ImageDataModule, ImageTensors, make_loader
-from diffinject.devices import skip_failing_nvml_probe
+from diffinject.devices import inference_device, skip_failing_nvml_probe
 from diffinject.errors import DiffinjectError, first_line
 from diffinject.models.classifier import SELECT_MODES, ClassifierModule, EpochSelector, LogLineProgress, TrainProgressBar
 from diffinject.models.losses import DEFAULT_GCE_Q
@@ -235,7 +235,9 @@ def _trainer(cfg: TrainerConfig, max_epochs: int, callbacks: list[lightning.Call
     return lightning.Trainer(
         accelerator=cfg.accelerator,
         devices=1 if inference else cfg.devices,
-        strategy="auto" if inference else cfg.strategy,
+        # inference: one device in this process, even under torchrun (Lightning would otherwise read
+        # WORLD_SIZE from the environment and wait for the other ranks to join a DDP group)
+        strategy=SingleDeviceStrategy(inference_device(cfg.accelerator)) if inference else cfg.strategy,
         num_nodes=1 if inference else cfg.num_nodes,
         precision=cfg.precision if precision is None else precision,
         deterministic=cfg.deterministic,
