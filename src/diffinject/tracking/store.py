@@ -82,8 +82,11 @@ def optuna_storage_url(storage: str | None, root: Path | None = None) -> str:
 
 def redacted(url: str) -> str:
     """`url` with the password of its user part replaced by ***: what may be printed or logged."""
-    parsed = urlparse(url)
-    if parsed.password is None:
+    try:
+        parsed = urlparse(url)
+        if parsed.password is None:
+            return url
+    except ValueError:  # not a URL at all (e.g. an unclosed "[" where a host would be): nothing to hide
         return url
     host = parsed.netloc.rsplit("@", 1)[1]
     return parsed._replace(netloc=f"{parsed.username}:***@{host}").geturl()
