@@ -50,6 +50,13 @@ def test_inference_device_on_simulated_hosts(host, cuda, mps, accelerator, expec
     assert devices.inference_device(accelerator) == torch.device(expected)
 
 
+def test_each_torchrun_rank_takes_its_own_gpu(host, monkeypatch):
+    host(cuda=True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert devices.inference_device("auto") == torch.device("cuda", 1)  # not every rank on GPU 0
+
+
 @pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
 def test_asking_for_cuda_without_it_names_the_key(host, accelerator):
     host(cuda=False, mps=True)  # not even another accelerator stands in for a requested GPU

@@ -21,8 +21,10 @@ def inference_device(accelerator: str) -> torch.device:
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise DiffinjectError(f"params 'trainer.accelerator': {accelerator!r} asked for, but no CUDA device is visible")
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        if "LOCAL_RANK" not in os.environ:
+            return torch.device("cuda")
         # one GPU per process under torchrun / Lightning's launcher (LOCAL_RANK), not all on GPU 0
-        return torch.device("cuda", local_rank() % torch.cuda.device_count())
+        return torch.device("cuda", local_rank() % max(1, torch.cuda.device_count()))
     if accelerator in ("auto", "mps") and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
