@@ -83,11 +83,15 @@ class Interrupt(Exception):
     pass
 
 
-def test_training_resumes_from_last_checkpoint(tmp_path, prepared_mnist, monkeypatch, capsys):
+def test_training_resumed_mid_epoch_ends_with_the_uninterrupted_weights(tmp_path, prepared_mnist, monkeypatch, capsys):
+    """Killed at step 6, resumed from the step-4 checkpoint (mid-epoch: an epoch is 25 batches here):
+    the same batches, noise, optimizer and EMA follow, so the weights equal an uninterrupted run's."""
     from diffinject.diffusion.training import DiffusionModule
 
-    root = _root(tmp_path, prepared_mnist)
     params = _params(train_steps=8, checkpoint_every=4)
+    whole = _root(tmp_path / "whole", prepared_mnist)
+    train_diffusion.run(params, root=whole)
+    root = _root(tmp_path / "killed", prepared_mnist)
     original = DiffusionModule.on_train_batch_end
 
     def die_at_step_6(self, outputs, batch, batch_idx):
@@ -109,6 +113,8 @@ def test_training_resumes_from_last_checkpoint(tmp_path, prepared_mnist, monkeyp
     assert steps == [5, 6, 7, 8]  # continued after the step-4 checkpoint, not from zero
     assert (root / "models" / "diffusion" / "unet" / "config.json").is_file()
     assert not list((root / "models" / ".diffusion-resume").glob("*/last.ckpt"))
+    for name in ("unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"):
+        assert (root / "models/diffusion" / name).read_bytes() == (whole / "models/diffusion" / name).read_bytes(), name
 
 
 @pytest.mark.parametrize(("shape", "found"), [((3, 32, 32), "3x28x28 images"), ((1, 28, 28), "3x28x28 images")])

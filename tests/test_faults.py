@@ -5,7 +5,9 @@ RUNNING in MLflow by the killed process is marked FAILED by the next one."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,20 +97,101 @@ def test_classifier_killed_mid_training_reruns_to_identical_weights(stage, out, 
     assert hashes(whole / out) == hashes(killed / out)
 
 
-def test_train_diffusion_killed_resumes_from_its_checkpoint(prepared_mnist, tmp_path):
+def test_train_diffusion_killed_resumes_to_the_uninterrupted_weights(prepared_mnist, tmp_path):
+    """Killed after its step-10 checkpoint; the re-run resumes there (mid-epoch) and ends with the
+    weights, grid and metrics of a run never killed (timings aside)."""
     params = {"seed": 0, "trainer": TRAINER, "diffusion": {
         "block_out_channels": [8, 16], "norm_num_groups": 4, "train_steps": 40, "checkpoint_every": 10,
         "batch_size": 16, "warmup_steps": 4, "sample_grid": 4, "sample_steps": 4},
         "injection": {"n_inv_step": 4, "n_gen_step": 4}}
-    root = make_root(tmp_path, prepared_mnist)
+    whole = make_root(tmp_path, prepared_mnist, "whole")
+    run_stage(whole, "train_diffusion", params)
+    root = make_root(tmp_path, prepared_mnist, "killed")
     kill_when(root, "train_diffusion", params, lambda _: bool(list((root / "models").glob(".diffusion-resume/*/last.ckpt"))))
     assert not (root / "models" / "diffusion").exists()
     out = run_stage(root, "train_diffusion", params).stdout
     assert "resuming from" in out
-    from diffinject.diffusion.model import load_diffusion
-    unet, _ = load_diffusion(root / "models" / "diffusion", image_shape=(3, 28, 28))
-    assert list(unet.config.block_out_channels) == [8, 16]
+    assert hashes(root / "models" / "diffusion") == hashes(whole / "models" / "diffusion")
+    assert hashes(root / "metrics" / "plots") == hashes(whole / "metrics" / "plots")
+    untimed = [{k: v for k, v in json.loads((r / "metrics" / "diffusion.json").read_text()).items() if k != "train_seconds"}
+               for r in (whole, root)]
+    assert untimed[0] == untimed[1]
     assert not list((root / "models").glob(".diffusion-resume/*/last.ckpt"))
+
+
+@pytest.fixture(scope="module")
+def spine(tmp_path_factory) -> Path:
+    """A repository after the reduced spine of test_determinism (prepare ... evaluate): read-only, copied."""
+    from tests.test_determinism import run_pipeline
+
+    root = tmp_path_factory.mktemp("spine") / "repo"
+    run_pipeline(root)
+    return root
+
+
+def copy_of(spine: Path, dest: Path) -> Path:
+    shutil.copytree(spine, dest, symlinks=True)
+    return dest
+
+
+def spine_params(**sections) -> dict:
+    from tests.test_determinism import REDUCED
+
+    return {**REDUCED, **{k: {**REDUCED.get(k, {}), **v} for k, v in sections.items()}}
+
+
+def test_invert_killed_mid_styles_reruns_to_identical_inversions(spine, tmp_path):
+    """40 inversion steps (not the spine's 4), so the kill lands inside the style batches."""
+    params = spine_params(injection={"n_inv_step": 40})
+    whole = copy_of(spine, tmp_path / "whole")
+    run_stage(whole, "invert", params)
+    killed = copy_of(spine, tmp_path / "killed")
+    before = hashes(killed / "data" / "inversions")
+    kill_when(killed, "invert", params, lambda log: "invert: style batches" in log)
+    assert hashes(killed / "data" / "inversions") == before  # the last run's inversions, untouched
+    run_stage(killed, "invert", params)
+    assert hashes(killed / "data" / "inversions") == hashes(whole / "data" / "inversions")
+    assert hashes(whole / "data" / "inversions") != before  # 40 steps, not the spine's 4: a real re-run
+
+
+def _mlflow_db(root: Path) -> Path:
+    return root / "mlruns" / "mlflow.db"
+
+
+def _running_runs(root: Path) -> int:
+    import sqlite3
+
+    if not _mlflow_db(root).is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{_mlflow_db(root)}?mode=ro", uri=True, timeout=0.1) as db:
+            return db.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0]
+    except sqlite3.OperationalError:  # no schema yet, or locked by the writer this instant
+        return 0
+
+
+def test_register_killed_inside_its_mlflow_run_reruns_to_the_same_registration(spine, tmp_path):
+    """Killed as soon as its MLflow run exists (before the model is logged and registered); the re-run
+    marks that run FAILED and registers what an uninterrupted run does: version 1, champion."""
+    from mlflow.tracking import MlflowClient
+
+    params = spine_params(registry={"candidates": None})
+    lock = {"schema": "2.0", "stages": {"prepare": {"outs": [{"path": "data/prepared", "md5": f"{1:032x}.dir"}]}}}
+    whole, killed = (copy_of(spine, tmp_path / name) for name in ("whole", "killed"))
+    for root in (whole, killed):  # what `dvc repro` leaves: register logs its hashes
+        (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    run_stage(whole, "register", params)
+    kill_when(killed, "register", params, lambda _: _running_runs(killed) > 0)
+    assert not (killed / "metrics" / "register.json").exists()
+    client = MlflowClient(f"sqlite:///{_mlflow_db(killed)}")
+    assert not client.search_model_versions()  # the kill came before the registration
+    run_stage(killed, "register", params)
+    decisions = [json.loads((r / "metrics" / "register.json").read_text()) for r in (whole, killed)]
+    for d in decisions:
+        d.pop("run_id")
+    assert decisions[0] == decisions[1] and decisions[0]["version"] == 1 and decisions[0]["alias"] == "champion"
+    statuses = [r.info.status for r in client.search_runs([e.experiment_id for e in client.search_experiments()])]
+    assert "RUNNING" not in statuses and "FAILED" in statuses
 
 
 def test_a_run_left_running_by_a_killed_process_is_marked_failed(tmp_path):

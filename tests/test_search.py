@@ -93,7 +93,7 @@ def test_trials_are_recorded_and_the_best_is_written(store_root, tmp_path):
     assert {p.name for p in (root / "metrics" / "plots" / "search").iterdir()} == {
         "history.png", "intermediate_values.png", "importances.png"}
     for trial in study.trials:  # every sampled value inside its range, lr on its log range
-        lo, hi = p["search"].get("h_gamma", [0.1, 0.9])
+        lo, hi = p["search"].get("h_gamma", search.SearchConfig().h_gamma)
         assert lo <= trial.params["injection.h_gamma"] <= hi and 1e-4 <= trial.params["debiased.lr"] <= 1e-2
     children = trial_runs("s-basic")
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [0, 1, 2, 3, 4]
@@ -292,7 +292,7 @@ def test_two_processes_on_one_sqlite_study_record_every_trial_once(tmp_path, mon
     assert study.user_attrs[search.WORKERS_ATTR] == 2
     joined = [o.split(", worker ")[1][0] for o in outputs]  # each process's join index (the order is a race)
     assert sorted(joined) == ["0", "1"]
-    # the two workers drew different random values (seeds 0 and 1)
+    # the two workers drew different random values (trial n is seeded 0 + n)
     assert len({t.params["injection.h_gamma"] for t in study.trials}) == 2 * k
     children = trial_runs("s-two", MlflowClient(store.tracking_uri(tmp_path)))
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(2 * k))
@@ -306,6 +306,64 @@ def test_two_processes_on_one_sqlite_study_record_every_trial_once(tmp_path, mon
     for a, b in zip(*seen):
         assert a["running"] == b["running"] == sorted([a["trial"], b["trial"]]), seen
 
+
+
+def killable_worker(root: str, markers: str) -> None:
+    """Entry point of the kill test's search process: each trial marks that it started, then takes a
+    moment (the kill lands inside it) before the fake pipeline's deterministic metrics."""
+
+    def marked_pipeline(params: dict, root: Path, curve: search.ValidationCurve) -> None:
+        (Path(markers) / f"trial-{curve.trial.number}-{os.getpid()}").write_text("")
+        time.sleep(0.5)
+        fake_pipeline(params, root, curve)
+
+    search.run_search(params("s-kill", n_trials=5, sampler="tpe"), Path(root), setup(marked_pipeline))
+
+
+def _search_process(store: Path, markers: Path) -> subprocess.Popen:
+    env = dict(os.environ, DVC_ROOT=str(store), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    root = repo_root(store / "repo") if not (store / "repo").exists() else store / "repo"
+    markers.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", f"from tests.test_search import killable_worker; killable_worker({str(root)!r}, {str(markers)!r})"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _study_record(store_dir: Path) -> tuple[list, dict, str]:
+    study = load("s-kill", store_dir)
+    trials = [(t.number, t.state, t.params, t.value) for t in study.trials]
+    summary = json.loads((store_dir / "repo" / "metrics" / "search.json").read_text())
+    summary.pop("worker"), summary.pop("storage")  # its index and seconds; the store's path
+    return trials, summary, (store_dir / "repo" / "params.best.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_trial_resumes_to_the_uninterrupted_study(tmp_path):
+    """SIGKILL inside trial 2 of 5; the same command again takes over the killed worker, re-runs trial
+    2 (same number, same params), runs 3 and 4 with the values an uninterrupted run draws, and ends with
+    its study, search.json and params.best.yaml; the killed trial's MLflow run is marked FAILED."""
+    whole = _search_process(tmp_path / "whole", tmp_path / "whole-markers")
+    out = whole.communicate(timeout=300)[0]
+    assert whole.returncode == 0, out
+    killed_markers = tmp_path / "killed-markers"
+    proc = _search_process(tmp_path / "killed", killed_markers)
+    deadline = time.monotonic() + 300
+    while not list(killed_markers.glob("trial-2-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.02)
+    proc.kill()
+    proc.communicate()
+    rerun = _search_process(tmp_path / "killed", killed_markers)
+    out = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, out
+    assert "worker 0, resuming a killed worker: 2 finished, trial(s) [2] cut short and run again" in out
+    assert sorted(p.name.rsplit("-", 1)[0] for p in killed_markers.iterdir()) == \
+        ["trial-0", "trial-1", "trial-2", "trial-2", "trial-3", "trial-4"]
+    assert _study_record(tmp_path / "killed") == _study_record(tmp_path / "whole")
+    children = trial_runs("s-kill", MlflowClient(store.tracking_uri(tmp_path / "killed")))
+    states = sorted((int(r.data.tags["optuna.trial"]), r.info.status) for r in children)
+    assert states == [(0, "FINISHED"), (1, "FINISHED"), (2, "FAILED"), (2, "FINISHED"), (3, "FINISHED"), (4, "FINISHED")]
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler
 from torch import nn
+from tqdm import tqdm
 
 from diffinject.data.tensors import ImageTensors
 from diffinject.diffusion.inversion_store import InvertedSet
@@ -36,7 +37,8 @@ def invert_rows(unet: nn.Module, scheduler: DDPMScheduler, data: ImageTensors, r
     independent of its batch); keep_path keeps x_t at every grid timestep (contents). `proxy`: a label
     per row of `data` stored beside each inversion (the biased model's prediction)."""
     x_Ts, paths, timesteps = [], [], None
-    for start in range(0, len(rows), batch_size):
+    kind = "content" if keep_path else "style"
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"invert: {kind} batches", unit="batch"):
         chunk = torch.as_tensor(rows[start:start + batch_size])
         inv = ddim_invert(unet, scheduler, to_model_range(data.images[chunk]).to(device), n_steps, keep_h=False,
                           keep_path=keep_path)

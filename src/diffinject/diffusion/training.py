@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from diffinject.data.resumable import resumable_loader
 from diffinject.data.tensors import ImageTensors, make_loader
 from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet, to_model_range
-from diffinject.errors import DiffinjectError
+from diffinject.errors import DiffinjectError, first_line
 from diffinject.models.training import TrainerConfig, build_trainer
 
 
@@ -50,7 +52,10 @@ class DiffusionModule(lightning.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # here, not in on_train_batch_end: Lightning saves a step's checkpoint before the module's
+        # on_train_batch_end runs, which would leave the EMA of a resumed run one update behind
         self.ema.step(self.unet.parameters())
 
     def configure_optimizers(self):
@@ -67,14 +72,32 @@ class DiffusionModule(lightning.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ema"] = self.ema.state_dict()
+        # the noise and timesteps of the steps to come: a resumed run draws what the killed one would have
+        checkpoint["rng"] = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.ema.load_state_dict(checkpoint["ema"])
+        rng = checkpoint.get("rng", {})
+        if "cpu" in rng:
+            torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"], self.device if self.device.type == "cuda" else None)
 
     def ema_unet(self) -> UNet2DModel:
         """The UNet with the EMA weights copied in (the training weights are lost: call at the end)."""
         self.ema.copy_to(self.unet.parameters())
         return self.unet
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimizer steps a Lightning checkpoint was taken after (loaded weights-only: no code runs)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except Exception as exc:  # truncated, garbage, another kind of file: say which and what to do
+        raise DiffinjectError(f"{path}: not a resumable training checkpoint ({first_line(exc)}); "
+                              "delete it to train from the start") from exc
 
 
 @dataclass
@@ -96,15 +119,24 @@ def train_ddpm(cfg: DiffusionConfig, trainer_cfg: TrainerConfig, train_set: Imag
     unet, scheduler = build_unet(cfg, h, c), build_scheduler(cfg)
     module = DiffusionModule(unet, scheduler, cfg.lr, cfg.warmup_steps, cfg.train_steps, cfg.ema_decay)
     last = ckpt_dir / "last.ckpt"
-    if last.is_file():
-        print(f"train_diffusion: resuming from {last}")
+    start_step = checkpoint_step(last) if last.is_file() else 0
     checkpoints = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=0)
     # A run by steps, no validation: the stage measures reconstruction on valid images afterwards.
     trainer = build_trainer(trainer_cfg, max_epochs=-1, callbacks=[checkpoints], precision=precision,
                             max_steps=cfg.train_steps, limit_val_batches=0)
+    if trainer.world_size == 1:
+        loader = resumable_loader(train_set, cfg.batch_size, seed, start_batch=start_step)
+    else:
+        # Lightning gives each rank its share through a DistributedSampler, which knows no batch to
+        # start from: a resumed DDP run continues the weights, optimizer and step count, not the order
+        loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed)
+    if start_step:
+        print(f"train_diffusion: resuming from {last} (step {start_step} of {cfg.train_steps})")
     start = time.perf_counter()
-    trainer.fit(module, make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed),
-                ckpt_path=str(last) if last.is_file() else None)
+    with warnings.catch_warnings():
+        # the loader above starts where the checkpoint stopped: Lightning cannot tell, and warns
+        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+        trainer.fit(module, loader, ckpt_path=str(last) if start_step else None, weights_only=True)
     seconds = time.perf_counter() - start
     if trainer.global_step < cfg.train_steps:
         raise DiffinjectError(f"train_diffusion stopped at step {trainer.global_step} of {cfg.train_steps}")

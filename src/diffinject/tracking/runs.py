@@ -27,7 +27,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import mlflow
 import yaml
@@ -242,14 +242,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def owner_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the process `tags` (owner_tags) name ran on this host, is not this one and no longer
+    exists. Another host's process cannot be asked: it is never called gone."""
+    pid = str(tags.get(OWNER_PID, ""))
+    return (tags.get(OWNER_HOST) == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid()
+            and not _alive(int(pid)))
+
+
 def mark_stale_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     """Mark FAILED the runs left RUNNING by a process of this host that no longer exists (a SIGKILL, a
     power cut): without it they stay RUNNING in the UI for ever. Other hosts' runs are theirs to sweep."""
     host = socket.gethostname()
     stale = []
     for run in client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{host}'"):
-        pid = run.data.tags.get(OWNER_PID, "")
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if owner_gone(run.data.tags):
+            pid = run.data.tags[OWNER_PID]
             client.set_tag(run.info.run_id, "diffinject.failure", f"process {pid} on {host} ended without closing the run")
             client.set_terminated(run.info.run_id, status="FAILED")
             stale.append(run.info.run_id)

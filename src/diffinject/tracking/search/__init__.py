@@ -5,9 +5,12 @@ sampler, trials and seed in `search.*`), optimising the validation metric `regis
 - Storage: `search.storage` / `--storage`, else `sqlite:///<main repo>/mlruns/optuna.db` (SQLite waits
   `SQLITE_TIMEOUT_S` on a locked file, so workers on one machine can share it); any RDB URL
   (PostgreSQL) for workers on several machines. `load_if_exists`, so every worker started with the same
-  `search.study_name` joins one study; a worker's sampler seed is the search seed plus its join index
-  (`diffinject.workers` study attribute), so two workers do not draw the same random start-up trials.
-  Heartbeats mark the trials of a killed worker as failed.
+  `search.study_name` joins one study. Trial n samples with the search seed plus n, so two workers
+  never draw the same random start-up trials and the values do not depend on which worker drew them.
+- Resuming: a worker whose process vanished before it ended (SIGKILL, a power cut, an error) is taken
+  over by the next worker started on its host: its trial cut short goes back to WAITING and runs again
+  (same number, same params), then it runs the rest of its `n_trials`, so the study ends as it would
+  have. Heartbeats mark FAIL a trial whose worker on another host has been silent for GRACE_PERIOD_S.
 - Each trial runs the injected `pipeline(params, root, curve)` in its own folder
   `mlruns/search/<study>/trial-<n>/` (inputs linked from the repository, outputs private), reads
   `registry.metric` from the folder's metrics, and is an MLflow child run of the study's run
@@ -25,7 +28,7 @@ One module per role, in the order a worker uses them:
 config     `search.*` (SearchConfig) and its checks
 space      the searched keys (SPACE), sampling them, the trial's params (overlay)
 storage    opening the Optuna RDB storage, its loggable label
-study      joining the study: metric check, worker index, per-worker sampler seed; the pruner from pruning
+study      joining the study: metric check, worker index (or a killed worker's), per-trial sampler seed
 pruning    the validation curve reported epoch by epoch, the Lightning callback that stops a rejected trial
 tracker    the study's MLflow run and its child run per trial
 objective  one trial: folder, linked inputs, pipeline, metric, failure handling (TrialSetup, TRIAL_FAILURES)

@@ -18,6 +18,7 @@ from diffinject.tracking.runs import MissingMetricError
 from diffinject.tracking.search.config import SearchConfig
 from diffinject.tracking.search.pruning import ValidationCurve
 from diffinject.tracking.search.space import overlay, suggest
+from diffinject.tracking.search.study import WORKER_ATTR
 from diffinject.tracking.search.tracker import StudyTracker
 
 TRIALS_DIR = "search"  # mlruns/search/<study>/trial-<n>/
@@ -61,6 +62,7 @@ def make_objective(params: dict[str, Any], root: Path, setup: TrialSetup, cfg: S
     """The function `study.optimize` calls for each of this worker's trials."""
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, worker)  # a killed worker's re-run finds its trials by it
         values = suggest(trial, cfg)
         trial_root = trials_dir / f"trial-{trial.number}"
         shutil.rmtree(trial_root, ignore_errors=True)  # a stale folder of an earlier study with this name

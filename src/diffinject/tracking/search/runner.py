@@ -13,7 +13,7 @@ from diffinject.tracking.registry import RegistryConfig
 from diffinject.tracking.search.config import SECTION, SearchConfig
 from diffinject.tracking.search.objective import TRIALS_DIR, TrialFailed, TrialSetup, make_objective
 from diffinject.tracking.search.storage import storage_label
-from diffinject.tracking.search.study import join_study
+from diffinject.tracking.search.study import end_worker, join_study
 from diffinject.tracking.search.summary import summarise
 from diffinject.tracking.search.tracker import StudyTracker
 
@@ -38,13 +38,19 @@ def run_search(params: dict[str, Any], root: Path, setup: TrialSetup, *, n_trial
     url = store.optuna_storage_url(cfg.storage, root)
     label = storage_label(url)
     study, worker = join_study(cfg, url, reg, seed, root)
+    # a killed worker's re-run goes on where it stopped (its trial cut short first), to n_trials in all
+    left = max(0, cfg.n_trials - worker.finished)
     tracker = StudyTracker(runs.setup_experiment(reg.experiment, root), cfg.study_name, label, root)
     tracker.describe(cfg, reg)
     trials_dir = store.store_dir(root) / TRIALS_DIR / cfg.study_name
-    print(f"search: study {cfg.study_name!r} on {label}, worker {worker} (sampler {cfg.sampler}, seed {seed + worker}), "
-          f"{cfg.n_trials} trial(s), objective {reg.metric} ({reg.direction})")
-    objective = make_objective(params, root, setup, cfg, reg, tracker, trials_dir, worker)
+    resumed = (f", resuming a killed worker: {worker.finished} finished, trial(s) {worker.requeued} cut short and run again"
+               if worker.finished or worker.requeued else "")
+    print(f"search: study {cfg.study_name!r} on {label}, worker {worker.index}{resumed} (sampler {cfg.sampler}, "
+          f"trial n seeded {seed} + n), {left} trial(s), objective {reg.metric} ({reg.direction})")
+    objective = make_objective(params, root, setup, cfg, reg, tracker, trials_dir, worker.index)
     start = time.perf_counter()
-    study.optimize(objective, n_trials=cfg.n_trials, catch=(TrialFailed,))
+    if left:
+        study.optimize(objective, n_trials=left, catch=(TrialFailed,))
     seconds = time.perf_counter() - start
-    return summarise(study, params, root, cfg, reg, tracker, label, worker, seconds)
+    end_worker(study, worker)
+    return summarise(study, params, root, cfg, reg, tracker, label, worker.index, seconds)
