@@ -79,3 +79,15 @@ def test_the_cli_sets_the_interval_before_anything_imports_tqdm():
     code = "import sys, diffinject.cli; print('tqdm' in sys.modules, 'lightning' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_the_last_line_of_an_epoch_run_names_the_last_epoch_not_the_next(capsys):
+    """Lightning has counted one epoch past max_epochs when training ends; the last line says 3/3."""
+    from types import SimpleNamespace
+
+    from diffinject.models import classifier
+
+    trainer = SimpleNamespace(is_global_zero=True, max_epochs=3, max_steps=-1, current_epoch=3, global_step=30,
+                              progress_bar_metrics={})
+    classifier.LogLineProgress(interval_s=30).on_train_end(trainer, None)
+    assert capsys.readouterr().err.splitlines() == ["  epoch 3/3, step 30"]

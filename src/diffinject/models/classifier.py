@@ -244,7 +244,10 @@ class LogLineProgress(lightning.Callback):
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         steps = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
         metrics = " ".join(f"{k} {float(v):.4g}" for k, v in sorted(trainer.progress_bar_metrics.items()))
-        return f"  epoch {trainer.current_epoch + 1}{epochs}, step {trainer.global_step}{steps} {metrics}".rstrip()
+        epoch = trainer.current_epoch + 1
+        if epochs:  # at the end Lightning has already counted the epoch after the last one
+            epoch = min(epoch, trainer.max_epochs)
+        return f"  epoch {epoch}{epochs}, step {trainer.global_step}{steps} {metrics}".rstrip()
 
     def on_train_batch_end(self, trainer: lightning.Trainer, *_: Any) -> None:
         if trainer.is_global_zero and time.monotonic() - self._last >= self.interval_s:
