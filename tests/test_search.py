@@ -331,7 +331,8 @@ def _search_process(store: Path, markers: Path) -> subprocess.Popen:
 
 
 def _study_record(store_dir: Path) -> tuple[list, dict, str]:
-    study = load("s-kill", store_dir)
+    # that store's files by path: this module's own store may be in DVC_ROOT / MLFLOW_TRACKING_URI
+    study = optuna.load_study(study_name="s-kill", storage=f"sqlite:///{store_dir / store.STORE_DIR / store.OPTUNA_DB}")
     trials = [(t.number, t.state, t.params, t.value) for t in study.trials]
     summary = json.loads((store_dir / "repo" / "metrics" / "search.json").read_text())
     summary.pop("worker"), summary.pop("storage")  # its index and seconds; the store's path
@@ -361,7 +362,7 @@ def test_a_search_killed_mid_trial_resumes_to_the_uninterrupted_study(tmp_path):
     assert sorted(p.name.rsplit("-", 1)[0] for p in killed_markers.iterdir()) == \
         ["trial-0", "trial-1", "trial-2", "trial-2", "trial-3", "trial-4"]
     assert _study_record(tmp_path / "killed") == _study_record(tmp_path / "whole")
-    children = trial_runs("s-kill", MlflowClient(store.tracking_uri(tmp_path / "killed")))
+    children = trial_runs("s-kill", MlflowClient(f"sqlite:///{tmp_path / 'killed' / store.STORE_DIR / store.MLFLOW_DB}"))
     states = sorted((int(r.data.tags["optuna.trial"]), r.info.status) for r in children)
     assert states == [(0, "FINISHED"), (1, "FINISHED"), (2, "FAILED"), (2, "FINISHED"), (3, "FINISHED"), (4, "FINISHED")]
 
