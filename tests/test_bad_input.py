@@ -121,6 +121,14 @@ class RunsCode:
         return (os.system, ("touch PWNED",))
 
 
+def pickled_bin_instead(rel: str) -> Callable[[Path], None]:
+    """diffusers falls back to diffusion_pytorch_model.bin (a pickle) when no safetensors file is there."""
+    def damage(root: Path) -> None:
+        (root / rel).unlink()
+        (root / rel).with_suffix(".bin").write_bytes(pickle.dumps(RunsCode()))
+    return damage
+
+
 def pool_rows(**change) -> Callable[[Path], None]:
     def damage(root: Path) -> None:
         path = root / "data" / "synthetic" / "manifest.parquet"
@@ -182,6 +190,7 @@ CASES = [
     ("diffusion weights truncated", "invert", {}, truncate(UNET_WEIGHTS), "models/diffusion"),
     ("diffusion weights garbage", "inject", {}, write(UNET_WEIGHTS, b"\xff" * 300), "models/diffusion"),
     ("diffusion weights missing", "invert", {}, remove(UNET_WEIGHTS), "models/diffusion"),
+    ("diffusion .bin weights run code", "invert", {}, pickled_bin_instead(UNET_WEIGHTS), "models/diffusion"),
     ("scheduler config garbage", "invert", {}, write("models/diffusion/scheduler/scheduler_config.json", b"[1, 2"), "models/diffusion"),
     ("pretrained folder garbage", "train_diffusion", {"diffusion": {"pretrained": "weights"}},
      write("weights/config.json", b"\x00\x01"), "weights"),
@@ -218,7 +227,7 @@ def _params(overrides: dict) -> dict:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_changes_nothing(case, full_repo, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_line_and_changes_nothing(case, full_repo, tmp_path, monkeypatch, capsys, recwarn):
     _, stage, overrides, damage, expected = case
     root = tmp_path / "repo"
     shutil.copytree(full_repo, root, symlinks=True)
@@ -240,6 +249,7 @@ def test_bad_input_is_one_line_and_changes_nothing(case, full_repo, tmp_path, mo
     assert "Traceback" not in "\n".join(err)
     assert "s3cret" not in "\n".join(err)
     assert not (root / "PWNED").exists()
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)], "a refused pickle printed torch's warning"
     assert snapshot(root) == before, "the failed stage changed the working folder"
     if os.environ.get("BAD_INPUT_TABLE"):  # the closing note's table: case | stage | the line a user sees
         with open(os.environ["BAD_INPUT_TABLE"], "a") as fh:

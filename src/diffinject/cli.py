@@ -7,7 +7,7 @@ import importlib
 import sys
 
 from diffinject.errors import DiffinjectError
-from diffinject.quiet import throttle_progress_in_logs
+from diffinject.quiet import hide_refused_pickle_warnings, throttle_progress_in_logs
 
 # stage name -> (module under diffinject.stages, one-line help). Each module has `main(params_path)`.
 STAGES: dict[str, tuple[str, str]] = {
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     throttle_progress_in_logs()
+    hide_refused_pickle_warnings()
     module = importlib.import_module(f"diffinject.stages.{STAGES[args.stage][0]}")
     try:
         module.main(args.params, **{k: v for k, v in vars(args).items() if k not in ("stage", "params")})

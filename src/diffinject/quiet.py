@@ -38,6 +38,13 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
+def hide_refused_pickle_warnings() -> None:
+    """torch's weights-only unpickler warns, in several lines, about the protocol of a pickle it is
+    about to refuse (a classifier .pt, a diffusers .bin); the one-line error that follows says all a
+    user needs. A filter of the CLI's, not of the loaders, so the stages' DVC deps stay as they are."""
+    warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+
+
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
