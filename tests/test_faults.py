@@ -170,28 +170,76 @@ def _running_runs(root: Path) -> int:
         return 0
 
 
-def test_register_killed_inside_its_mlflow_run_reruns_to_the_same_registration(spine, tmp_path):
-    """Killed as soon as its MLflow run exists (before the model is logged and registered); the re-run
-    marks that run FAILED and registers what an uninterrupted run does: version 1, champion."""
-    from mlflow.tracking import MlflowClient
-
+def _register_twice(spine: Path, tmp_path: Path) -> tuple[dict, Path, Path]:
+    """(params, a copy where register ran uninterrupted, a copy to kill it in)."""
     params = spine_params(registry={"candidates": None})
     lock = {"schema": "2.0", "stages": {"prepare": {"outs": [{"path": "data/prepared", "md5": f"{1:032x}.dir"}]}}}
     whole, killed = (copy_of(spine, tmp_path / name) for name in ("whole", "killed"))
     for root in (whole, killed):  # what `dvc repro` leaves: register logs its hashes
         (root / "dvc.lock").write_text(yaml.safe_dump(lock))
     run_stage(whole, "register", params)
+    return params, whole, killed
+
+
+def _same_registration(whole: Path, killed: Path) -> dict:
+    """Both metrics/register.json agree (run ids aside) on version 1, champion; the killed one's."""
+    decisions = [json.loads((r / "metrics" / "register.json").read_text()) for r in (whole, killed)]
+    run_id = decisions[1]["run_id"]
+    for d in decisions:
+        d.pop("run_id")
+    assert decisions[0] == decisions[1] and decisions[0]["version"] == 1 and decisions[0]["alias"] == "champion"
+    return dict(decisions[1], run_id=run_id)
+
+
+def _no_run_left_running(client) -> None:
+    statuses = [r.info.status for r in client.search_runs([e.experiment_id for e in client.search_experiments()])]
+    assert "RUNNING" not in statuses and "FAILED" in statuses
+
+
+def test_register_killed_inside_its_mlflow_run_reruns_to_the_same_registration(spine, tmp_path):
+    """Killed as soon as its MLflow run exists (before the model is logged and registered); the re-run
+    marks that run FAILED and registers what an uninterrupted run does: version 1, champion."""
+    from mlflow.tracking import MlflowClient
+
+    params, whole, killed = _register_twice(spine, tmp_path)
     kill_when(killed, "register", params, lambda _: _running_runs(killed) > 0)
     assert not (killed / "metrics" / "register.json").exists()
     client = MlflowClient(f"sqlite:///{_mlflow_db(killed)}")
     assert not client.search_model_versions()  # the kill came before the registration
     run_stage(killed, "register", params)
-    decisions = [json.loads((r / "metrics" / "register.json").read_text()) for r in (whole, killed)]
-    for d in decisions:
-        d.pop("run_id")
-    assert decisions[0] == decisions[1] and decisions[0]["version"] == 1 and decisions[0]["alias"] == "champion"
-    statuses = [r.info.status for r in client.search_runs([e.experiment_id for e in client.search_experiments()])]
-    assert "RUNNING" not in statuses and "FAILED" in statuses
+    _same_registration(whole, killed)
+    _no_run_left_running(client)
+
+
+# register, SIGKILLed the moment it would set the new version's alias
+KILLED_AT_THE_ALIAS = ("import os, signal, sys\n"
+                       "from mlflow.tracking import MlflowClient\n"
+                       "MlflowClient.set_registered_model_alias = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+                       "from diffinject import cli\n"
+                       "sys.exit(cli.main(['register']))\n")
+
+
+def test_register_killed_between_the_version_and_its_alias_finishes_that_version(spine, tmp_path):
+    """The one step of register no file rename can make atomic: the version exists, its alias not yet.
+    The re-run gives that version its alias instead of registering the same files again, so the registry
+    ends as an uninterrupted run leaves it: one version, the champion."""
+    from mlflow.tracking import MlflowClient
+
+    params, whole, killed = _register_twice(spine, tmp_path)
+    (killed / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([sys.executable, "-c", KILLED_AT_THE_ALIAS], cwd=killed, env=stage_env(killed),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    client = MlflowClient(f"sqlite:///{_mlflow_db(killed)}")
+    (left,) = client.search_model_versions()
+    assert not client.get_registered_model(left.name).aliases  # killed in the gap
+    rerun = run_stage(killed, "register", params)
+    assert "finishing it instead of registering them again" in rerun.stdout
+    decision = _same_registration(whole, killed)
+    (version,) = client.search_model_versions()
+    assert client.get_registered_model(version.name).aliases == {"champion": 1}
+    assert version.tags["diffinject.finished_by_run"] == decision["run_id"]
+    _no_run_left_running(client)
 
 
 def test_a_run_left_running_by_a_killed_process_is_marked_failed(tmp_path):

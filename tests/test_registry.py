@@ -209,3 +209,51 @@ def test_a_missing_metric_fails_before_anything_is_logged(store_root, prepared_m
     with pytest.raises(runs.MissingMetricError, match="'debiased.valid.acc' not found"):
         register.run(params("m-missing"), root)
     assert MlflowClient().search_registered_models("name = 'm-missing'") == []
+
+
+class AliasStepFailed(RuntimeError):
+    """Stands in for a process dying between registering a version and setting its alias."""
+
+
+def fail_at_the_alias(monkeypatch) -> None:
+    def fail(*args, **kwargs):
+        raise AliasStepFailed("gone before the alias")
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail)
+
+
+def test_a_version_its_run_left_without_an_alias_is_finished_not_registered_again(store_root, prepared_mnist, tmp_path,
+                                                                                  monkeypatch, capsys):
+    name = "m-cut-short"
+    root = make_pipeline_root(tmp_path / "run", prepared_mnist, valid_acc=0.6)
+    with monkeypatch.context() as mp:
+        fail_at_the_alias(mp)
+        with pytest.raises(AliasStepFailed):
+            register.run(params(name), root)
+    client = MlflowClient()
+    (left,) = client.search_model_versions(f"name = '{name}'")
+    assert client.get_run(left.run_id).info.status == "FAILED" and not client.get_registered_model(name).aliases
+    result = register.run(params(name), root)
+    assert "finishing it instead of registering them again" in capsys.readouterr().out
+    assert (result["version"], result["alias"], result["previous_champion"]) == (1, "champion", None)
+    (version,) = client.search_model_versions(f"name = '{name}'")
+    assert version.tags[registry.TAG_FINISHED_BY] == result["run_id"] != left.run_id
+    assert version.tags[registry.TAG_PROMOTION] == "no champion yet; debiased.valid.acc=0.6000"
+    assert int(client.get_model_version_by_alias(name, registry.CHAMPION).version) == 1
+    assert registry.promote(client, name, 1) == 1  # no challenger alias anywhere: not an error
+
+
+def test_a_cut_short_version_of_other_files_is_left_and_a_new_one_registered(store_root, prepared_mnist, tmp_path,
+                                                                             monkeypatch):
+    """Retrained between the kill and the re-run: the left version holds other files, so it is not
+    the one to finish; a version that has an alias, or whose run finished, never is."""
+    name = "m-cut-short-other"
+    with monkeypatch.context() as mp:
+        fail_at_the_alias(mp)
+        with pytest.raises(AliasStepFailed):
+            register.run(params(name), make_pipeline_root(tmp_path / "a", prepared_mnist, 0.6, seed=1))
+    result = register.run(params(name), make_pipeline_root(tmp_path / "b", prepared_mnist, 0.6, seed=2))
+    assert (result["version"], result["alias"]) == (2, "champion")
+    client = MlflowClient()
+    files = client.get_model_version(name, "2").tags[registry.TAG_FILES]
+    assert registry.cut_short_version(client, name, files) is None  # version 2 has the alias
+    assert registry.cut_short_version(client, name, client.get_model_version(name, "1").tags[registry.TAG_FILES]) is None

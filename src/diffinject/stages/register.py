@@ -23,8 +23,8 @@ from diffinject.models.checkpoint import load_classifier
 from diffinject.models.classifier import to_unit_float
 from diffinject.stages.paths import METRICS, PREPARED, missing_model_hint, model_dir
 from diffinject.tracking import runs, store
-from diffinject.tracking.registry import (SECTION, SELECTION_SPLIT, RegistryConfig, best_candidate, log_classifier,
-                                         register)
+from diffinject.tracking.registry import (SECTION, SELECTION_SPLIT, TAG_FILES, RegistryConfig, best_candidate,
+                                         cut_short_version, log_classifier, model_files_sha256, register)
 
 # Validation images logged as the model's input example (and so its signature).
 EXAMPLE_IMAGES = 4
@@ -47,11 +47,14 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     net, _, _ = load_classifier(model_dir(root, model), num_classes=num_classes_of(manifest),
                                 image_shape=valid.shape, missing_hint=missing_model_hint(model))
     example = to_unit_float(valid.images[:EXAMPLE_IMAGES]).numpy()  # (B, C, H, W) float32 in [0, 1]
-    with runs.pipeline_run(root, params, cfg.experiment) as parent:
-        info = log_classifier(net, example, cfg.serialization_format)
+    files_sha256 = model_files_sha256(model_dir(root, model))
+    with runs.pipeline_run(root, params, cfg.experiment) as parent:  # marks a killed register's run FAILED
+        client = MlflowClient()
         with store.store_lock(root):  # compare with the champion and move the alias as one step
-            decision = register(MlflowClient(), info.model_uri, parent.info.run_id, value, cfg,
-                                tags={"run_name": parent.info.run_name, "diffinject.model": model}, metric=metric)
+            cut_short = cut_short_version(client, cfg.model_name, files_sha256)
+            model_uri = None if cut_short else log_classifier(net, example, cfg.serialization_format).model_uri
+            decision = register(client, model_uri, parent.info.run_id, value, cfg, metric=metric, cut_short=cut_short,
+                                tags={"run_name": parent.info.run_name, "diffinject.model": model, TAG_FILES: files_sha256})
     result = dict(decision.as_dict(), model=model, candidates=values)
     write_json(metrics_dir / "register.json", result)
     return result

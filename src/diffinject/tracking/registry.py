@@ -6,12 +6,17 @@ Each version carries its metric as tags (`diffinject.metric`, `diffinject.metric
 comparison does not depend on the run still existing; a champion registered under another metric is
 compared through its run's metrics, and if it has none the new version is not promoted (promote it by
 hand with `python -m diffinject promote VERSION`).
+
+Registering a version and setting its alias are two calls: a run killed between them leaves a version
+without an alias, which the next run with the same model files finishes (`cut_short_version`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import mlflow
@@ -34,6 +39,9 @@ CHALLENGER = "challenger"
 TAG_METRIC = "diffinject.metric"
 TAG_VALUE = "diffinject.metric_value"
 TAG_PROMOTION = "diffinject.promotion"  # why the version got its alias
+# sha256 of the registered models/<model>/ files: how a re-run recognises the version a killed run left
+TAG_FILES = "diffinject.model_sha256"
+TAG_FINISHED_BY = "diffinject.finished_by_run"  # the run that gave a cut-short version its alias
 # The split model selection reads: never the test split.
 SELECTION_SPLIT = "valid"
 MODEL_ARTIFACT = "model"
@@ -144,13 +152,21 @@ def _not_found(exc: MlflowException) -> bool:
     return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
 
 
-def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+def aliases_of(client: MlflowClient, name: str) -> dict[str, int] | None:
+    """alias -> version of registered model `name`; None when there is no such model."""
     try:
-        return client.get_model_version_by_alias(name, alias)
+        return {alias: int(version) for alias, version in client.get_registered_model(name).aliases.items()}
     except MlflowException as exc:
         if _not_found(exc):
             return None
         raise
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """None when there is no such model or no such alias. (An alias missing from a model that exists is
+    INVALID_PARAMETER_VALUE to MLflow's SQL store, not RESOURCE_DOES_NOT_EXIST: hence the alias map.)"""
+    aliases = aliases_of(client, name) or {}
+    return client.get_model_version(name, str(aliases[alias])) if alias in aliases else None
 
 
 def recorded_value(client: MlflowClient, version: ModelVersion, metric: str) -> float | None:
@@ -167,6 +183,35 @@ def recorded_value(client: MlflowClient, version: ModelVersion, metric: str) -> 
             value = None
         return value
     return None
+
+
+def model_files_sha256(folder: Path) -> str:
+    """One sha256 over the files of a models/<model>/ folder (model.pt, model.json), names included."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def cut_short_version(client: MlflowClient, name: str, files_sha256: str) -> ModelVersion | None:
+    """The newest version of `name` when a killed `register` left it behind: it holds these very model
+    files (TAG_FILES), no alias points at it, and its run is FAILED (the stale-run check at this run's
+    start marks a killed one so). Giving it its alias, instead of registering the same files again,
+    leaves the registry as an uninterrupted run would."""
+    aliases = aliases_of(client, name)
+    versions = client.search_model_versions(f"name = '{name}'") if aliases is not None else []
+    if not versions:
+        return None
+    newest = max(versions, key=lambda v: int(v.version))
+    if int(newest.version) in aliases.values() or newest.tags.get(TAG_FILES) != files_sha256 or not newest.run_id:
+        return None
+    try:
+        status = client.get_run(newest.run_id).info.status
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise
+    return newest if status == "FAILED" else None
 
 
 @dataclass
@@ -206,17 +251,28 @@ def decide(value: float, champion: ModelVersion | None, champion_value: float | 
                    f"{champion_value:.4f} ({cfg.direction})")
 
 
-def register(client: MlflowClient, model_uri: str, run_id: str, value: float, cfg: RegistryConfig,
-             tags: dict[str, str] | None = None, metric: str | None = None) -> Decision:
+def register(client: MlflowClient, model_uri: str | None, run_id: str, value: float, cfg: RegistryConfig,
+             tags: dict[str, str] | None = None, metric: str | None = None,
+             cut_short: ModelVersion | None = None) -> Decision:
     """Register `model_uri` as a new version of `cfg.model_name` and give it `champion` when it beats the
     current champion on the measure of `metric` (default `cfg.metric`; the champion may be another
-    candidate), else `challenger`. Prints the decision and its reason."""
+    candidate), else `challenger`. With `cut_short` (see cut_short_version) that version is finished
+    instead: tagged and given its alias, nothing registered. Prints the decision and its reason."""
     metric = metric or cfg.metric
     champion = version_by_alias(client, cfg.model_name, CHAMPION)
     champion_value = recorded_value(client, champion, metric) if champion is not None else None
     promoted, reason = decide(value, champion, champion_value, cfg, metric)
     version_tags = {TAG_METRIC: metric, TAG_VALUE: repr(float(value)), TAG_PROMOTION: reason, **(tags or {})}
-    mv = mlflow.register_model(model_uri, cfg.model_name, tags=version_tags)
+    if cut_short is None:
+        if model_uri is None:
+            raise ValueError("register: a model_uri is needed unless a cut-short version is finished")
+        mv = mlflow.register_model(model_uri, cfg.model_name, tags=version_tags)
+    else:
+        mv = cut_short
+        for key, tag in {**version_tags, TAG_FINISHED_BY: run_id}.items():
+            client.set_model_version_tag(cfg.model_name, mv.version, key, tag)
+        print(f"register: {cfg.model_name} version {mv.version} holds these model files but its run {mv.run_id} "
+              "was killed before the alias was set; finishing it instead of registering them again")
     alias = CHAMPION if promoted else CHALLENGER
     client.set_registered_model_alias(cfg.model_name, alias, mv.version)
     verdict = "promoted to champion" if promoted else "not promoted, alias challenger"
