@@ -2,11 +2,12 @@
 
 For each seed s, `prepare` writes a fresh data/prepared with seed s (so the split, the colours and
 which samples conflict change with the seed) into a temporary root, and prepare_palette, train_biased,
-mine, vanilla, lff, upsample, ae_debias, train_debiased, debiased_lff and evaluate run there with
+mine, vanilla, lff, disent, lc, upsample, ae_debias, train_debiased, debiased_lff, debiased_disent,
+debiased_lc and evaluate run there with
 `seed: s` — the stages' own `run()` functions, at the params of params.yaml plus any
-`--set section.key=value` overrides. Two variants are trained besides the defaults, each under its own
-name: train_debiased with the other `debiased.loss` (debiased_gce or debiased_ce) and debiased_lff with
-the other `debiased_lff.biased_sees` (debiased_lff_all or debiased_lff_original). Without `--diffusion`
+`--set section.key=value` overrides. Four variants are trained besides the defaults, each under its own
+name: train_debiased with the other `debiased.loss` (debiased_gce or debiased_ce) and debiased_lff,
+debiased_disent and debiased_lc with the other `biased_sees` (e.g. debiased_lff_all). Without `--diffusion`
 the diffusion stages do not run: no pool, so the DiffInject-based rows are left out.
 
 With `--diffusion DIR` (a trained models/diffusion/ folder, e.g. the pipeline's), `probe`, `invert`,
@@ -42,23 +43,29 @@ from pathlib import Path
 import yaml
 
 from diffinject.config import load_params
-from diffinject.stages import (ae_debias, debiased_lff, evaluate, inject, invert, lff, mine, prepare, prepare_palette,
-                               probe, train_biased, train_debiased, train_judge, upsample, vanilla)
+from diffinject.stages import (ae_debias, debiased_disent, debiased_lc, debiased_lff, disent, evaluate, inject, invert, lc,
+                               lff, mine, prepare, prepare_palette, probe, train_biased, train_debiased, train_judge,
+                               upsample, vanilla)
 from diffinject.stages.paths import MODELS as MODELS_DIR
 from diffinject.stages.paths import PREPARED
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFIERS = (("prepare_palette", prepare_palette), ("train_biased", train_biased), ("mine", mine),
-               ("vanilla", vanilla), ("lff", lff), ("upsample", upsample), ("ae_debias", ae_debias))
+               ("vanilla", vanilla), ("lff", lff), ("disent", disent), ("lc", lc), ("upsample", upsample),
+               ("ae_debias", ae_debias))
 INJECTION = (("probe", probe), ("invert", invert), ("train_judge", train_judge), ("inject", inject))
-WITH_POOL = (("train_debiased", train_debiased), ("debiased_lff", debiased_lff))
+WITH_POOL = (("train_debiased", train_debiased), ("debiased_lff", debiased_lff), ("debiased_disent", debiased_disent),
+             ("debiased_lc", debiased_lc))
 POOL = "data/synthetic/manifest.parquet"
-BASELINES = ("vanilla", "biased", "lff", "upsample", "ae_debias")
+BASELINES = ("vanilla", "biased", "lff", "disent", "lc", "upsample", "ae_debias")
+POOL_MODELS = ("debiased", "debiased_lff", "debiased_disent", "debiased_lc")
 EXPERIMENT = "seeds"
 # The DiffInject-based rows and how each is trained: (stage, model folder it writes, params key, the
 # default value read from params and the other value trained as a variant).
 VARIANT_KEYS = {"debiased": (train_debiased, "debiased", "loss", ("ce", "gce")),
-                "debiased_lff": (debiased_lff, "debiased_lff", "biased_sees", ("original", "all"))}
+                "debiased_lff": (debiased_lff, "debiased_lff", "biased_sees", ("original", "all")),
+                "debiased_disent": (debiased_disent, "debiased_disent", "biased_sees", ("original", "all")),
+                "debiased_lc": (debiased_lc, "debiased_lc", "biased_sees", ("original", "all"))}
 
 
 def variants(params: dict) -> dict[str, tuple]:
@@ -72,10 +79,10 @@ def variants(params: dict) -> dict[str, tuple]:
     return out
 
 
-def model_names(params: dict, with_pool: bool) -> list[str]:
+def model_names(params: dict, with_pool: bool, with_variants: bool = True) -> list[str]:
     if not with_pool:
         return list(BASELINES)
-    return [*BASELINES, "debiased", "debiased_lff", *variants(params)]
+    return [*BASELINES, *POOL_MODELS, *(variants(params) if with_variants else ())]
 
 
 def run_variant(params: dict, root: Path, name: str, stage, folder: str, override: dict) -> dict:
@@ -108,7 +115,7 @@ def apply_overrides(params: dict, overrides: list[str]) -> dict:
 
 
 def run_seed(params: dict, seed: int, root: Path, data_seed: int | None = None,
-             diffusion: Path | None = None) -> dict:
+             diffusion: Path | None = None, with_variants: bool = True) -> dict:
     """All stages for one seed in `root`; data from `data_seed` (None: `seed`), injection if `diffusion`."""
     params = dict(params, seed=seed)
     params.setdefault("trainer", {})["enable_progress_bar"] = False
@@ -127,12 +134,12 @@ def run_seed(params: dict, seed: int, root: Path, data_seed: int | None = None,
         start = time.perf_counter()
         out[name] = stage.run(params, root)
         seconds[name] = time.perf_counter() - start
-    if diffusion is not None:
+    if diffusion is not None and with_variants:
         for name, (stage, folder, override) in variants(params).items():
             start = time.perf_counter()
             out[name] = run_variant(params, root, name, stage, folder, override)
             seconds[name] = time.perf_counter() - start
-    models = model_names(params, diffusion is not None)
+    models = model_names(params, diffusion is not None, with_variants)
     start = time.perf_counter()
     out["evaluate"] = evaluate.run(apply_overrides(params, [f"evaluate.models={json.dumps(models)}"]), root)
     seconds["evaluate"] = time.perf_counter() - start
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-seed", type=int, help="with --diffusion: the split's seed (default: params' seed)")
     parser.add_argument("--plot", type=Path, help="write the bar chart of test accuracy per model here (PNG)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
+    parser.add_argument("--no-variants", action="store_true", help="train only the default of each DiffInject-based row")
     args = parser.parse_args(argv)
     pool = POOL if args.diffusion else "null"
     params = apply_overrides(load_params(args.params), [f"debiased.pool={pool}", *args.overrides])
@@ -172,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix=f"seeds-{seed}-") as tmp:
-            rows.append(run_seed(params, seed, Path(tmp), data_seed, args.diffusion))
+            rows.append(run_seed(params, seed, Path(tmp), data_seed, args.diffusion, not args.no_variants))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    models = model_names(params, args.diffusion is not None)
+    models = model_names(params, args.diffusion is not None, not args.no_variants)
     summary = summarise(rows, models)
     print_tables(rows, models, summary)
     result = {"overrides": args.overrides, "diffusion": str(args.diffusion) if args.diffusion else None,

@@ -20,13 +20,19 @@ def seeds_table():
 
 
 def test_variants_are_the_values_params_do_not_set(seeds_table):
-    gce = {"debiased": {"loss": "gce"}, "debiased_lff": {"biased_sees": "original"}}
+    gce = {"debiased": {"loss": "gce"}, "debiased_lff": {"biased_sees": "original"}, "debiased_disent": {"biased_sees": "all"},
+           "debiased_lc": {"biased_sees": "all"}}
     assert {k: v[2] for k, v in seeds_table.variants(gce).items()} == {
-        "debiased_ce": {"debiased.loss": "ce"}, "debiased_lff_all": {"debiased_lff.biased_sees": "all"}}
+        "debiased_ce": {"debiased.loss": "ce"}, "debiased_lff_all": {"debiased_lff.biased_sees": "all"},
+        "debiased_disent_original": {"debiased_disent.biased_sees": "original"},
+        "debiased_lc_original": {"debiased_lc.biased_sees": "original"}}
     ce = {"debiased": {"loss": "ce"}, "debiased_lff": {"biased_sees": "all"}}
-    assert set(seeds_table.variants(ce)) == {"debiased_gce", "debiased_lff_original"}
+    assert set(seeds_table.variants(ce)) == {"debiased_gce", "debiased_lff_original", "debiased_disent_all", "debiased_lc_all"}
     assert seeds_table.model_names(gce, with_pool=False) == list(seeds_table.BASELINES)
-    assert seeds_table.model_names(gce, with_pool=True)[-4:] == ["debiased", "debiased_lff", "debiased_ce", "debiased_lff_all"]
+    assert seeds_table.model_names(gce, with_pool=True)[-8:] == [
+        "debiased", "debiased_lff", "debiased_disent", "debiased_lc",
+        "debiased_ce", "debiased_lff_all", "debiased_disent_original", "debiased_lc_original"]
+    assert seeds_table.model_names(gce, with_pool=True, with_variants=False)[-2:] == ["debiased_disent", "debiased_lc"]
 
 
 def test_summary_is_mean_and_sample_std_over_seeds_and_the_chart_is_drawn(seeds_table, tmp_path):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import resource
 import sys
+import time
 
 from diffinject.errors import DiffinjectError
 from diffinject.quiet import hide_refused_pickle_warnings, throttle_progress_in_logs
@@ -17,9 +21,13 @@ STAGES: dict[str, tuple[str, str]] = {
     "mine": ("mine", "top mine.k highest-loss train samples per class under the biased model -> data/conflicts.csv"),
     "vanilla": ("vanilla", "baseline: plain cross-entropy classifier (vanilla.*) -> models/vanilla/"),
     "lff": ("lff", "baseline: Learning from Failure (lff.*) -> models/lff/"),
+    "disent": ("disent", "baseline: DisEnt, disentangled features + bias-feature swapping (disent.*) -> models/disent/"),
+    "lc": ("lc", "baseline: Logit Correction, logits corrected by the estimated group prior (lc.*) -> models/lc/"),
     "train_debiased": ("train_debiased", "train on the train split + a pool sample (debiased.*) -> models/debiased/"),
     "upsample": ("upsample", "control (JTT): the train split + copies of the mined conflicts (upsample.*) -> models/upsample/"),
     "debiased_lff": ("debiased_lff", "LfF on the train split + the synthetic pool (debiased_lff.*) -> models/debiased_lff/"),
+    "debiased_disent": ("debiased_disent", "DisEnt on the train split + the synthetic pool (debiased_disent.*) -> models/debiased_disent/"),
+    "debiased_lc": ("debiased_lc", "LC on the train split + the synthetic pool (debiased_lc.*) -> models/debiased_lc/"),
     "ae_debias": ("ae_debias", "baseline: an autoencoder in front of the frozen biased classifier (ae.*) -> models/ae_debias/"),
     "prepare_palette": ("prepare_palette", "valid/test images in every palette colour, for group metrics (palette.*) -> data/palette/"),
     "train_diffusion": ("train_diffusion", "train the DDPM on train images, or load diffusion.pretrained -> models/diffusion/"),
@@ -59,17 +67,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A file to which every stage appends one JSON line {stage, seconds, peak_rss_mib, exit}: what
+# `dvc repro` / `dvc exp run` cost per stage (scripts/stage_costs.py tabulates two such files).
+COST_LOG_ENV = "DIFFINJECT_COST_LOG"
+
+
+def peak_rss_mib() -> float:
+    """The largest resident set this process (or a child it waited for, e.g. a DataLoader worker) had,
+    in MiB (Linux reports ru_maxrss in KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
+
+
+def _log_cost(stage: str, seconds: float, code: int) -> None:
+    path = os.environ.get(COST_LOG_ENV)
+    if not path:
+        return
+    row = {"stage": stage, "seconds": round(seconds, 2), "peak_rss_mib": round(peak_rss_mib(), 1), "exit": code}
+    with open(path, "a") as fh:  # one short line per stage: an append is as good as atomic here
+        fh.write(json.dumps(row) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    start = time.perf_counter()
     throttle_progress_in_logs()
     hide_refused_pickle_warnings()
     module = importlib.import_module(f"diffinject.stages.{STAGES[args.stage][0]}")
+    code = 0
     try:
         module.main(args.params, **{k: v for k, v in vars(args).items() if k not in ("stage", "params")})
     except DiffinjectError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        code = 1
+    _log_cost(args.stage, time.perf_counter() - start, code)
+    return code
 
 
 if __name__ == "__main__":

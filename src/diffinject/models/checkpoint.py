@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from diffinject.errors import DiffinjectError
+from diffinject.models.disent_net import COMPOSITE as DISENT, build_disent
 from diffinject.models.networks import NetConfig, build_network, read_state_dict
 
 WEIGHTS_NAME = "model.pt"
@@ -68,7 +69,11 @@ def load_classifier(
         raise DiffinjectError(
             f"{model_dir}: checkpoint takes images of shape {tuple(cfg.image_shape)} (C, H, W), the data has {tuple(image_shape)}"
         )
-    net = build_network(cfg)
+    # a composite network (DisEnt's two encoders) says so in model.json; every other one is cfg's network
+    composite = meta.get("composite")
+    if composite not in (None, DISENT):
+        raise DiffinjectError(f"{model_dir / CONFIG_NAME}: composite {composite!r} is unknown (expected {DISENT!r} or none)")
+    net = build_disent(cfg) if composite == DISENT else build_network(cfg)
     state = read_state_dict(weights)
     try:
         net.load_state_dict(state)

@@ -67,6 +67,53 @@ class LossEMA(nn.Module):
         return self.value[index] / self.class_max()[targets]  # (B,)
 
 
+def gather_all(module: lightning.LightningModule, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` from every device, flattened, so each device's per-sample EMAs see every sample under DDP."""
+    if module.trainer.world_size == 1:
+        return tensor
+    return module.all_gather(tensor).flatten(0, 1)  # (world, B) -> (world·B,)
+
+
+class RelativeDifficulty(nn.Module):
+    """W(x) = ℓ̂_B(x) / (ℓ̂_B(x) + ℓ̂_D(x) + ε) from the class-normalised loss EMAs of a biased and a
+    debiased branch: LfF's re-weighting, and DisEnt's (its Eq. 1, the same formula)."""
+
+    def __init__(self, train_targets: torch.Tensor, num_classes: int, ema_alpha: float = DEFAULT_EMA_ALPHA):
+        super().__init__()
+        self.ema_b = LossEMA(train_targets, num_classes, ema_alpha)
+        self.ema_d = LossEMA(train_targets, num_classes, ema_alpha)
+
+    def forward(self, module: lightning.LightningModule, ce_b: torch.Tensor, ce_d: torch.Tensor,
+                index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Update both EMAs with this batch's CE (no gradient) and return W per sample, (B,)."""
+        all_index = gather_all(module, index)
+        self.ema_b.update(gather_all(module, ce_b), all_index)
+        self.ema_d.update(gather_all(module, ce_d), all_index)
+        loss_b = self.ema_b.normalised(index, targets)
+        loss_d = self.ema_d.normalised(index, targets)
+        return loss_b / (loss_b + loss_d + WEIGHT_EPS)
+
+
+class BiasedRows(nn.Module):
+    """The train rows a GCE-biased branch averages its loss over: all of them (LfF's own), or a mask
+    (`biased_rows`, (N,) bool: e.g. only the original rows of a train set mixed with a synthetic pool)."""
+
+    def __init__(self, n_rows: int, biased_rows: torch.Tensor | None = None):
+        super().__init__()
+        self.all_rows = biased_rows is None
+        rows = torch.ones(n_rows) if biased_rows is None else biased_rows.float()
+        if rows.shape != (n_rows,) or rows.sum() == 0:
+            raise ValueError(f"biased_rows: expected a ({n_rows},) mask with at least one row, got {tuple(rows.shape)}")
+        self.register_buffer("mask", rows)
+
+    def mean(self, loss: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Mean of the per-sample `loss` (B,) over the batch's rows in the mask (0 when it has none)."""
+        if self.all_rows:
+            return loss.mean()  # LfF's own: bit for bit what the lff stage trained before biased_rows existed
+        mask = self.mask[index]  # (B,)
+        return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 class LfFModule(ClassifierModule):
     """f_D (`self.net`, CE, re-weighted) and f_B (`self.net_b`, GCE) trained together by one Adam over
     both (the same as LfF's two Adams with equal settings: Adam's update is per parameter), on the sum of
@@ -77,38 +124,8 @@ class LfFModule(ClassifierModule):
                  weight_decay: float = 0.0, biased_rows: torch.Tensor | None = None):
         super().__init__(net, loss="ce", gce_q=gce_q, lr=lr, weight_decay=weight_decay)
         self.net_b = net_b
-        # (N,) 1.0 on the train rows f_B's GCE averages over (all rows unless told otherwise)
-        self.all_rows = biased_rows is None
-        rows = torch.ones(len(train_targets)) if biased_rows is None else biased_rows.float()
-        if rows.shape != train_targets.shape or rows.sum() == 0:
-            raise ValueError(f"biased_rows: expected a (N,) mask with at least one row, got {tuple(rows.shape)}")
-        self.register_buffer("biased_rows", rows)
-        self.ema_b = LossEMA(train_targets, num_classes, ema_alpha)
-        self.ema_d = LossEMA(train_targets, num_classes, ema_alpha)
-
-    def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The tensor from every device, flattened, so each device's EMA sees every sample under DDP."""
-        if self.trainer.world_size == 1:
-            return tensor
-        return self.all_gather(tensor).flatten(0, 1)  # (world, B) -> (world·B,)
-
-    def sample_weights(self, ce_b: torch.Tensor, ce_d: torch.Tensor, index: torch.Tensor,
-                       targets: torch.Tensor) -> torch.Tensor:
-        """Update both EMAs with this batch's CE and return W per sample, (B,)."""
-        all_index = self._gather(index)
-        self.ema_b.update(self._gather(ce_b), all_index)
-        self.ema_d.update(self._gather(ce_d), all_index)
-        loss_b = self.ema_b.normalised(index, targets)
-        loss_d = self.ema_d.normalised(index, targets)
-        return loss_b / (loss_b + loss_d + WEIGHT_EPS)
-
-    def biased_loss(self, logits_b: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """f_B's GCE averaged over the batch's rows in `biased_rows` (0 when the batch has none)."""
-        loss = gce_loss(logits_b, targets, self.gce_q)  # (B,)
-        if self.all_rows:
-            return loss.mean()  # LfF's own: bit for bit what the lff stage trained before biased_rows existed
-        mask = self.biased_rows[index]  # (B,)
-        return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+        self.rows = BiasedRows(len(train_targets), biased_rows)
+        self.difficulty = RelativeDifficulty(train_targets, num_classes, ema_alpha)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, targets, index = batch
@@ -117,8 +134,8 @@ class LfFModule(ClassifierModule):
         logits_d = self.net(x)
         ce_d = F.cross_entropy(logits_d, targets, reduction="none")
         ce_b = F.cross_entropy(logits_b.detach(), targets, reduction="none")
-        weight = self.sample_weights(ce_b, ce_d.detach(), index, targets)
-        loss_b = self.biased_loss(logits_b, targets, index)
+        weight = self.difficulty(self, ce_b, ce_d.detach(), index, targets)
+        loss_b = self.rows.mean(gce_loss(logits_b, targets, self.gce_q), index)
         loss_d = (ce_d * weight).mean()
         n = len(targets)
         self._accumulate("train", n, loss=loss_d.detach() * n, acc=n_correct(logits_d, targets),
@@ -145,15 +162,21 @@ class LfFConfig(OptimConfig):
 
 
 @dataclass
-class DebiasedLfFConfig(LfFConfig):
-    """`debiased_lff.*`: LfF on the original train split plus a draw from the synthetic pool."""
+class PoolKeys:
+    """The keys of every `debiased_<method>` section: a two-branch method (LfF, DisEnt, LC) on the
+    original train split plus a draw from the synthetic pool."""
 
     pool: str | None = SYNTHETIC_POOL  # as debiased.pool
     bias_conflict_ratio: float | None = None  # null: debiased.bias_conflict_ratio
-    # Which rows the biased (GCE) branch trains on: `original` keeps it as biased as LfF's own (the
-    # synthetic conflicts would teach it the class); `all` trains it on the mix. The re-weighting of the
-    # debiased branch covers every row either way.
+    # Which rows the biased (GCE) branch trains on: `original` keeps it as biased as the method's own (the
+    # synthetic conflicts would teach it the class); `all` trains it on the mix. The debiased branch
+    # trains on every row either way.
     biased_sees: Literal["original", "all"] = "original"
+
+
+@dataclass
+class DebiasedLfFConfig(LfFConfig, PoolKeys):
+    """`debiased_lff.*`: LfF on the original train split plus a draw from the synthetic pool."""
 
     def check(self, section: str) -> None:
         super().check(section)

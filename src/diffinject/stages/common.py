@@ -30,13 +30,15 @@ def training_metrics(result: FitResult, epochs: int, extra: dict[str, Any] | Non
 
 
 def write_training_outputs(root: Path, name: str, result: FitResult, cfg: Any, seed: int,
-                           extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                           extra: dict[str, Any] | None = None, model_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """models/<name>/ (model.pt + model.json), metrics/<name>.json and metrics/plots/train/<name>.csv
-    (one row per epoch). Only rank zero writes under DDP."""
+    (one row per epoch). `model_info` goes to model.json (DisEnt: `composite`). Only rank zero writes
+    under DDP."""
     metrics = training_metrics(result, cfg.epochs, extra)
     if not result.is_global_zero:
         return metrics
-    info = {"stage": name, "seed": seed, "params": dataclasses.asdict(cfg), "best_epoch": result.best_epoch}
+    info = {"stage": name, "seed": seed, "params": dataclasses.asdict(cfg), "best_epoch": result.best_epoch,
+            **(model_info or {})}
     with atomic_dir(model_dir(root, name)) as tmp:
         save_classifier(tmp, result.state, result.net_config, info)
     # CSV columns `train_loss`, `valid_acc`, ...: plain field names for DVC plots (x: epoch, y: valid_acc).
@@ -99,11 +101,12 @@ def classifier_params(name: str, config_class: type = TrainConfig) -> StageParam
 
 
 def classifier_stage(params: dict[str, Any], stage: StageParams, name: str, root: Path,
-                     train: Callable[..., FitResult] = train_classifier) -> dict[str, Any]:
-    """train_biased, vanilla (one network with the loss of params section `name`) and, with train_lff,
-    lff: train on the prepared train split, select on valid, write the outputs."""
+                     train: Callable[..., FitResult] = train_classifier,
+                     model_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """train_biased, vanilla (one network with the loss of params section `name`) and, with their train
+    functions, lff, disent and lc: train on the prepared train split, select on valid, write the outputs."""
     p = stage.load(params)
     cfg = getattr(p, name)
     data = load_training_data(root)
     result = train(data.train, data.valid, data.num_classes, cfg, p.trainer, p.seed, name)
-    return write_training_outputs(root, name, result, cfg, p.seed)
+    return write_training_outputs(root, name, result, cfg, p.seed, model_info=model_info)

@@ -16,22 +16,14 @@ from typing import Any
 
 from diffinject.config import load_params
 from diffinject.models.lff import DebiasedLfFConfig, train_lff
-from diffinject.stages.common import write_training_outputs
-from diffinject.stages.mixing import mixing_params, stage_inputs, with_pool
+from diffinject.stages.mixing import mixing_params, pool_stage
 
 SECTION = "debiased_lff"
 PARAMS = mixing_params(SECTION, DebiasedLfFConfig)
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    inputs = stage_inputs(params, PARAMS, SECTION, root)
-    mixed = with_pool(inputs.data.train, inputs.cfg.pool, root, inputs.data.num_classes, inputs.ratio, inputs.seed, SECTION)
-    biased_rows = mixed.is_original if inputs.cfg.biased_sees == "original" else None
-    result = train_lff(mixed.data, inputs.data.valid, inputs.data.num_classes, inputs.cfg, inputs.trainer, inputs.seed,
-                       SECTION, biased_rows)
-    extra = {"n_train": mixed.n_original, "n_pool": mixed.n_added, "bias_conflict_ratio": inputs.ratio,
-             "biased_rows": int(mixed.n_original if biased_rows is not None else len(mixed.data))}
-    return write_training_outputs(root, SECTION, result, inputs.cfg, inputs.seed, extra)
+    return pool_stage(params, PARAMS, SECTION, root, train_lff)
 
 
 def main(params_path: str = "params.yaml") -> None:

@@ -13,8 +13,9 @@ METRICS = Path("metrics")
 CURVES = METRICS / "plots" / "train"
 # Which stage writes models/<name>, for "run this first" messages; baselines first, the order of
 # evaluate.models' default.
-MODEL_STAGES = {"vanilla": "vanilla", "biased": "train_biased", "lff": "lff", "upsample": "upsample",
-                "ae_debias": "ae_debias", "debiased": "train_debiased", "debiased_lff": "debiased_lff"}
+MODEL_STAGES = {"vanilla": "vanilla", "biased": "train_biased", "lff": "lff", "disent": "disent", "lc": "lc",
+                "upsample": "upsample", "ae_debias": "ae_debias", "debiased": "train_debiased",
+                "debiased_lff": "debiased_lff", "debiased_disent": "debiased_disent", "debiased_lc": "debiased_lc"}
 
 
 def model_dir(root: Path, name: str) -> Path:

@@ -63,7 +63,7 @@ class RegistryConfig:
     serialization_format: Literal["pickle", "pt2"] = "pickle"
     # models/ folders compared on registry.metric's split and metric (e.g. valid.acc); the best one is
     # registered. null: only the model registry.metric names.
-    candidates: list[str] | None = field(default_factory=lambda: ["debiased", "debiased_lff"])  # the DiffInject-based models
+    candidates: list[str] | None = field(default_factory=lambda: ["debiased", "debiased_lff", "debiased_disent", "debiased_lc"])  # the DiffInject-based models
 
     def check(self) -> None:
         parts = self.metric.split(".")

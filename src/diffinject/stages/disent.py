@@ -1,0 +1,27 @@
+"""Stage `disent`, a baseline: DisEnt (Lee et al. 2021), an intrinsic and a bias encoder with
+relative-difficulty re-weighting and bias-feature swapping (params `disent.*`); the whole network
+(both encoders, the intrinsic classifier over both features) is saved.
+
+data/prepared (train, valid) -> models/disent/, metrics/disent.json, metrics/plots/train/disent.csv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from diffinject.config import load_params
+from diffinject.models.disent import DisEntConfig, train_disent
+from diffinject.models.disent_net import COMPOSITE
+from diffinject.stages.common import classifier_params, classifier_stage
+
+SECTION = "disent"
+PARAMS = classifier_params(SECTION, DisEntConfig)
+
+
+def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+    return classifier_stage(params, PARAMS, SECTION, root, train_disent, model_info={"composite": COMPOSITE})
+
+
+def main(params_path: str = "params.yaml") -> None:
+    run(load_params(params_path))
