@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from diffinject.data.manifest import read_manifest, write_manifest
 from diffinject.models.checkpoint import load_classifier
@@ -24,6 +23,7 @@ from diffinject.models.lc import GroupPrior, group_partners, lc_loss, mixup_stre
 from diffinject.models.lff import RelativeDifficulty
 from diffinject.models.networks import NetConfig
 from diffinject.stages import debiased_disent, debiased_lc, disent, evaluate, lc
+from tests.test_efficacy_rows import write_pool
 
 TINY = {
     "seed": 0,
@@ -146,23 +146,11 @@ def unlabelled_root(tmp_path: Path, prepared: Path, how: str) -> Path:
     return root
 
 
-def write_pool(root: Path, n: int = 6) -> str:
-    folder = root / "pool"
-    folder.mkdir()
-    for i in range(n):
-        img = np.zeros((28, 28, 3), dtype=np.uint8)
-        img[6:22, 12 + i % 3: 15 + i % 3] = (251, 80, 43)
-        Image.fromarray(img).save(folder / f"s{i}.png")
-    pd.DataFrame({"id": range(n), "path": [f"s{i}.png" for i in range(n)], "target": [i % 10 for i in range(n)]}).to_csv(
-        folder / "pool.csv", index=False)
-    return "pool/pool.csv"
-
-
 STAGES = {"disent": disent, "lc": lc, "debiased_disent": debiased_disent, "debiased_lc": debiased_lc}
 
 
 def run_stage(name: str, root: Path) -> dict[str, torch.Tensor]:
-    extra = {"pool": write_pool(root)} if name.startswith("debiased_") else {}
+    extra = {"pool": write_pool(root, 6)} if name.startswith("debiased_") else {}
     STAGES[name].run(params(**{name: extra}), root)
     return torch.load(root / "models" / name / "model.pt", weights_only=True)
 
@@ -197,6 +185,6 @@ def test_disent_and_lc_checkpoints_reload_and_are_evaluated(root):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage, sees, biased_rows", [(debiased_disent, "original", 4000), (debiased_lc, "all", 4200)])
 def test_pool_stages_train_their_biased_branch_on_the_rows_chosen(root, stage, sees, biased_rows):
-    pool = write_pool(root)
+    pool = write_pool(root, 6)
     out = stage.run(params(**{stage.SECTION: {"pool": pool, "biased_sees": sees}}), root)
     assert (out["n_train"], out["n_pool"], out["biased_rows"]) == (4000, 200, biased_rows)

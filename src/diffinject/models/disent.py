@@ -39,13 +39,12 @@ import torch.nn.functional as F
 
 from diffinject.config import check_at_least
 from diffinject.data.tensors import ImageTensors
-from diffinject.errors import DiffinjectError
 from diffinject.models.classifier import Batch, ClassifierModule, n_correct, to_unit_float
 from diffinject.models.disent_net import DisEntNet, build_disent
-from diffinject.models.lff import DEFAULT_EMA_ALPHA, BiasedRows, PoolKeys, RelativeDifficulty
+from diffinject.models.lff import DEFAULT_EMA_ALPHA, BiasedRows, LfFConfig, PoolKeys, RelativeDifficulty
 from diffinject.models.losses import DEFAULT_GCE_Q, gce_loss
 from diffinject.models.networks import NetConfig, load_imagenet_weights
-from diffinject.models.training import FitResult, OptimConfig, TrainerConfig, check_data, check_ratio, fit
+from diffinject.models.training import FitResult, TrainerConfig, check_data, fit
 
 
 def swap_bias_features(z_i: torch.Tensor, z_b: torch.Tensor, targets: torch.Tensor,
@@ -103,11 +102,10 @@ class DisEntModule(ClassifierModule):
 
 
 @dataclass
-class DisEntConfig(OptimConfig):
-    """`disent.*`: DisEnt (two encoders, relative-difficulty weights, bias-feature swapping)."""
+class DisEntConfig(LfFConfig):
+    """`disent.*`: DisEnt (two encoders, relative-difficulty weights, bias-feature swapping); GCE's q and
+    the EMA's α as LfF's, with LfF's checks."""
 
-    gce_q: float = DEFAULT_GCE_Q
-    ema_alpha: float = DEFAULT_EMA_ALPHA
     lambda_dis: float = 10.0  # λ_dis (official CMNIST: --lambda_dis_align 10)
     lambda_swap_b: float = 10.0  # λ_swap_b (--lambda_swap_align 10)
     lambda_swap: float = 1.0  # λ_swap (--lambda_swap 1)
@@ -116,20 +114,12 @@ class DisEntConfig(OptimConfig):
 
     def check(self, section: str) -> None:
         super().check(section)
-        if not 0 < self.gce_q <= 1:
-            raise DiffinjectError(f"params '{section}.gce_q': got {self.gce_q}, expected 0 < q <= 1")
-        if not 0 <= self.ema_alpha < 1:
-            raise DiffinjectError(f"params '{section}.ema_alpha': got {self.ema_alpha}, expected 0 <= alpha < 1")
         check_at_least(self, section, 0, "lambda_dis", "lambda_swap_b", "lambda_swap", "swap_after")
 
 
 @dataclass
-class DebiasedDisEntConfig(DisEntConfig, PoolKeys):
+class DebiasedDisEntConfig(PoolKeys, DisEntConfig):
     """`debiased_disent.*`: DisEnt on the original train split plus a draw from the synthetic pool."""
-
-    def check(self, section: str) -> None:
-        super().check(section)
-        check_ratio(self.bias_conflict_ratio, section)
 
 
 def train_disent(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: DisEntConfig,

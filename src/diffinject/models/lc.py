@@ -40,11 +40,10 @@ from torch import nn
 
 from diffinject.config import check_at_least
 from diffinject.data.tensors import ImageTensors
-from diffinject.errors import DiffinjectError
 from diffinject.models.classifier import Batch, ClassifierModule, n_correct, to_unit_float
-from diffinject.models.lff import BiasedRows, PoolKeys
+from diffinject.models.lff import BiasedRows, LfFConfig, PoolKeys
 from diffinject.models.losses import DEFAULT_GCE_Q, gce_loss
-from diffinject.models.training import FitResult, OptimConfig, TrainerConfig, build_net, check_data, check_ratio, fit
+from diffinject.models.training import FitResult, TrainerConfig, build_net, check_data, fit
 
 # The official `LogitCorrectionLoss`: log(prior^η + 1e-4), so an empty group costs a finite correction.
 PRIOR_FLOOR = 1e-4
@@ -162,10 +161,10 @@ class LCModule(ClassifierModule):
 
 
 @dataclass
-class LCConfig(OptimConfig):
-    """`lc.*`: Logit Correction (a GCE-biased branch estimates the bias; corrected logits + group MixUp)."""
+class LCConfig(LfFConfig):
+    """`lc.*`: Logit Correction (a GCE-biased branch estimates the bias; corrected logits + group MixUp);
+    GCE's q and the EMA's α checked as LfF's."""
 
-    gce_q: float = DEFAULT_GCE_Q
     ema_alpha: float = 0.995  # EMA of the group prior (official --ema_alpha default)
     tau: float = 1.0  # temperature of the biased branch's softmax (--tau)
     eta: float = 1.0  # exponent of the prior in the correction (LogitCorrectionLoss eta)
@@ -176,21 +175,13 @@ class LCConfig(OptimConfig):
 
     def check(self, section: str) -> None:
         super().check(section)
-        if not 0 < self.gce_q <= 1:
-            raise DiffinjectError(f"params '{section}.gce_q': got {self.gce_q}, expected 0 < q <= 1")
-        if not 0 <= self.ema_alpha < 1:
-            raise DiffinjectError(f"params '{section}.ema_alpha': got {self.ema_alpha}, expected 0 <= alpha < 1")
         check_at_least(self, section, 0, "tau", "biased_lr_ratio", strict=True)
         check_at_least(self, section, 0, "eta", "lambda_dis", "mixup_rampup_steps")
 
 
 @dataclass
-class DebiasedLCConfig(LCConfig, PoolKeys):
+class DebiasedLCConfig(PoolKeys, LCConfig):
     """`debiased_lc.*`: LC on the original train split plus a draw from the synthetic pool."""
-
-    def check(self, section: str) -> None:
-        super().check(section)
-        check_ratio(self.bias_conflict_ratio, section)
 
 
 def train_lc(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: LCConfig, trainer_cfg: TrainerConfig,

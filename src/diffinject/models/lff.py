@@ -163,8 +163,9 @@ class LfFConfig(OptimConfig):
 
 @dataclass
 class PoolKeys:
-    """The keys of every `debiased_<method>` section: a two-branch method (LfF, DisEnt, LC) on the
-    original train split plus a draw from the synthetic pool."""
+    """The keys every `debiased_<method>` section adds to its method's: a two-branch method (LfF, DisEnt,
+    LC) on the original train split plus a draw from the synthetic pool. A mixin, listed first
+    (`class DebiasedLfFConfig(PoolKeys, LfFConfig)`): its check runs the method's, then its own."""
 
     pool: str | None = SYNTHETIC_POOL  # as debiased.pool
     bias_conflict_ratio: float | None = None  # null: debiased.bias_conflict_ratio
@@ -173,14 +174,14 @@ class PoolKeys:
     # trains on every row either way.
     biased_sees: Literal["original", "all"] = "original"
 
+    def check(self, section: str) -> None:
+        super().check(section)  # type: ignore[misc]  # the method's config, next in the MRO
+        check_ratio(self.bias_conflict_ratio, section)
+
 
 @dataclass
-class DebiasedLfFConfig(LfFConfig, PoolKeys):
+class DebiasedLfFConfig(PoolKeys, LfFConfig):
     """`debiased_lff.*`: LfF on the original train split plus a draw from the synthetic pool."""
-
-    def check(self, section: str) -> None:
-        super().check(section)
-        check_ratio(self.bias_conflict_ratio, section)
 
 
 def train_lff(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: LfFConfig,
