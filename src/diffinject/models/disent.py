@@ -54,6 +54,13 @@ def swap_bias_features(z_i: torch.Tensor, z_b: torch.Tensor, targets: torch.Tens
     return z_i, z_b[perm], targets[perm]
 
 
+def head_logits(net: DisEntNet, z_i: torch.Tensor, z_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C_i, C_b) logits over [z_i, z_b]; each head's gradient reaches only its own encoder (the other
+    half of z is detached)."""
+    return (net.fc_i(torch.cat([z_i, z_b.detach()], dim=1)),
+            net.fc_b(torch.cat([z_i.detach(), z_b], dim=1)))
+
+
 class DisEntModule(ClassifierModule):
     """`self.net` is the whole DisEntNet (both encoders, both heads): what is selected and saved; its
     forward is C_i over both features, as DisEnt evaluates."""
@@ -74,9 +81,7 @@ class DisEntModule(ClassifierModule):
         images, targets, index = batch
         net: DisEntNet = self.net
         z_i, z_b = net.features(to_unit_float(images))  # (B, width) each
-        # each head's gradient reaches only its own encoder: the other half of z is detached
-        logits_i = net.fc_i(torch.cat([z_i, z_b.detach()], dim=1))
-        logits_b = net.fc_b(torch.cat([z_i.detach(), z_b], dim=1))
+        logits_i, logits_b = head_logits(net, z_i, z_b)
         ce_i = F.cross_entropy(logits_i, targets, reduction="none")
         ce_b = F.cross_entropy(logits_b.detach(), targets, reduction="none")
         weight = self.difficulty(self, ce_b, ce_i.detach(), index, targets)
@@ -87,8 +92,7 @@ class DisEntModule(ClassifierModule):
         if swapping:
             perm = torch.randperm(len(targets), device=targets.device)
             z_i_s, z_b_s, targets_s = swap_bias_features(z_i, z_b, targets, perm)
-            logits_swap_i = net.fc_i(torch.cat([z_i_s, z_b_s.detach()], dim=1))
-            logits_swap_b = net.fc_b(torch.cat([z_i_s.detach(), z_b_s], dim=1))
+            logits_swap_i, logits_swap_b = head_logits(net, z_i_s, z_b_s)
             loss_swap_i = (F.cross_entropy(logits_swap_i, targets, reduction="none") * weight).mean()
             # the bias side's rows follow the swapped z_b: a row counts if its bias features' image does
             loss_swap_b = self.rows.mean(gce_loss(logits_swap_b, targets_s, self.gce_q), index[perm])
