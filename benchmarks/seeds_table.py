@@ -155,6 +155,10 @@ def run_seed(params: dict, seed: int, root: Path, data_seed: int | None = None,
     if diffusion is not None:
         row["inject"] = {k: v for k, v in out["inject"].items() if isinstance(v, (int, float))}
         row["inject"]["label_from"] = out["inject"]["label_rule"]["label_from"]
+        if "pilot" in out["inject"]:  # injection.auto: the setting the pilot chose and its score
+            pilot = out["inject"]["pilot"]
+            row["inject"]["pilot_winner"] = pilot["winner"]
+            row["inject"]["pilot_score"] = max(c["score"] for c in pilot["candidates"])
     row["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     return row
 

@@ -30,10 +30,10 @@ BASE = {
     "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
     "biased": {"epochs": 1},
     "debiased": {"epochs": 1, "pool": "data/synthetic/manifest.parquet"},
-    "injection": {"label_from": "content", "n_inv_step": 4, "n_gen_step": 4, "batch_size": 8},
+    "injection": {"auto": False, "label_from": "content", "n_inv_step": 4, "n_gen_step": 4, "batch_size": 8},
     "evaluate": {"models": ["biased"]},
     "registry": {"candidates": ["biased"]},
-    "search": {"n_trials": 1},
+    "search": {"n_trials": 1, "model": "debiased"},
 }
 
 

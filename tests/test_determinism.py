@@ -18,7 +18,7 @@ import yaml
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
-STAGES = ("prepare", "train_biased", "mine", "train_diffusion", "invert", "inject", "train_debiased", "evaluate")
+STAGES = ("prepare", "train_biased", "mine", "lff", "train_diffusion", "invert", "inject", "train_debiased", "evaluate")
 REDUCED = {
     "seed": 0,
     "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
@@ -26,8 +26,12 @@ REDUCED = {
     "mine": {"k": 2},
     "diffusion": {"block_out_channels": [8, 16], "norm_num_groups": 4, "train_steps": 20, "checkpoint_every": 10,
                   "batch_size": 16, "warmup_steps": 2, "sample_grid": 4, "sample_steps": 4},
-    "injection": {"n_inv_step": 4, "n_gen_step": 4, "n_samples": 16, "n_samples_ratio": None, "batch_size": 8,
-                  "styles_per_class": 2, "label_from": "content"},
+    "lff": {"epochs": 1},
+    # the pilot on two candidates (its scores land in metrics/inject.json, so they must repeat too)
+    "injection": {"pilot_size": 8, "pilot_grid": ["operator=channel_stats,site=up0+up1,t_max=300,label_from=style",
+                                                  "operator=slerp,site=h,h_gamma=0.7,label_from=content"],
+                  "n_inv_step": 4, "n_gen_step": 4, "n_samples": 16, "n_samples_ratio": None, "batch_size": 8,
+                  "styles_per_class": 2},
     "debiased": {"epochs": 1},
     "evaluate": {"models": ["biased", "debiased"]},
 }

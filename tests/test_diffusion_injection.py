@@ -68,7 +68,7 @@ class Killed(Exception):
 def test_inject_resumes_to_identical_files(tiny_ddpm, prepared_mnist, tmp_path):
     unet, scheduler = tiny_ddpm
     params = {"seed": 3, "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-              "injection": {"n_gen_step": 6, "n_inv_step": 6, "n_samples": 20, "n_samples_ratio": None, "batch_size": 4,
+              "injection": {"auto": False, "n_gen_step": 6, "n_inv_step": 6, "n_samples": 20, "n_samples_ratio": None, "batch_size": 4,
                             "t_boost": 400, "label_from": "content"}}
     whole = _inject_root(tmp_path, prepared_mnist, unet, scheduler, "whole")
     inject.run(params, root=whole)
@@ -119,7 +119,7 @@ def test_probe_stage_then_inject_with_channel_stats_and_the_label_rule_it_decide
     root = _inject_root(tmp_path, prepared_mnist, unet, scheduler, "probed")
     params = {"seed": 0, "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
               "biased": {"epochs": 1}, "probe": {"n_images": 40},
-              "injection": {"n_gen_step": 6, "n_inv_step": 6, "n_samples": 12, "n_samples_ratio": None, "batch_size": 6, "t_boost": -1,
+              "injection": {"auto": False, "n_gen_step": 6, "n_inv_step": 6, "n_samples": 12, "n_samples_ratio": None, "batch_size": 6, "t_boost": -1,
                             "operator": "channel_stats", "site": "up0", "label_from": "auto"}}
     train_biased.run(params, root)
     report = probe.run(params, root)

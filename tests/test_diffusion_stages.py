@@ -26,7 +26,7 @@ def _root(tmp_path: Path, prepared: Path) -> Path:
 
 def _params(**diffusion) -> dict:
     return {"seed": 0, "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-            "diffusion": {**TINY, **diffusion}, "injection": {"n_inv_step": 4, "n_gen_step": 4}}
+            "diffusion": {**TINY, **diffusion}, "injection": {"auto": False, "n_inv_step": 4, "n_gen_step": 4}}
 
 
 def test_pretrained_unet_folder_is_loaded_not_trained(tmp_path, prepared_mnist):
@@ -138,7 +138,7 @@ def test_inject_refuses_a_window_beyond_the_schedule(tiny_ddpm, prepared_mnist, 
 
     root = inverted_repo(tmp_path / "repo", prepared_mnist, *tiny_ddpm, 6)
     params = {"trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-              "injection": {"n_gen_step": 6, "n_inv_step": 6, "n_samples": 4, "n_samples_ratio": None,
+              "injection": {"auto": False, "n_gen_step": 6, "n_inv_step": 6, "n_samples": 4, "n_samples_ratio": None,
                             "label_from": "content", "t_edit": 1000, "t_max": None}}
     with pytest.raises(DiffinjectError, match=r"params 'injection': the window t_edit 1000 .. t_max none holds none"):
         inject.run(params, root)

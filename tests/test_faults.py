@@ -64,7 +64,7 @@ def kill_when(root: Path, stage: str, params: dict, ready: Callable[[str], bool]
 
 
 INJECT = {"seed": 3, "trainer": TRAINER,
-          "injection": {"n_gen_step": 6, "n_inv_step": 6, "n_samples": 24, "n_samples_ratio": None, "batch_size": 4,
+          "injection": {"auto": False, "n_gen_step": 6, "n_inv_step": 6, "n_samples": 24, "n_samples_ratio": None, "batch_size": 4,
                         "label_from": "content"}}
 
 
@@ -103,7 +103,7 @@ def test_train_diffusion_killed_resumes_to_the_uninterrupted_weights(prepared_mn
     params = {"seed": 0, "trainer": TRAINER, "diffusion": {
         "block_out_channels": [8, 16], "norm_num_groups": 4, "train_steps": 40, "checkpoint_every": 10,
         "batch_size": 16, "warmup_steps": 4, "sample_grid": 4, "sample_steps": 4},
-        "injection": {"n_inv_step": 4, "n_gen_step": 4}}
+        "injection": {"auto": False, "n_inv_step": 4, "n_gen_step": 4}}
     whole = make_root(tmp_path, prepared_mnist, "whole")
     run_stage(whole, "train_diffusion", params)
     root = make_root(tmp_path, prepared_mnist, "killed")

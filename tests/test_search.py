@@ -376,7 +376,7 @@ def test_one_real_trial_injects_trains_and_evaluates_on_valid_only(tiny_ddpm, pr
     n_steps = 6
     root = inverted_repo(tmp_path / "repo", prepared_mnist, *tiny_ddpm, n_steps)
     p = {"seed": 0, "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-         "injection": {"n_inv_step": n_steps, "n_gen_step": n_steps, "n_samples": 20, "n_samples_ratio": None, "batch_size": 10,
+         "injection": {"auto": False, "n_inv_step": n_steps, "n_gen_step": n_steps, "n_samples": 20, "n_samples_ratio": None, "batch_size": 10,
                        "label_from": "content"},
          "debiased": {"epochs": 2, "pool": None}, "evaluate": {"models": ["vanilla", "debiased"]}, "registry": {"candidates": None},
          "search": {"study_name": "real", "n_trials": 1, "pruner": "none"}}
@@ -444,3 +444,29 @@ def test_an_unusable_storage_url_is_one_line_without_its_password(url, expected)
     with pytest.raises(DiffinjectError, match=expected) as caught:
         open_storage(url)
     assert "s3cret" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_search_optimises_the_registered_candidate_from_the_pilots_choice(tmp_path):
+    """The objective is the registry candidate with the best valid metric in metrics/eval.json (the model
+    `register` would register), trials train that model, and the first trial is the pilot's choice."""
+    from diffinject.stages import search as search_stage
+
+    root = tmp_path / "repo"
+    (root / "metrics").mkdir(parents=True)
+    (root / "metrics" / "eval.json").write_text(json.dumps({
+        "debiased": {"valid": {"acc": 0.70}}, "debiased_lff": {"valid": {"acc": 0.79}, "test": {"acc": 0.99}},
+        "debiased_lc": {"valid": {"acc": 0.78}}, "lff": {"valid": {"acc": 0.95}}}))  # lff is no candidate
+    rows = [{"name": n, "operator": "channel_stats", "site": s, "t_edit": 0, "t_max": t, "h_gamma": g, "label_from": "style",
+             "score": score} for n, s, t, g, score in (("a", ["up0", "up1"], 300, 1.0, 0.30), ("b", ["up1"], None, 0.7, 0.40),
+                                                       ("c", ["h"], 300, 1.0, 0.10))]
+    (root / "metrics" / "inject.json").write_text(json.dumps({"pilot": {"winner": "b", "candidates": rows}}))
+    params = {"seed": 0, "debiased": {"bias_conflict_ratio": 0.9}, "debiased_lff": {"lr": 2e-3},
+              "search": {"pilot_keep": 0.5}}
+    setup, metric = search_stage.setup_for(params, root)
+    assert metric == "debiased_lff.valid.acc" and setup.model == "debiased_lff"
+    assert list(setup.settings) == ["channel_stats up0+up1 t<=300 label:style", "channel_stats up1 all t label:style"]
+    assert setup.first_trial == {"injection.setting": "channel_stats up1 all t label:style", "injection.h_gamma": 0.7,
+                                 "debiased.bias_conflict_ratio": 0.5, "debiased_lff.lr": 2e-3}  # ratio clipped to the range
+    assert setup.fixed["debiased_lff.pool"] == "data/synthetic/manifest.parquet"
+    params["search"]["model"] = "debiased_lc"
+    assert search_stage.setup_for(params, root)[1] == "debiased_lc.valid.acc"

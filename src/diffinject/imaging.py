@@ -22,3 +22,28 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, scale: int = GR
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     with atomic_file(path) as tmp:
         picture.save(tmp, format="PNG")
+
+
+LABEL_WIDTH = 330  # px of caption left of each row, enough for a candidate's name and score
+
+
+def save_labelled_rows(rows: list[tuple[str, torch.Tensor]], path: str | Path, scale: int = GRID_SCALE) -> None:
+    """One row of images per (caption, (n, C, H, W) uint8) pair, the caption written to its left."""
+    from PIL import ImageDraw  # only the pilot's picture needs text
+
+    strips = []
+    for caption, images in rows:
+        strip = make_grid(images.float(), nrow=len(images), padding=GRID_PAD, pad_value=64).to(torch.uint8)
+        strip = Image.fromarray(strip.permute(1, 2, 0).numpy().squeeze()).convert("RGB")
+        strip = strip.resize((strip.width * scale, strip.height * scale), Image.NEAREST)
+        row = Image.new("RGB", (LABEL_WIDTH + strip.width, strip.height), (255, 255, 255))
+        row.paste(strip, (LABEL_WIDTH, 0))
+        ImageDraw.Draw(row).multiline_text((4, 4), caption, fill=(0, 0, 0))
+        strips.append(row)
+    picture = Image.new("RGB", (max(s.width for s in strips), sum(s.height for s in strips)), (255, 255, 255))
+    top = 0
+    for strip in strips:
+        picture.paste(strip, (0, top))
+        top += strip.height
+    with atomic_file(path) as tmp:
+        picture.save(tmp, format="PNG")

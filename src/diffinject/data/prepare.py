@@ -1,8 +1,10 @@
 """Build a prepared dataset (DisEnt layout + manifest) from a data source.
 
-Grey sources (mnist5k, idx) are split per class, then coloured by the LfF protocol with the train split
-skewed to `conflict_pct` % bias-conflicting samples and valid/test unbiased. Folder sources are indexed
-and copied as they are (re-encoded to PNG only when they must be resized or are not PNG).
+Grey sources (mnist5k, idx) are split per class, then given bias labels by the LfF protocol with the train
+split skewed to `conflict_pct` % bias-conflicting samples and valid/test unbiased; `bias` says how a label
+is drawn into the image (stroke colour, background colour or a corruption: `data/bias.py`). Folder
+sources are indexed and copied as they are (re-encoded to PNG only when they must be resized or are not
+PNG); they carry their own bias.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from diffinject.data.colour import LFF_PALETTE, assign_bias_labels, colorize
+from diffinject.data.bias import N_BIAS_VALUES, check_mechanism, render
+from diffinject.data.colour import assign_bias_labels
 from diffinject.data.manifest import SPLITS, image_relpath, make_manifest, write_manifest
 from diffinject.data.sources import FolderImage, GreyImages, load_folder, load_idx_folder, load_mnist5k
 from diffinject.errors import DiffinjectError
@@ -36,6 +39,7 @@ class SplitFractions:
 @dataclass
 class DataConfig:
     source: Literal["mnist5k", "idx", "folder"] = "mnist5k"
+    bias: Literal["colour", "background", "corruption"] = "colour"  # grey sources: how the bias label is drawn
     path: str | None = None  # idx / folder sources
     layout: Literal["disent", "imagefolder"] = "disent"  # folder source only
     conflict_pct: float = 1.0  # % bias-conflicting train samples (LfF/DisEnt use 0.5, 1, 2, 5)
@@ -44,6 +48,7 @@ class DataConfig:
     image_size: int | None = 28  # side length images are resized to; null keeps folder images as they are
 
     def check(self) -> None:
+        check_mechanism(self.bias)
         if not 0 < self.conflict_pct < 100:
             raise DiffinjectError(f"params 'data.conflict_pct': got {self.conflict_pct}, expected a percentage in (0, 100)")
         if self.color_std < 0:
@@ -61,6 +66,7 @@ class PrepareSummary:
     n_classes: int
     class_names: dict[int, str] | None
     source: str
+    bias: str  # the mechanism of a grey source (data.bias), "folder" for a folder source's own bias
 
 
 def stratified_split(targets: np.ndarray, fractions: SplitFractions, rng: np.random.Generator) -> np.ndarray:
@@ -99,10 +105,10 @@ def save_png(array: np.ndarray, path: Path) -> None:
 
 
 def prepare_grey(grey: GreyImages, cfg: DataConfig, seed: int, out: Path) -> list[dict]:
-    """Split, colour and write a grey source; returns manifest records."""
+    """Split, draw the bias (`cfg.bias`) into and write a grey source; returns manifest records."""
     n_classes = int(grey.targets.max()) + 1
-    if n_classes > len(LFF_PALETTE):
-        raise DiffinjectError(f"data source has {n_classes} classes; the LfF palette colours at most {len(LFF_PALETTE)}")
+    if n_classes > N_BIAS_VALUES:
+        raise DiffinjectError(f"data source has {n_classes} classes; data.bias={cfg.bias!r} has at most {N_BIAS_VALUES} bias values")
     rng = np.random.default_rng(seed)
     splits = _assign_splits(grey, cfg, rng)
     images = resize_grey(grey.images, cfg.image_size)
@@ -112,7 +118,7 @@ def prepare_grey(grey: GreyImages, cfg: DataConfig, seed: int, out: Path) -> lis
         idx = rng.permutation(np.flatnonzero(splits == split))
         aligned_ratio = 1 - cfg.conflict_pct / 100 if split == "train" else 1 / n_classes
         bias = assign_bias_labels(grey.targets[idx], aligned_ratio, n_classes)
-        rgb = colorize(images[idx], bias, cfg.color_std, rng)
+        rgb = render(images[idx], bias, cfg.bias, cfg.color_std, rng)
         for k, i in enumerate(idx):
             target, b = int(grey.targets[i]), int(bias[k])
             rel = image_relpath(split, target, b, b == target, int(grey.ids[i]))
@@ -177,4 +183,5 @@ def prepare(cfg: DataConfig, seed: int, out: Path) -> PrepareSummary:
         n_classes=int(manifest["target"].max()) + 1,
         class_names=class_names,
         source=cfg.source,
+        bias="folder" if cfg.source == "folder" else cfg.bias,
     )

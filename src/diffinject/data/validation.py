@@ -3,6 +3,11 @@
 The manifest is joined with per-image statistics (exists, inside the root, decodes, size, channels)
 and checked table by table: the whole manifest, each split, and the per-split class counts. Each check
 is one expectation with a short name, so a failure reads as one line.
+
+Where the bias mechanism of a grey source is known (`info.json`'s `bias`), the bias label is also read
+back from the pixels: the stroke colour (colour) or the background colour (background) must be the
+label's palette colour. Corruptions are not read back (that takes a classifier); the report says so and
+the labels are checked by the conflict fractions alone.
 """
 
 from __future__ import annotations
@@ -18,10 +23,15 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from diffinject.data.bias import measure_bias
 from diffinject.data.manifest import SPLITS
 
 STAT_THREADS = 4
 MAX_EXAMPLES = 3  # offending files named per failed check
+# Share of images whose bias label must be read back from their pixels. Not 1: on Fashion-MNIST 2.4 % of
+# stroke-coloured items never reach full brightness (a dark coat), and their dimmed colour lies nearer
+# another palette colour. A label/image mix-up reads ~10 %.
+MIN_BIAS_FROM_PIXELS = 0.95
 
 
 @dataclass
@@ -63,10 +73,10 @@ class ValidationReport:
         }
 
 
-def _stat_one(root: Path, rel: str) -> dict[str, Any]:
+def _stat_one(root: Path, rel: str, mechanism: str | None = None) -> dict[str, Any]:
     path = (root / rel).resolve()
     stats: dict[str, Any] = dict(inside_root=path.is_relative_to(root), exists=path.is_file(), readable=False,
-                                 height=None, width=None, channels=None, mean=None)
+                                 height=None, width=None, channels=None, mean=None, bias_measured=None)
     if not (stats["inside_root"] and stats["exists"]):
         return stats
     try:
@@ -76,18 +86,23 @@ def _stat_one(root: Path, rel: str) -> dict[str, Any]:
         return stats  # reported by the `images_decode` expectation, with the file named there
     stats.update(readable=True, height=arr.shape[0], width=arr.shape[1],
                  channels=1 if arr.ndim == 2 else arr.shape[2], mean=float(arr.mean()))
+    if mechanism is not None and arr.ndim == 3 and arr.shape[2] == 3:  # other shapes fail channels_uniform
+        measured = measure_bias(arr[None], mechanism)
+        stats["bias_measured"] = None if measured is None else int(measured[0])
     return stats
 
 
-def image_stats(root: Path, manifest: pd.DataFrame) -> pd.DataFrame:
-    """The manifest plus one row of statistics per image (decoded in a few threads)."""
+def image_stats(root: Path, manifest: pd.DataFrame, mechanism: str | None = None) -> pd.DataFrame:
+    """The manifest plus one row of statistics per image (decoded in a few threads); with a bias
+    `mechanism`, also the bias label read back from the pixels where it can be (`bias_measured`)."""
     root = root.resolve()
     with ThreadPoolExecutor(STAT_THREADS) as pool:
-        rows = list(tqdm(pool.map(lambda rel: _stat_one(root, str(rel)), manifest["path"]), total=len(manifest),
-                         desc="validate: reading images", unit="img"))
+        rows = list(tqdm(pool.map(lambda rel: _stat_one(root, str(rel), mechanism), manifest["path"]),
+                         total=len(manifest), desc="validate: reading images", unit="img"))
     stats = pd.DataFrame(rows, index=manifest.index)
     out = pd.concat([manifest, stats], axis=1)
     out["conflict"] = (~out["aligned"].astype("boolean")).astype("Float64")
+    out["bias_measured"] = out["bias_measured"].astype("Int64")
     return out
 
 
@@ -136,11 +151,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _bias_from_pixels(runner: _Runner, df: pd.DataFrame, mechanism: str | None) -> dict[str, Any]:
+    """Check that the bias labels can be read back from the pixels; the report's note on it."""
+    E = runner.gx.expectations
+    if mechanism == "corruption":
+        return {"checked": False, "why": "corruptions are not read back from pixels; labels checked by the conflict fractions"}
+    if mechanism not in ("colour", "background"):
+        return {"checked": False, "why": f"no bias mechanism to read back ({mechanism or 'info.json names none'})"}
+    measured = df[df["bias_measured"].notna() & df["bias"].notna()]
+    if measured.empty:
+        return {"checked": False, "why": "no readable RGB image"}
+    agree = (measured["bias_measured"] == measured["bias"]).astype("float64").rename("bias_read_back").to_frame()
+    runner.run("bias_pixels", agree, {
+        "bias_matches_pixels": E.ExpectColumnMeanToBeBetween(column="bias_read_back", min_value=MIN_BIAS_FROM_PIXELS),
+    })
+    return {"checked": True, "agreement": float(agree["bias_read_back"].mean())}
+
+
 def validate_prepared(root: Path, manifest: pd.DataFrame, n_classes: int, expected_conflict_pct: float | None,
-                      cfg: ValidateConfig) -> ValidationReport:
-    """Check a prepared dataset; `expected_conflict_pct` None skips the skew check."""
+                      cfg: ValidateConfig, mechanism: str | None = None) -> ValidationReport:
+    """Check a prepared dataset; `expected_conflict_pct` None skips the skew check. `mechanism` (data.bias
+    of a grey source, from info.json) adds the check that colour / background bias labels match the
+    pixels; None or "folder" skips it."""
     E = __import__("great_expectations").expectations
-    df = image_stats(root, manifest)
+    df = image_stats(root, manifest, mechanism if mechanism in ("colour", "background") else None)
     runner = _Runner()
     has_bias = bool(df["bias"].notna().all()) and len(df) > 0
     readable = df[df["readable"]]
@@ -196,6 +230,8 @@ def validate_prepared(root: Path, manifest: pd.DataFrame, n_classes: int, expect
                 f"{split}_classes_balanced": E.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_class_imbalance),
             })
     if has_bias:
+        summary["bias_mechanism"] = mechanism
+        summary["bias_from_pixels"] = _bias_from_pixels(runner, df, mechanism)
         summary["conflict_fraction"] = conflict_fraction
         if expected_conflict_pct is not None:
             summary["expected_conflict_fraction"] = expected_conflict_pct / 100

@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 
+from diffinject.diffusion.pilot_grid import candidate_grid
 from diffinject.diffusion.sampler import SCHEDULES, InjectionConfig
 from diffinject.diffusion.sites import OPERATORS
 from diffinject.errors import DiffinjectError
@@ -19,6 +20,12 @@ class InjectionParams:
     """`injection.*`. `invert` reads n_inv_step, styles_per_class and style_easiest_fraction (so a
     change of any other key never re-inverts); `inject` reads the rest."""
 
+    # auto: a pilot (diffusion/pilot.py) chooses operator, site, window, gamma and label rule per dataset,
+    # without bias labels; the keys below are then only the fallback of `auto: false`.
+    auto: bool = True
+    pilot_size: int = 128  # pilot images per candidate
+    pilot_grid: list[str] | None = None  # candidates as "operator=..,site=a+b,t_max=..,h_gamma=.."; null = pilot_grid.DEFAULT_GRID
+    pilot_reference: str = "lff"  # the model whose prediction measures a pilot image's label fidelity: lff | disent | lc | vanilla | auto (best valid acc)
     # The sampler's keys default to InjectionConfig's (one place for each default).
     h_gamma: float = InjectionConfig.h_gamma  # weight of the content's features
     operator: str = InjectionConfig.operator  # slerp | channel_stats | channel_mean (sites.py)
@@ -62,6 +69,18 @@ class InjectionParams:
             raise DiffinjectError(f"params 'injection.replace_steps': got {self.replace_steps}, expected >= 2")
         if not 0 < self.style_easiest_fraction <= 1:
             raise DiffinjectError(f"params 'injection.style_easiest_fraction': got {self.style_easiest_fraction}, expected (0, 1]")
+
+        if self.pilot_size < 1:
+            raise DiffinjectError(f"params 'injection.pilot_size': got {self.pilot_size}, expected >= 1")
+        if self.pilot_reference not in ("lff", "disent", "lc", "vanilla", "auto"):
+            raise DiffinjectError(f"params 'injection.pilot_reference': got {self.pilot_reference!r}, expected lff, disent, lc, "
+                                  "vanilla or auto (never the biased model: it is the bias proxy)")
+        try:
+            for candidate in candidate_grid(self.pilot_grid):
+                if candidate.operator not in OPERATORS:
+                    raise ValueError(f"operator {candidate.operator!r} is not one of {', '.join(OPERATORS)}")
+        except ValueError as exc:
+            raise DiffinjectError(f"params 'injection.pilot_grid': {exc}") from exc
 
     def sites(self) -> tuple[str, ...]:
         names = self.site.split(",") if isinstance(self.site, str) else list(self.site)

@@ -3,10 +3,13 @@ label, is it balanced, how far is it from real images?
 
 - colour_conflict_fraction: for colour-biased data, the share of samples whose measured colour
   (nearest LfF palette colour of the foreground) is not their label's colour;
-- label_fidelity: accuracy of a colour-blind judge (a classifier trained on grey-scale train images,
-  used for evaluation only) against the synthetic labels;
+- label_fidelity: accuracy of the label judge (stage train_judge: a classifier trained on data without
+  the bias, used for evaluation only) against the synthetic labels;
 - faithful_conflict_fraction: both at once, per sample: the judge agrees with the label and the
   measured colour is another class's;
+- bias_conflict_fraction, faithful_bias_conflict_fraction, bias_from_style_fraction: the same for any
+  bias mechanism (background, corruption, a folder's own), with the bias read by the bias judge
+  (trained on bias labels, evaluation only) instead of measured from pixels;
 - bias_imbalance: the mean pairwise gap of the measured-colour frequencies within each class, averaged
   over classes (0 = every colour equally frequent in every class);
 - frechet_distance: between synthetic and real test images in the penultimate-layer features of the
@@ -88,11 +91,14 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def pool_report(images: torch.Tensor, pool: pd.DataFrame, n_classes: int, colour_biased: bool,
                 judged: np.ndarray | None = None, vanilla: nn.Module | None = None,
-                reference: torch.Tensor | None = None) -> dict[str, Any]:
+                reference: torch.Tensor | None = None, bias_judged: np.ndarray | None = None,
+                aligned_bias: np.ndarray | None = None) -> dict[str, Any]:
     """The quality report of a synthetic pool (`images` in the order of the manifest `pool`: target,
     content_target, style_target, label_from). `colour_biased`: the measured colour is the bias (our
     LfF colouring); `judged`: the colour-blind judge's predictions on the grey pool; `vanilla` and
-    `reference` (real test images): the Fréchet distance. A part whose input is None is left out."""
+    `reference` (real test images): the Fréchet distance; `bias_judged` (the bias judge's predictions)
+    and `aligned_bias` (per class, its aligned bias value): the bias conflicts of any mechanism. A part
+    whose input is None is left out."""
     targets = pool["target"].to_numpy()
     report: dict[str, Any] = {"n_samples": len(pool), "label_from": str(pool["label_from"].iloc[0])}
     colour = None
@@ -107,6 +113,13 @@ def pool_report(images: torch.Tensor, pool: pd.DataFrame, n_classes: int, colour
         report["judge_agrees_with_style"] = float(np.mean(judged == pool["style_target"].to_numpy()))
         if colour is not None:
             report["faithful_conflict_fraction"] = faithful_conflict_fraction(judged, colour, targets)
+    if bias_judged is not None and aligned_bias is not None:
+        conflict = bias_judged != aligned_bias[targets]
+        report["bias_conflict_fraction"] = float(conflict.mean())
+        report["bias_from_style_fraction"] = float(np.mean(bias_judged == aligned_bias[pool["style_target"].to_numpy()]))
+        report["bias_imbalance_judged"] = bias_imbalance(targets, bias_judged, int(bias_judged.max()) + 1)
+        if judged is not None:
+            report["faithful_bias_conflict_fraction"] = float(np.mean((judged == targets) & conflict))
     if vanilla is not None and reference is not None:
         report["frechet_distance"] = frechet_distance(penultimate_features(vanilla, images),
                                                       penultimate_features(vanilla, reference))

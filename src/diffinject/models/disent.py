@@ -128,7 +128,8 @@ class DebiasedDisEntConfig(PoolKeys, DisEntConfig):
 
 def train_disent(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: DisEntConfig,
                  trainer_cfg: TrainerConfig, seed: int, section: str = "disent",
-                 biased_rows: torch.Tensor | None = None) -> FitResult:
+                 biased_rows: torch.Tensor | None = None,
+            callbacks: list | None = None) -> FitResult:
     """DisEnt on `train`, selected on `valid`; `biased_rows` ((N,) bool, None = all) are the rows the
     bias side's GCE averages over."""
     cfg.check(section)
@@ -142,4 +143,4 @@ def train_disent(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg
     module = DisEntModule(net, train.targets, num_classes, gce_q=cfg.gce_q, ema_alpha=cfg.ema_alpha,
                           lambda_dis=cfg.lambda_dis, lambda_swap_b=cfg.lambda_swap_b, lambda_swap=cfg.lambda_swap,
                           swap_after=cfg.swap_after, lr=cfg.lr, weight_decay=cfg.weight_decay, biased_rows=biased_rows)
-    return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed)
+    return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed, callbacks)

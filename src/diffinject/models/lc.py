@@ -185,7 +185,8 @@ class DebiasedLCConfig(PoolKeys, LCConfig):
 
 
 def train_lc(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: LCConfig, trainer_cfg: TrainerConfig,
-             seed: int, section: str = "lc", biased_rows: torch.Tensor | None = None) -> FitResult:
+             seed: int, section: str = "lc", biased_rows: torch.Tensor | None = None,
+            callbacks: list | None = None) -> FitResult:
     """LC on `train`, selected on `valid`; returns the main network. `biased_rows` ((N,) bool, None =
     all) are the rows the biased branch's GCE averages over."""
     cfg.check(section)
@@ -197,4 +198,4 @@ def train_lc(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: LC
                       eta=cfg.eta, lambda_dis=cfg.lambda_dis, biased_lr_ratio=cfg.biased_lr_ratio,
                       mixup_rampup_steps=cfg.mixup_rampup_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                       biased_rows=biased_rows)
-    return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed)
+    return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed, callbacks)

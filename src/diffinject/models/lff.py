@@ -186,7 +186,8 @@ class DebiasedLfFConfig(PoolKeys, LfFConfig):
 
 def train_lff(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: LfFConfig,
               trainer_cfg: TrainerConfig, seed: int, section: str = "lff",
-              biased_rows: torch.Tensor | None = None) -> FitResult:
+              biased_rows: torch.Tensor | None = None,
+            callbacks: list | None = None) -> FitResult:
     """LfF: a GCE-biased and a re-weighted debiased network trained together; returns the debiased one.
     `biased_rows` ((N,) bool over `train`, None = all) are the rows the biased branch trains on."""
     cfg.check(section)
@@ -196,4 +197,4 @@ def train_lff(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: L
     net_b, _ = build_net(cfg, num_classes, train.shape, section)
     module = LfFModule(net_d, net_b, train.targets, num_classes, gce_q=cfg.gce_q, ema_alpha=cfg.ema_alpha,
                        lr=cfg.lr, weight_decay=cfg.weight_decay, biased_rows=biased_rows)
-    return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed)
+    return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed, callbacks)

@@ -24,8 +24,9 @@ SECTION = "debiased_disent"
 PARAMS = mixing_params(SECTION, DebiasedDisEntConfig)
 
 
-def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    return pool_stage(params, PARAMS, SECTION, root, train_disent, model_info={"composite": COMPOSITE})
+def run(params: dict[str, Any], root: Path = Path("."), callbacks: list | None = None) -> dict[str, Any]:
+    """`callbacks` join the training's Trainer (the search's pruning callback)."""
+    return pool_stage(params, PARAMS, SECTION, root, train_disent, model_info={"composite": COMPOSITE}, callbacks=callbacks)
 
 
 def main(params_path: str = "params.yaml") -> None:

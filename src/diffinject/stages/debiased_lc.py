@@ -22,8 +22,9 @@ SECTION = "debiased_lc"
 PARAMS = mixing_params(SECTION, DebiasedLCConfig)
 
 
-def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    return pool_stage(params, PARAMS, SECTION, root, train_lc)
+def run(params: dict[str, Any], root: Path = Path("."), callbacks: list | None = None) -> dict[str, Any]:
+    """`callbacks` join the training's Trainer (the search's pruning callback)."""
+    return pool_stage(params, PARAMS, SECTION, root, train_lc, callbacks=callbacks)
 
 
 def main(params_path: str = "params.yaml") -> None:

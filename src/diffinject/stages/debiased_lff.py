@@ -22,8 +22,9 @@ SECTION = "debiased_lff"
 PARAMS = mixing_params(SECTION, DebiasedLfFConfig)
 
 
-def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    return pool_stage(params, PARAMS, SECTION, root, train_lff)
+def run(params: dict[str, Any], root: Path = Path("."), callbacks: list | None = None) -> dict[str, Any]:
+    """`callbacks` join the training's Trainer (the search's pruning callback)."""
+    return pool_stage(params, PARAMS, SECTION, root, train_lff, callbacks=callbacks)
 
 
 def main(params_path: str = "params.yaml") -> None:

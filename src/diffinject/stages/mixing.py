@@ -90,15 +90,15 @@ def with_pool(train: ImageTensors, pool_path: str | None, root: Path, num_classe
 
 
 def pool_stage(params: dict[str, Any], stage: StageParams, name: str, root: Path, train: Callable[..., FitResult],
-               model_info: dict[str, Any] | None = None) -> dict[str, Any]:
+               model_info: dict[str, Any] | None = None, callbacks: list | None = None) -> dict[str, Any]:
     """debiased_lff, debiased_disent, debiased_lc: a two-branch method (`train`, as train_lff) on the
     train split plus the pool draw of section `name`; `<name>.biased_sees` chooses the rows its biased
-    branch trains on (`original`: the train split's only)."""
+    branch trains on (`original`: the train split's only). `callbacks` join the Trainer (the search's pruner)."""
     inputs = stage_inputs(params, stage, name, root)
     mixed = with_pool(inputs.data.train, inputs.cfg.pool, root, inputs.data.num_classes, inputs.ratio, inputs.seed, name)
     biased_rows = mixed.is_original if inputs.cfg.biased_sees == "original" else None
     result = train(mixed.data, inputs.data.valid, inputs.data.num_classes, inputs.cfg, inputs.trainer, inputs.seed,
-                   name, biased_rows)
+                   name, biased_rows, callbacks)
     extra = {"n_train": mixed.n_original, "n_pool": mixed.n_added, "bias_conflict_ratio": inputs.ratio,
              "biased_rows": int(mixed.n_original if biased_rows is not None else len(mixed.data))}
     return write_training_outputs(root, name, result, inputs.cfg, inputs.seed, extra, model_info)

@@ -1,8 +1,10 @@
-"""Stage `prepare_palette`: the valid and test digits of data/prepared in every palette colour
-(`diffinject.data.palette`), the sets evaluation reports group metrics on.
+"""Stage `prepare_palette`: the valid and test digits of data/prepared in every bias value, the sets
+evaluation reports group metrics on, and the train digits once each in a uniformly drawn bias value, an
+unbiased train set for judges (`diffinject.data.palette`; the mechanism is `data.bias`).
 
 data/prepared (ids and splits) + the grey source of params `data.*` -> data/palette/ (DisEnt layout +
-manifest.parquet; an empty manifest for folder sources or `palette.enabled: false`).
+manifest.parquet, splits train | valid | test; evaluation reads valid and test only; an empty manifest
+for folder sources or `palette.enabled: false`).
 """
 
 from __future__ import annotations

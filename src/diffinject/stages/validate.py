@@ -1,5 +1,6 @@
 """Stage `validate`: great-expectations checks of data/prepared -> metrics/validation.json; a broken
-dataset fails the stage with one line per failed check."""
+dataset fails the stage with one line per failed check. Bias labels are also read back from the pixels
+where the mechanism (info.json `bias`) allows it."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ def run(params: dict, data_dir: Path = DATA_DIR, metrics_path: Path = METRICS) -
     info_path = data_dir / INFO_NAME
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     n_classes = int(info.get("n_classes") or manifest["target"].max() + 1)
-    report = validate_prepared(data_dir, manifest, n_classes, p.data.conflict_pct, p.validate)
+    # The mechanism prepare drew the bias with (data.bias) comes from info.json, not params: it describes
+    # the data on disk, and validate re-runs on data/prepared changing anyway.
+    report = validate_prepared(data_dir, manifest, n_classes, p.data.conflict_pct, p.validate, mechanism=info.get("bias"))
     result = report.to_json()
     write_json(metrics_path, result)
     for check in report.failed:

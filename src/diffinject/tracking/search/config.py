@@ -29,6 +29,9 @@ class SearchConfig:
     pruner: Literal["median", "none"] = "median"
     pruner_startup_trials: int = 3  # complete trials before the median pruner prunes any
     pruner_warmup_epochs: int = 5  # epochs of a trial's curve before it may be pruned (early epochs are noisy)
+    model: str | None = None  # the model trials train; null: the registry's best candidate in metrics/eval.json
+    search_injection: bool = True  # choose the injection setting too (the pilot's candidates)
+    pilot_keep: float = 0.5  # settings whose pilot score is at least this x the winner's
     keep_trial_dirs: bool = False  # keep mlruns/search/<study>/trial-<n>/ (synthetic set, model) after a trial
 
     def check(self) -> None:
@@ -45,5 +48,7 @@ class SearchConfig:
                 raise DiffinjectError(f"params '{SECTION}.{key}': got {bounds}, a log-scale range needs low > 0")
         if not (0 <= self.h_gamma[0] and self.h_gamma[1] <= 1):
             raise DiffinjectError(f"params '{SECTION}.h_gamma': got {self.h_gamma}, expected within [0, 1] (a slerp weight)")
+        if not 0 <= self.pilot_keep <= 1:
+            raise DiffinjectError(f"params '{SECTION}.pilot_keep': got {self.pilot_keep}, expected a fraction in [0, 1]")
         if self.bias_conflict_ratio[0] < 0:
             raise DiffinjectError(f"params '{SECTION}.bias_conflict_ratio': got {self.bias_conflict_ratio}, expected >= 0")

@@ -17,7 +17,7 @@ from diffinject.tracking.registry import RegistryConfig
 from diffinject.tracking.runs import MissingMetricError
 from diffinject.tracking.search.config import SearchConfig
 from diffinject.tracking.search.pruning import ValidationCurve
-from diffinject.tracking.search.space import overlay, suggest
+from diffinject.tracking.search.space import VALUES_ATTR, overlay, suggest
 from diffinject.tracking.search.study import WORKER_ATTR
 from diffinject.tracking.search.tracker import StudyTracker
 
@@ -44,6 +44,9 @@ class TrialSetup:
     curve_column: str  # the validation-curve column the pruner reads
     optional_inputs: tuple[Path, ...] = ()  # linked when present
     fixed: dict[str, Any] = field(default_factory=dict)  # dotted params every trial sets (not in params.best.yaml)
+    model: str = "debiased"  # the model the trials train: `{model}` of the space's keys
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # injection settings to choose from (name -> keys)
+    first_trial: dict[str, Any] | None = None  # Optuna params of the study's first trial (enqueued when it has none)
     running_best: bool = True
     missing_hint: str = "run the pipeline first (dvc repro)"
 
@@ -63,7 +66,8 @@ def make_objective(params: dict[str, Any], root: Path, setup: TrialSetup, cfg: S
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker)  # a killed worker's re-run finds its trials by it
-        values = suggest(trial, cfg)
+        values = suggest(trial, cfg, setup.model, setup.settings)
+        trial.set_user_attr(VALUES_ATTR, values)  # the params keys it set (a setting's name expanded)
         trial_root = trials_dir / f"trial-{trial.number}"
         shutil.rmtree(trial_root, ignore_errors=True)  # a stale folder of an earlier study with this name
         trial_root.mkdir(parents=True)

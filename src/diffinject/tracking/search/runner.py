@@ -49,6 +49,8 @@ def run_search(params: dict[str, Any], root: Path, setup: TrialSetup, *, n_trial
           f"trial n seeded {seed} + n), {left} trial(s), objective {reg.metric} ({reg.direction})")
     objective = make_objective(params, root, setup, cfg, reg, tracker, trials_dir, worker.index)
     start = time.perf_counter()
+    if setup.first_trial is not None and not study.trials:
+        study.enqueue_trial(setup.first_trial)  # e.g. the pilot's choice: the search starts from it
     if left:
         study.optimize(objective, n_trials=left, catch=(TrialFailed,))
     seconds = time.perf_counter() - start

@@ -1,0 +1,182 @@
+"""The injection pilot (`injection.auto`): its candidates, its score, and that it reads no bias label."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from diffinject.data.colour import colorize, nearest_palette_colour
+from diffinject.data.manifest import read_manifest, write_manifest
+from diffinject.data.tensors import load_split
+from diffinject.diffusion import pilot
+from diffinject.diffusion.injection_params import InjectionParams
+from diffinject.diffusion.inversion_store import InvertedSet
+from diffinject.diffusion.pilot_grid import DEFAULT_GRID, candidate_grid, parse_candidate
+from diffinject.errors import DiffinjectError
+
+# --- candidates -----------------------------------------------------------------------------------
+
+
+def test_a_candidate_without_a_label_rule_is_tried_under_both():
+    both = parse_candidate("operator=channel_stats,site=up0+up1,t_max=300,h_gamma=1.0")
+    assert [c.label_from for c in both] == ["content", "style"]
+    assert both[0].sites == ("up0", "up1") and both[0].t_max == 300
+    (one,) = parse_candidate("operator=slerp,site=h,t_max=null,h_gamma=0.7,label_from=content")
+    assert one.t_max is None and one.as_params()["site"] == ["h"] and one.as_params()["t_edit"] == 0
+    assert len(candidate_grid(None)) == 2 * len(DEFAULT_GRID)
+
+
+@pytest.mark.parametrize("grid, match", [
+    (["operator=blend,site=h"], "operator 'blend'"),
+    (["operator=slerp"], "expected operator=..,site="),
+    (["operator=slerp,site=h,label_from=bias"], "label_from must be content or style"),
+    (["site"], "not key=value"),
+])
+def test_a_bad_pilot_grid_names_the_key(grid, match):
+    with pytest.raises(DiffinjectError, match=rf"params 'injection.pilot_grid': .*{match}"):
+        InjectionParams(pilot_grid=grid).check()
+
+
+def test_the_biased_model_cannot_be_the_reference():
+    with pytest.raises(DiffinjectError, match="params .injection.pilot_reference.: got .biased."):
+        InjectionParams(pilot_reference="biased").check()
+
+
+# --- the score on planted pilots ---------------------------------------------------------------------
+# Colored MNIST with stand-ins for the two models that make the planted cases exact: the bias proxy
+# reads the stroke colour (what the biased classifier learns), the reference model knows the digit.
+
+
+@pytest.fixture(scope="module")
+def planted(prepared_mnist):
+    """(originals = the train split's conflicts, their labels; aligned style images, their labels; their
+    grey digits) from the prepared Colored MNIST."""
+    manifest = read_manifest(prepared_mnist)
+    train = load_split(prepared_mnist, "train", manifest)
+    aligned = manifest.loc[manifest["split"] == "train", "aligned"].to_numpy()
+    conflicts = np.flatnonzero(~aligned)[:30]
+    styles = np.flatnonzero(aligned)[::97][:40]
+    grey = train.images[styles].max(1).values.double()  # (n, H, W): the stroke's intensity, times its colour's peak
+    grey = (grey * 255 / grey.flatten(1).max(1).values.view(-1, 1, 1)).round().to(torch.uint8).numpy()
+    return (train.images[conflicts], train.targets[conflicts].numpy(), train.images[styles],
+            train.targets[styles].numpy(), grey)
+
+
+def score(images: torch.Tensor, labels: np.ndarray, originals: torch.Tensor) -> dict[str, float]:
+    colour_model = nearest_palette_colour(images.permute(0, 2, 3, 1).numpy())  # the bias proxy's prediction
+    reference = np.asarray(labels)  # a reference model that reads every digit right
+    spread = float(np.median(pilot.nearest_distance(originals, originals, exclude_self=True)))
+    return pilot.score_pilot(labels, colour_model, reference, pilot.nearest_distance(images, originals), spread)
+
+
+def test_a_setting_that_copies_the_content_scores_low_on_diversity(planted):
+    originals, labels, *_ = planted
+    copied = score(originals.clone(), labels, originals)
+    assert copied["conflict"] == 1.0 and copied["fidelity"] == 1.0  # each copy is a real conflict with its label...
+    assert copied["diversity"] == 0.0 and copied["score"] == 0.0  # ... and no new sample
+
+
+def test_a_setting_that_leaves_the_style_untouched_scores_low_on_conflict(planted):
+    originals, _, styles, style_labels, _ = planted
+    untouched = score(styles, style_labels, originals)
+    assert untouched["conflict"] < 0.05 and untouched["score"] < 0.05
+    assert untouched["diversity"] > 0.9  # new images, but aligned ones
+
+
+def test_the_style_in_another_class_colour_wins(planted):
+    """The pool debiasing needs: the style's digit in another class's colour, labelled as the style."""
+    originals, labels, styles, style_labels, grey = planted
+    recoloured = colorize(grey, (style_labels + 1) % 10, 0.005, np.random.default_rng(0))
+    recoloured = torch.from_numpy(recoloured).permute(0, 3, 1, 2).contiguous()
+    good = score(recoloured, style_labels, originals)
+    assert good["conflict"] == 1.0 and good["diversity"] > 0.5 and good["score"] > 0.5
+    assert good["score"] > score(originals.clone(), labels, originals)["score"]
+    assert good["score"] > score(styles, style_labels, originals)["score"]
+
+
+def test_run_pilot_picks_the_planted_winner(planted, monkeypatch):
+    """run_pilot over three planted candidates (generation replaced by the planted images) picks the
+    recoloured style, whatever the grid's order."""
+    originals, labels, styles, style_labels, grey = planted
+    recoloured = torch.from_numpy(colorize(grey, (style_labels + 1) % 10, 0.005, np.random.default_rng(0))).permute(0, 3, 1, 2)
+    planted_pools = {"copy": pilot.PilotPool(originals.clone(), labels),
+                     "untouched": pilot.PilotPool(styles, style_labels),
+                     "recolour": pilot.PilotPool(recoloured.contiguous(), style_labels)}
+    monkeypatch.setattr(pilot, "generate_pilot", lambda unet, sched, candidate, *a, **k: planted_pools[candidate.operator])
+    candidates = [pilot.Candidate(name, ("up0",), 300, 1.0, "style") for name in ("copy", "recolour", "untouched")]
+    contents = InvertedSet(x_T=torch.zeros(1), ids=torch.zeros(1), targets=torch.zeros(1))
+    colour_model = lambda images: nearest_palette_colour(images.permute(0, 2, 3, 1).numpy())  # noqa: E731
+    oracle = {id(pool.images): pool.targets for pool in planted_pools.values()}
+    result = pilot.run_pilot(None, None, None, contents, contents, {}, candidates, 8, 0, 8, colour_model,
+                             lambda images: oracle[id(images)], originals)
+    assert candidates[result.winner].operator == "recolour"
+    assert [row["name"].split()[0] for row in result.rows] == ["copy", "recolour", "untouched"]
+
+
+# --- the stage: the pilot reads no bias label ----------------------------------------------------------
+
+GRID = ["operator=channel_stats,site=up0+up1,t_max=300,label_from=style",
+        "operator=slerp,site=h,h_gamma=0.7,label_from=content"]
+
+
+def pilot_params() -> dict:
+    return {"seed": 0, "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+            "biased": {"epochs": 1}, "lff": {"epochs": 1},
+            "injection": {"n_gen_step": 6, "n_inv_step": 6, "n_samples": 8, "n_samples_ratio": None, "batch_size": 8,
+                          "pilot_size": 16, "pilot_grid": GRID}}
+
+
+def without_bias_labels(labelled: Path, dest: Path) -> Path:
+    """A copy of a repository whose data/prepared manifest has null bias and aligned columns (images,
+    models and inversions linked)."""
+    dest.mkdir(parents=True)
+    for item in labelled.iterdir():
+        if item.name != "data":
+            os.symlink(item.resolve(), dest / item.name)
+    (dest / "data").mkdir()
+    os.symlink((labelled / "data" / "inversions").resolve(), dest / "data" / "inversions")
+    prepared = (labelled / "data" / "prepared").resolve()
+    out = dest / "data" / "prepared"
+    out.mkdir()
+    manifest = read_manifest(prepared)
+    manifest["bias"] = pd.array([None] * len(manifest), dtype="Int64")
+    manifest["aligned"] = pd.array([None] * len(manifest), dtype="boolean")
+    write_manifest(manifest, out)
+    for split in ("train", "valid", "test"):
+        os.symlink(prepared / split, out / split)
+    return dest
+
+
+@pytest.mark.slow  # two 1-epoch classifiers and two pilots of 2 x 16 images on the tiny DDPM (~20 s)
+def test_the_pilot_reads_no_bias_label(tiny_ddpm, prepared_mnist, tmp_path):
+    from diffinject.stages import inject, lff, train_biased
+    from tests.conftest import inverted_repo
+
+    labelled = inverted_repo(tmp_path / "labelled", prepared_mnist, *tiny_ddpm, 6)
+    train_biased.run(pilot_params(), labelled)
+    lff.run(pilot_params(), labelled)
+    unlabelled = without_bias_labels(labelled, tmp_path / "unlabelled")
+    reports = []
+    for root in (labelled, unlabelled):
+        report = inject.run(pilot_params(), root)
+        reports.append(report["pilot"])
+        assert json.loads((root / "metrics" / "inject.json").read_text())["label_rule"]["decided_by"] == "pilot"
+        assert (root / "metrics" / "plots" / "inject" / "pilot.png").is_file()
+    assert reports[0] == reports[1]
+    assert [row["name"] for row in reports[0]["candidates"]] == [c.name for c in candidate_grid(GRID)]
+
+
+def test_auto_without_the_reference_model_is_a_one_line_error(tiny_ddpm, prepared_mnist, tmp_path):
+    from diffinject.stages import inject
+    from tests.conftest import inverted_repo
+
+    root = inverted_repo(tmp_path / "repo", prepared_mnist, *tiny_ddpm, 6)
+    with pytest.raises(DiffinjectError, match=r"models/biased/model.pt: model not found \(injection.auto needs models/biased"):
+        inject.run(pilot_params(), root)
+    assert not (root / "data" / "synthetic").exists()
