@@ -129,3 +129,22 @@ def inverted_repo(root: Path, prepared: Path, unet, scheduler, n_steps: int) -> 
     save_inverted(contents, root / "data" / "inversions" / CONTENT)
     save_inverted(styles, root / "data" / "inversions" / STYLE)
     return root
+
+
+def null_bias_copy(prepared: Path, out: Path) -> Path:
+    """A prepared folder at `out` like `prepared`, its manifest's bias and aligned columns null (user data
+    without bias labels); the split folders are links."""
+    import os
+
+    import pandas as pd
+
+    from diffinject.data.manifest import read_manifest, write_manifest
+
+    out.mkdir(parents=True)
+    manifest = read_manifest(prepared)
+    manifest["bias"] = pd.array([None] * len(manifest), dtype="Int64")
+    manifest["aligned"] = pd.array([None] * len(manifest), dtype="boolean")
+    write_manifest(manifest, out)
+    for split in ("train", "valid", "test"):
+        os.symlink(prepared / split, out / split)
+    return out

@@ -20,7 +20,7 @@ from diffinject.errors import DiffinjectError
 from diffinject.models.checkpoint import save_classifier
 from diffinject.models.networks import NetConfig, build_network
 from diffinject.stages import evaluate, lff, mine, train_biased, train_debiased, vanilla
-from tests.conftest import make_root
+from tests.conftest import make_root, null_bias_copy
 
 TINY = {
     "seed": 0,
@@ -227,14 +227,7 @@ def test_mine_and_evaluate_without_bias_labels(tmp_path, prepared_mnist):
     """User data without bias labels: mining still chooses, reports no precision/recall; evaluate
     reports accuracy only (no null metrics)."""
     root = tmp_path / "root"
-    prepared = root / "data" / "prepared"
-    prepared.mkdir(parents=True)
-    manifest = read_manifest(prepared_mnist)
-    manifest["bias"] = pd.array([None] * len(manifest), dtype="Int64")
-    manifest["aligned"] = pd.array([None] * len(manifest), dtype="boolean")
-    write_manifest(manifest, prepared)
-    for split in ("train", "valid", "test"):
-        os.symlink(prepared_mnist / split, prepared / split)
+    prepared = null_bias_copy(prepared_mnist, root / "data" / "prepared")
     cfg = NetConfig("mlp", 10, (3, 28, 28))
     (root / "models" / "biased").mkdir(parents=True)
     save_classifier(root / "models" / "biased", build_network(cfg), cfg, {})

@@ -7,18 +7,18 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from diffinject.data.colour import colorize, nearest_palette_colour
-from diffinject.data.manifest import read_manifest, write_manifest
+from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split
 from diffinject.diffusion import pilot
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.inversion_store import InvertedSet
 from diffinject.diffusion.pilot_grid import DEFAULT_GRID, candidate_grid, parse_candidate
 from diffinject.errors import DiffinjectError
+from tests.conftest import null_bias_copy
 
 # --- candidates -----------------------------------------------------------------------------------
 
@@ -141,15 +141,7 @@ def without_bias_labels(labelled: Path, dest: Path) -> Path:
             os.symlink(item.resolve(), dest / item.name)
     (dest / "data").mkdir()
     os.symlink((labelled / "data" / "inversions").resolve(), dest / "data" / "inversions")
-    prepared = (labelled / "data" / "prepared").resolve()
-    out = dest / "data" / "prepared"
-    out.mkdir()
-    manifest = read_manifest(prepared)
-    manifest["bias"] = pd.array([None] * len(manifest), dtype="Int64")
-    manifest["aligned"] = pd.array([None] * len(manifest), dtype="boolean")
-    write_manifest(manifest, out)
-    for split in ("train", "valid", "test"):
-        os.symlink(prepared / split, out / split)
+    null_bias_copy((labelled / "data" / "prepared").resolve(), dest / "data" / "prepared")
     return dest
 
 
