@@ -137,10 +137,11 @@ def resolve_label_from(root: Path, cfg: InjectionParams) -> dict[str, Any]:
 
 
 def choose_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents, styles, manifest: pd.DataFrame,
-                     seed: int, device: torch.device) -> tuple[InjectionParams, dict[str, Any]]:
-    """`injection.auto`: the pilot's winner as the injection params, and the pilot's report (every
-    candidate's scores; picture metrics/plots/inject/pilot.png). Reads no bias label: the models are
-    the biased one (bias proxy) and `injection.pilot_reference`, the originals the inverted contents."""
+                     originals: torch.Tensor, seed: int, device: torch.device):
+    """`injection.auto`: (the pilot's winner as the injection params, the pilot's report — every
+    candidate's scores; picture metrics/plots/inject/pilot.png —, the contents' features at every site
+    it captured, for the pool to reuse). Reads no bias label: the models are the biased one (bias proxy)
+    and `injection.pilot_reference`; `originals` are the contents' train images."""
     shape = tuple(styles.x_T.shape[1:])
     n_classes = num_classes_of(manifest)
     reference = resolve_reference(root, cfg.pilot_reference)
@@ -160,9 +161,6 @@ def choose_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents
         raise DiffinjectError(f"params 'injection.pilot_grid': no candidate injects only at sites of this UNet ({', '.join(known)})")
     sites = sorted({site for c in candidates for site in c.sites})
     features = content_features(unet, contents, sites, cfg.batch_size)
-    train = load_split(root / PREPARED, "train", manifest)
-    row_of = {int(i): k for k, i in enumerate(train.ids.tolist())}
-    originals = train.images[[row_of[int(i)] for i in contents.ids]]
     progress = tqdm(total=len(candidates), desc="inject: pilot", unit="candidate")
     result = run_pilot(unet, scheduler, cfg.sampler_config(), contents, styles, features, candidates, cfg.pilot_size,
                        seed, cfg.batch_size, predictor(models["biased"], device), predictor(models[reference], device),
@@ -176,8 +174,9 @@ def choose_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents
     scores = ", ".join(f"{row['score']:.3f}" for row in result.rows)
     print(f"inject: pilot chose {winner.name} (score {result.rows[result.winner]['score']:.3f}; all: {scores})")
     chosen = dataclasses.replace(cfg, **winner.as_params())
-    return chosen, {"reference": reference, "n_per_candidate": cfg.pilot_size, "winner": winner.name,
-                    "candidates": result.rows, **({"skipped": skipped} if skipped else {})}
+    report = {"reference": reference, "n_per_candidate": cfg.pilot_size, "winner": winner.name,
+              "candidates": result.rows, **({"skipped": skipped} if skipped else {})}
+    return chosen, report, features
 
 
 def resolve_reference(root: Path, name: str) -> str:
@@ -225,10 +224,14 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     unet, scheduler = load_diffusion(root / MODELS / "diffusion", image_shape=tuple(styles.x_T.shape[1:]))
     unet = unet.to(device).eval()
     precision = resolve_precision(p.diffusion.precision, device)
-    pilot_report = None
+    train = load_split(root / PREPARED, "train", manifest)
+    row_of = {int(i): k for k, i in enumerate(train.ids.tolist())}
+    pilot_report = pilot_features = None
     if cfg.auto:
+        originals = train.images[[row_of[int(i)] for i in contents.ids]]
         with autocast(precision, device):
-            cfg, pilot_report = choose_injection(root, cfg, unet, scheduler, contents, styles, manifest, seed, device)
+            cfg, pilot_report, pilot_features = choose_injection(root, cfg, unet, scheduler, contents, styles, manifest,
+                                                                 originals, seed, device)
         decision = {"label_from": cfg.label_from, "decided_by": "pilot"}
     else:
         decision = resolve_label_from(root, cfg)
@@ -245,7 +248,9 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     start = time.perf_counter()
     rank, world = rank_and_world()
     with sampler, autocast(precision, device):  # leaving the sampler removes its hook from the UNet
-        features = content_features(unet, contents, cfg.sites(), cfg.batch_size)
+        # the pilot captured every candidate's sites already: the winner's are among them
+        features = ({site: pilot_features[site] for site in cfg.sites()} if pilot_features is not None
+                    else content_features(unet, contents, cfg.sites(), cfg.batch_size))
         generate_pool(sampler, contents, features, styles, pairs, label_from, cfg.batch_size, seed, work,
                       rank=rank, world_size=world, on_batch=on_batch)
     seconds = time.perf_counter() - start
@@ -260,8 +265,6 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     shutil.rmtree(work)
     images = load_images(root / OUT, list(pool["path"]))
     # content | style | result rows for the first pairs
-    train = load_split(root / PREPARED, "train", manifest)
-    row_of = {int(i): k for k, i in enumerate(train.ids.tolist())}
     shown = pool.head(GRID_ROWS)
     triples = torch.stack([
         train.images[[row_of[int(i)] for i in shown["content_id"]]],

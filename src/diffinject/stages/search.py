@@ -76,9 +76,9 @@ def setting_name(keys: dict[str, Any]) -> str:
     return f"{keys['operator']} {'+'.join(keys['site'])} {window} label:{keys['label_from']}"
 
 
-def injection_settings(cfg: SearchConfig, root: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
-    """(setting name -> its injection keys but h_gamma, the pilot's winner's name or None): the pilot's
-    candidates within `search.pilot_keep` of its best score, else the whole grid."""
+def injection_settings(cfg: SearchConfig, root: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """(setting name -> its injection keys but h_gamma, the pilot's winning candidate or None): the
+    pilot's candidates within `search.pilot_keep` of its best score, else the whole grid."""
     keys = ("operator", "site", "t_edit", "t_max", "label_from")
     pilot = json.loads((root / INJECT).read_text()).get("pilot") if (root / INJECT).is_file() else None
     if pilot is None:
@@ -90,7 +90,7 @@ def injection_settings(cfg: SearchConfig, root: Path) -> tuple[dict[str, dict[st
         rows = [row for row in pilot["candidates"] if row["score"] >= cfg.pilot_keep * best]
         winner = next(row for row in pilot["candidates"] if row["name"] == pilot["winner"])
     settings = {setting_name(row): {k: row[k] for k in keys} for row in rows}  # one entry per gamma-free setting
-    return settings, None if winner is None else setting_name(winner)
+    return settings, winner
 
 
 def unet_sites(diffusion: Path) -> set[str]:
@@ -102,17 +102,14 @@ def unet_sites(diffusion: Path) -> set[str]:
     raise DiffinjectError(f"{diffusion}: no unet/config.json (run `dvc repro train_diffusion`)")
 
 
-def first_trial(cfg: SearchConfig, params: dict[str, Any], model: str, winner: str | None,
-                root: Path) -> dict[str, Any] | None:
+def first_trial(cfg: SearchConfig, params: dict[str, Any], model: str, winner: dict[str, Any] | None) -> dict[str, Any] | None:
     """The pilot's choice (with its gamma) and the params' ratio and lr, clipped into the ranges."""
     if winner is None:
         return None
-    pilot = json.loads((root / INJECT).read_text())["pilot"]
-    chosen = next(row for row in pilot["candidates"] if row["name"] == pilot["winner"])
-    current = {"h_gamma": chosen["h_gamma"],
+    current = {"h_gamma": winner["h_gamma"],
                "bias_conflict_ratio": params.get("debiased", {}).get("bias_conflict_ratio", 0.5),
                "lr": params.get(model, {}).get("lr", 1e-3)}
-    out: dict[str, Any] = {SETTING: winner}
+    out: dict[str, Any] = {SETTING: setting_name(winner)}
     for key, (target, _) in float_keys(model).items():
         low, high = getattr(cfg, key)
         out[target] = min(high, max(low, float(current[key])))
@@ -152,7 +149,7 @@ def setup_for(params: dict[str, Any], root: Path) -> tuple[TrialSetup, str]:
         missing_hint="run `dvc repro inject` first: trials reuse its inversions and diffusion model",
         model=model,
         settings=settings,
-        first_trial=first_trial(cfg, params, model, winner, root) if settings else None,
+        first_trial=first_trial(cfg, params, model, winner) if settings else None,
     )
     return setup, f"{model}.{registry.measure}"
 
