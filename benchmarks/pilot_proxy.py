@@ -13,6 +13,11 @@ Measured candidates: every one whose label rule the pilot's winner shares, plus 
     python benchmarks/pilot_proxy.py --diffusion models/diffusion
     python benchmarks/pilot_proxy.py --diffusion /tmp/ddpm-corruption --set data.bias=corruption
     python benchmarks/pilot_proxy.py --diffusion models/diffusion --quick     # 4 candidates
+    python benchmarks/pilot_proxy.py --diffusion models/diffusion --reuse old.json   # re-score a changed pilot
+
+`--reuse FILE` (a previous run's last line, same params and seed) takes the valid/test accuracy of every
+candidate measured there instead of training it again: a candidate's pool depends on its setting and the
+seed, not on the score, so a change of the score alone needs only the pilot and the new candidates.
 
 Prints a markdown table; the last line is one JSON object.
 """
@@ -56,17 +61,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diffusion", type=Path, required=True, help="a trained models/diffusion/ folder")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-seed", type=int, help="the split's seed (default: --seed), as seeds_table's --data-seed")
     parser.add_argument("--other-rule", type=int, default=2, help="candidates of the other label rule to train")
     parser.add_argument("--quick", action="store_true", help="train the pilot's top 4 only")
+    parser.add_argument("--reuse", type=Path, help="a previous run's JSON: its candidates' accuracies are not re-trained")
     parser.add_argument("--pilot-only", action="store_true", help="run the pilot only (every reference's scores), train nothing")
     args = parser.parse_args(argv)
     params = apply_overrides(load_params(args.params), [*args.overrides, f"seed={args.seed}",
                                                         "trainer.enable_progress_bar=false"])
     params["seed"] = args.seed
+    reused = {}
+    if args.reuse is not None:
+        previous = json.loads(args.reuse.read_text().strip().splitlines()[-1])
+        if previous["seed"] != args.seed or previous["overrides"] != args.overrides:
+            sys.exit(f"error: {args.reuse}: seed {previous['seed']} / overrides {previous['overrides']}, "
+                     f"expected {args.seed} / {args.overrides}")
+        reused = {row["name"]: row for row in previous["rows"]}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pilot-proxy-") as tmp:
         root = Path(tmp)
-        prepare.run(params, out_dir=root / PREPARED, plots_dir=root / "metrics" / "plots" / "prepare")
+        data_params = params if args.data_seed is None else dict(params, seed=args.data_seed)
+        prepare.run(data_params, out_dir=root / PREPARED, plots_dir=root / "metrics" / "plots" / "prepare")
         (root / MODELS).mkdir(parents=True, exist_ok=True)
         (root / MODELS / "diffusion").symlink_to(args.diffusion.resolve())
         for _, stage in SETUP:
@@ -74,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         pilot = inject.run(params, root)["pilot"]
         rows = pilot["candidates"]
         if args.pilot_only:
-            print(json.dumps({"overrides": args.overrides, "seed": args.seed, "pilot": pilot}))
+            print(json.dumps({"overrides": args.overrides, "seed": args.seed, "data_seed": args.data_seed, "pilot": pilot}))
             return 0
         winner = next(i for i, row in enumerate(rows) if row["name"] == pilot["winner"])
         chosen = (sorted(range(len(rows)), key=lambda i: -rows[i]["score"])[:4] if args.quick
@@ -82,16 +97,21 @@ def main(argv: list[str] | None = None) -> int:
         table = []
         for i in chosen:
             row = rows[i]
-            keys = {k: row[k] for k in ("operator", "site", "t_edit", "t_max", "h_gamma", "label_from")}
-            trial = apply_overrides(params, ["injection.auto=false", *(f"injection.{k}={json.dumps(v)}" for k, v in keys.items()),
-                                             "evaluate.models=[debiased_lff]"])
-            report = inject.run(trial, root)
-            debiased_lff.run(trial, root)
-            result = evaluate.run(trial, root)["debiased_lff"]
+            if row["name"] in reused:
+                old = reused[row["name"]]
+                judge = old["judge_fidelity"]
+                result = {"valid": {"acc": old["valid_acc"]}, "test": {"acc": old["test_acc"]}}
+            else:
+                keys = {k: row[k] for k in ("operator", "site", "t_edit", "t_max", "h_gamma", "label_from")}
+                trial = apply_overrides(params, ["injection.auto=false", *(f"injection.{k}={json.dumps(v)}" for k, v in keys.items()),
+                                                 "evaluate.models=[debiased_lff]"])
+                judge = inject.run(trial, root).get("label_fidelity")
+                debiased_lff.run(trial, root)
+                result = evaluate.run(trial, root)["debiased_lff"]
             table.append({"name": row["name"], "score": row["score"], "conflict": row["conflict"],
                           **{k: v for k, v in row.items() if k.startswith(("score_", "fidelity_"))},
                           "fidelity": row["fidelity"], "diversity": row["diversity"], "winner": i == winner,
-                          "judge_fidelity": report.get("label_fidelity"),
+                          "judge_fidelity": judge, "reused": row["name"] in reused,
                           "valid_acc": result["valid"]["acc"], "test_acc": result["test"]["acc"]})
             print(json.dumps(table[-1]), file=sys.stderr, flush=True)
     rho = spearmanr([r["score"] for r in table], [r["valid_acc"] for r in table])
@@ -111,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen_row = next(r for r in table if r["winner"])
     summary = {"overrides": args.overrides, "seed": args.seed, "spearman": round(float(rho.statistic), 4),
                "p_value": round(float(rho.pvalue), 4), "spearman_by_reference": by_reference,
+               "conflict_trust": pilot.get("conflict_trust"), "biased_valid_acc": pilot.get("biased_valid_acc"),
                "n_candidates": len(table), "chosen": chosen_row["name"],
                "chosen_valid": chosen_row["valid_acc"], "best_valid": best_valid["valid_acc"],
                "best_valid_candidate": best_valid["name"], "seconds": round(time.perf_counter() - start, 1), "rows": table}

@@ -159,6 +159,7 @@ def run_seed(params: dict, seed: int, root: Path, data_seed: int | None = None,
             pilot = out["inject"]["pilot"]
             row["inject"]["pilot_winner"] = pilot["winner"]
             row["inject"]["pilot_score"] = max(c["score"] for c in pilot["candidates"])
+            row["inject"]["conflict_trust"] = pilot.get("conflict_trust")
     row["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     return row
 

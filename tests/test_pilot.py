@@ -100,6 +100,26 @@ def test_the_style_in_another_class_colour_wins(planted):
     assert good["score"] > score(styles, style_labels, originals)["score"]
 
 
+def test_conflict_trust_is_one_at_chance_and_zero_for_a_label_reader():
+    assert pilot.conflict_trust(0.1, 10) == 1.0 and pilot.conflict_trust(0.05, 10) == 1.0  # at or below chance
+    assert pilot.conflict_trust(1.0, 10) == 0.0
+    assert pilot.conflict_trust(0.55, 10) == pytest.approx(0.5)
+
+
+def test_without_trust_a_miss_of_the_biased_model_earns_nothing():
+    """Full trust is the three-way product; zero trust drops the conflict term (fidelity · diversity),
+    so an unreadable image no longer outscores a faithful one the biased model happens to read."""
+    targets = np.array([0, 1, 2, 3])
+    biased = np.array([9, 9, 2, 3])  # misses the first two
+    reference = np.array([9, 9, 2, 3])  # ... which the reference cannot read either
+    distance, spread = np.ones(4), 1.0
+    full = pilot.score_pilot(targets, biased, reference, distance, spread, trust=1.0)
+    none = pilot.score_pilot(targets, biased, reference, distance, spread, trust=0.0)
+    half = pilot.score_pilot(targets, biased, reference, distance, spread, trust=0.5)
+    assert full["score"] == 0.0 and none["score"] == 0.5 and half["score"] == 0.25
+    assert full["conflict"] == none["conflict"] == 0.5  # the reported terms do not depend on trust
+
+
 def test_run_pilot_picks_the_planted_winner(planted, monkeypatch):
     """run_pilot over three planted candidates (generation replaced by the planted images) picks the
     recoloured style, whatever the grid's order."""

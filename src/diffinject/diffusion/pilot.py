@@ -7,11 +7,17 @@ is scored without a bias label:
     diversity_i = min(1, d_i / d_ref): d_i the pixel distance from image i to the nearest mined
                   original (the inverted contents), d_ref the median distance from a mined original to
                   the nearest other one (how far apart two real conflicts are); a copy scores 0
-    score       = mean_i(conflict_i · fidelity_i · diversity_i)
+    score       = mean_i(fidelity_i · diversity_i · ((1 - trust) + trust · conflict_i))
 
-A sample counts only when it is all three at once: a new image the biased model gets wrong and the
-reference model reads as its label. The highest score wins; a tie goes to the earlier candidate (the
-grid lists the cheaper ones first).
+With full trust a sample counts only when it is all three at once: a new image the biased model gets
+wrong and the reference model reads as its label. `trust` is how far the conflict term can be believed:
+a miss of the biased model means "the bias points elsewhere" only as far as the biased model reads the
+bias and not the label. On the unbiased valid split a pure-bias model scores chance (1/C) and a label
+reader more, so trust = 1 - kappa, kappa = (valid_acc - 1/C) / (1 - 1/C) clipped to [0, 1]
+(`conflict_trust`). Labels only: no bias label is read. Measured on every development mechanism in
+docs/injection_pilot.md: a GCE-biased MLP that half reads the digit (corrupted digits) otherwise
+rewards images it cannot read for any reason. The highest score wins; a tie goes to the earlier
+candidate (the grid lists the cheaper ones first).
 """
 
 from __future__ import annotations
@@ -44,13 +50,22 @@ def nearest_distance(images: torch.Tensor, originals: torch.Tensor, exclude_self
     return d.min(1).values.numpy()
 
 
+def conflict_trust(biased_valid_acc: float, n_classes: int) -> float:
+    """1 - kappa of the biased model on the unbiased valid split (module docstring): 1 at chance, 0 when
+    it reads every label."""
+    chance = 1.0 / n_classes
+    kappa = (biased_valid_acc - chance) / (1.0 - chance)
+    return float(np.clip(1.0 - kappa, 0.0, 1.0))
+
+
 def score_pilot(targets: np.ndarray, biased_pred: np.ndarray, reference_pred: np.ndarray,
-                distance: np.ndarray, reference_distance: float) -> dict[str, float]:
+                distance: np.ndarray, reference_distance: float, trust: float = 1.0) -> dict[str, float]:
     """The pilot's numbers for one candidate (module docstring); all per-sample arrays are (n,)."""
     conflict = biased_pred != targets
     fidelity = reference_pred == targets
     diversity = np.minimum(1.0, distance / max(reference_distance, 1e-8))
-    return {"score": float(np.mean(conflict * fidelity * diversity)), "conflict": float(conflict.mean()),
+    weight = (1.0 - trust) + trust * conflict
+    return {"score": float(np.mean(fidelity * diversity * weight)), "conflict": float(conflict.mean()),
             "fidelity": float(fidelity.mean()), "diversity": float(diversity.mean()),
             "useful": float(np.mean(conflict & fidelity))}
 
@@ -95,18 +110,20 @@ def run_pilot(unet, scheduler, base_config, contents: InvertedSet, styles: Inver
               predict_biased: Callable[[torch.Tensor], np.ndarray],
               predict_reference: Callable[[torch.Tensor], np.ndarray],
               originals: torch.Tensor, on_candidate: Callable[[str], None] | None = None,
-              other_references: dict[str, Callable[[torch.Tensor], np.ndarray]] | None = None) -> PilotResult:
+              other_references: dict[str, Callable[[torch.Tensor], np.ndarray]] | None = None,
+              trust: float = 1.0) -> PilotResult:
     """Generate and score every candidate; `originals` are the mined images as uint8 (the contents).
-    `other_references` (name -> predictor) are scored beside, as `score_<name>`, for comparison only."""
+    `other_references` (name -> predictor) are scored beside, as `score_<name>`, for comparison only;
+    `trust` weighs the conflict term (`conflict_trust`)."""
     reference_distance = float(np.median(nearest_distance(originals, originals, exclude_self=True)))
     rows, pools = [], []
     for candidate in candidates:
         pool = generate_pilot(unet, scheduler, candidate, base_config, contents, styles, features, n, seed, batch_size)
         biased, distance = predict_biased(pool.images), nearest_distance(pool.images, originals)
-        scores = score_pilot(pool.targets, biased, predict_reference(pool.images), distance, reference_distance)
+        scores = score_pilot(pool.targets, biased, predict_reference(pool.images), distance, reference_distance, trust)
         row = {"name": candidate.name, **candidate.as_params(), **{k: round(v, 4) for k, v in scores.items()}}
         for name, predict in (other_references or {}).items():
-            other = score_pilot(pool.targets, biased, predict(pool.images), distance, reference_distance)
+            other = score_pilot(pool.targets, biased, predict(pool.images), distance, reference_distance, trust)
             row[f"score_{name}"], row[f"fidelity_{name}"] = round(other["score"], 4), round(other["fidelity"], 4)
         rows.append(row)
         pools.append(pool)

@@ -2,8 +2,9 @@
 manifest.parquet), a content | style | result grid, and the quality report metrics/inject.json.
 
 With `injection.auto` (the default), a pilot first chooses the setting (operator, sites, window, gamma,
-label rule) for this dataset, without a bias label (diffusion/pilot.py): every candidate's scores go to
-inject.json, a row of its images to metrics/plots/inject/pilot.png. With `auto: false` the params'
+label rule) for this dataset, without a bias label (diffusion/pilot.py; the valid split's labels say how far
+the biased model's misses can be trusted): every candidate's scores go to inject.json, a row of its images
+to metrics/plots/inject/pilot.png. With `auto: false` the params'
 setting is used and `label_from: auto` is decided from the probes (metrics/probe.json).
 
 The content's features at the injected sites are recomputed once from its inversion path (x_t at
@@ -38,7 +39,7 @@ from diffinject.diffusion.injection import collect_manifest, generate_pool, make
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, load_inverted
 from diffinject.diffusion.model import DiffusionConfig, load_diffusion
-from diffinject.diffusion.pilot import run_pilot
+from diffinject.diffusion.pilot import conflict_trust, run_pilot
 from diffinject.diffusion.pilot_grid import candidate_grid
 from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.diffusion.probes import decide_label_from
@@ -161,20 +162,27 @@ def choose_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents
         raise DiffinjectError(f"params 'injection.pilot_grid': no candidate injects only at sites of this UNet ({', '.join(known)})")
     sites = sorted({site for c in candidates for site in c.sites})
     features = content_features(unet, contents, sites, cfg.batch_size)
+    # how far a miss of the biased model can be read as a conflict: its accuracy on the unbiased valid split
+    predict_biased = predictor(models["biased"], device)
+    valid = load_split(root / PREPARED, "valid", manifest)
+    biased_valid_acc = float((predict_biased(valid.images) == valid.targets.numpy()).mean())
+    trust = conflict_trust(biased_valid_acc, n_classes)
     progress = tqdm(total=len(candidates), desc="inject: pilot", unit="candidate")
     result = run_pilot(unet, scheduler, cfg.sampler_config(), contents, styles, features, candidates, cfg.pilot_size,
-                       seed, cfg.batch_size, predictor(models["biased"], device), predictor(models[reference], device),
+                       seed, cfg.batch_size, predict_biased, predictor(models[reference], device),
                        originals, on_candidate=lambda name: progress.update(1),
-                       other_references={name: predictor(models[name], device) for name in others})
+                       other_references={name: predictor(models[name], device) for name in others}, trust=trust)
     progress.close()
     winner = candidates[result.winner]
     save_labelled_rows([(f"{row['name']}\nscore {row['score']:.3f} (conflict {row['conflict']:.2f}, fidelity "
                          f"{row['fidelity']:.2f}, diversity {row['diversity']:.2f})", pool.images[:PILOT_SHOWN])
                         for row, pool in zip(result.rows, result.pools)], root / PLOTS / "pilot.png")
     scores = ", ".join(f"{row['score']:.3f}" for row in result.rows)
-    print(f"inject: pilot chose {winner.name} (score {result.rows[result.winner]['score']:.3f}; all: {scores})")
+    print(f"inject: pilot chose {winner.name} (score {result.rows[result.winner]['score']:.3f}; all: {scores}; "
+          f"conflict trust {trust:.2f}, biased valid acc {biased_valid_acc:.3f})")
     chosen = dataclasses.replace(cfg, **winner.as_params())
     report = {"reference": reference, "n_per_candidate": cfg.pilot_size, "winner": winner.name,
+              "biased_valid_acc": round(biased_valid_acc, 4), "conflict_trust": round(trust, 4),
               "candidates": result.rows, **({"skipped": skipped} if skipped else {})}
     return chosen, report, features
 
