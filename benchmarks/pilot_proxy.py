@@ -44,7 +44,7 @@ from diffinject.stages.paths import MODELS, PREPARED  # noqa: E402
 # every reference model the pilot can read fidelity from, so each one's score is recorded beside the chosen one's
 SETUP = (("train_biased", train_biased), ("mine", mine), ("lff", lff), ("disent", disent), ("lc", lc),
          ("vanilla", vanilla), ("invert", invert), ("train_judge", train_judge))
-REFERENCES = ("lff", "disent", "lc", "vanilla")
+REFERENCES = inject.REFERENCES  # every model the pilot may read fidelity from
 
 
 def measured(rows: list[dict], winner: int, other_rule: int) -> list[int]:

@@ -30,6 +30,7 @@ from diffinject.errors import DiffinjectError
 from diffinject.models.classifier import SELECT_METRIC
 from diffinject.stages import debiased_disent, debiased_lc, debiased_lff, evaluate, inject, train_debiased
 from diffinject.stages.paths import CURVES, METRICS, MODELS, PREPARED
+from diffinject.tracking import runs
 from diffinject.tracking.registry import SELECTION_SPLIT, RegistryConfig, best_candidate
 from diffinject.tracking.search import SECTION, SearchConfig, TrialSetup, ValidationCurve, run_search
 from diffinject.tracking.search.space import SETTING, float_keys
@@ -58,13 +59,9 @@ def objective_model(cfg: SearchConfig, registry: RegistryConfig, root: Path) -> 
     if not (root / EVAL).is_file():
         raise DiffinjectError(f"{root / EVAL}: not found; the search trains the registry's best candidate "
                               "(run `dvc repro evaluate`, or set search.model)")
-    values = {metric: float("nan") for metric in registry.candidate_metrics()}  # a model not evaluated never wins
-    for name, result in json.loads((root / EVAL).read_text()).items():
-        node = result
-        for part in registry.measure.split("."):
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, (int, float)):
-            values[f"{name}.{registry.measure}"] = float(node)
+    evaluated = runs.file_metrics(root / EVAL)  # "<model>.valid.<metric>", the registry's own key scheme
+    # a model not evaluated never wins
+    values = {metric: evaluated.get(metric, float("nan")) for metric in registry.candidate_metrics()}
     if all(value != value for value in values.values()):
         raise DiffinjectError(f"{root / EVAL}: no registry candidate ({', '.join(registry.candidates)}) was evaluated "
                               "(run `dvc repro evaluate`, or set search.model)")
