@@ -30,8 +30,11 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,15 +42,15 @@ from seeds_table import REPO, apply_overrides  # noqa: E402
 
 from diffinject.config import load_params  # noqa: E402
 from diffinject.data.manifest import read_manifest  # noqa: E402
-from diffinject.data.tensors import ImageTensors, load_split  # noqa: E402
+from diffinject.data.tensors import load_split  # noqa: E402
 from diffinject.diffusion.model import load_diffusion  # noqa: E402
 from diffinject.diffusion.precision import autocast, resolve_precision  # noqa: E402
 from diffinject.diffusion.quality import reconstruct  # noqa: E402
 from diffinject.diffusion.synthetic_quality import to_grey  # noqa: E402
 from diffinject.models.checkpoint import load_classifier  # noqa: E402
-from diffinject.models.training import TrainerConfig, predict_logits  # noqa: E402
 from diffinject.stages import (inject, invert, lff, mine, prepare, prepare_palette, probe, train_biased,  # noqa: E402
                                train_judge, vanilla)
+from diffinject.stages.inject import predictor  # noqa: E402
 from diffinject.stages.paths import MODELS, PREPARED, model_dir  # noqa: E402
 
 SETUP = (prepare_palette, train_biased, mine, vanilla, lff, train_judge)
@@ -57,34 +60,42 @@ POOL_KEYS = ("label_fidelity", "faithful_bias_conflict_fraction", "bias_conflict
 RATIO_KEYS = ("recon_judge_acc", "recon_reference_acc", "pilot_score", "label_fidelity", "faithful_bias_conflict_fraction")
 
 
-def accuracy(net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, grey: bool, trainer_cfg: TrainerConfig) -> float:
-    view = to_grey(images) if grey else images
-    logits = predict_logits(net, ImageTensors(view, targets, torch.arange(len(images)), "benchmark"), 512, trainer_cfg)
-    return float((logits.argmax(1) == targets).float().mean())
+@dataclass
+class ValidSample:
+    """The valid images every generator reconstructs, and the two readers of their label."""
+    images: torch.Tensor  # uint8
+    targets: np.ndarray
+    judge: Callable[[torch.Tensor], np.ndarray]  # sees the grey view when it was trained on it
+    reference: Callable[[torch.Tensor], np.ndarray]
+
+    def accuracies(self, images: torch.Tensor) -> tuple[float, float]:
+        return (float((self.judge(images) == self.targets).mean()), float((self.reference(images) == self.targets).mean()))
 
 
-def reconstruction_fidelity(root: Path, diffusion: Path, params: dict, n_images: int) -> dict[str, float]:
-    """The judge's (grey view, as it was trained) and LfF's accuracy on DDIM reconstructions of valid images."""
+def valid_sample(root: Path, seed: int, n_images: int) -> ValidSample:
+    """`n_images` valid images (seeded) with the judge and LfF as inject's quality report and pilot read them."""
     prepared = root / PREPARED
     manifest = read_manifest(prepared)
     valid = load_split(prepared, "valid", manifest)
-    pick = torch.randperm(len(valid), generator=torch.Generator().manual_seed(params["seed"]))[:n_images]
-    images, targets = valid.images[pick], valid.targets[pick]
-    shape, n_classes = tuple(images.shape[1:]), int(manifest["target"].nunique())
-    trainer_cfg = TrainerConfig(enable_progress_bar=False)
+    pick = torch.randperm(len(valid), generator=torch.Generator().manual_seed(seed))[:n_images]
+    images = valid.images[pick]
+    shape, n_classes, cpu = tuple(images.shape[1:]), int(manifest["target"].nunique()), torch.device("cpu")
     judge, _, meta = load_classifier(model_dir(root, "judge"), num_classes=n_classes, image_shape=shape)
     reference, _, _ = load_classifier(model_dir(root, "lff"), num_classes=n_classes, image_shape=shape)
+    read_judge = predictor(judge, cpu)
     grey = meta.get("view", "grey") == "grey"
-    unet, scheduler = load_diffusion(diffusion)
+    return ValidSample(images, valid.targets[pick].numpy(), (lambda x: read_judge(to_grey(x))) if grey else read_judge,
+                       predictor(reference, cpu))
+
+
+def reconstruction_fidelity(sample: ValidSample, unet, scheduler, params: dict) -> dict[str, float]:
+    """The judge's and LfF's accuracy on DDIM reconstructions (the injection's step counts, no injection)."""
     precision = resolve_precision(params["diffusion"]["precision"], torch.device("cpu"))
     steps = params["injection"]
     with torch.no_grad(), autocast(precision, torch.device("cpu")):
-        rec = reconstruct(unet.eval(), scheduler, images, steps["n_inv_step"], steps["n_gen_step"])
-    return {"recon_mse": round(rec.mse, 4),
-            "real_judge_acc": accuracy(judge, images, targets, grey, trainer_cfg),
-            "real_reference_acc": accuracy(reference, images, targets, False, trainer_cfg),
-            "recon_judge_acc": accuracy(judge, rec.images, targets, grey, trainer_cfg),
-            "recon_reference_acc": accuracy(reference, rec.images, targets, False, trainer_cfg)}
+        rec = reconstruct(unet.eval(), scheduler, sample.images, steps["n_inv_step"], steps["n_gen_step"])
+    judge_acc, reference_acc = sample.accuracies(rec.images)
+    return {"recon_mse": round(rec.mse, 4), "recon_judge_acc": judge_acc, "recon_reference_acc": reference_acc}
 
 
 def pool_quality(base: Path, diffusion: Path, params: dict, work: Path) -> dict:
@@ -115,10 +126,6 @@ def with_ratios(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def parameters(diffusion: Path) -> int:
-    return sum(w.numel() for w in load_diffusion(diffusion)[0].parameters())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
@@ -139,9 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         prepare.run(params, out_dir=base / PREPARED, plots_dir=base / "metrics" / "plots" / "prepare")
         for stage in SETUP:
             stage.run(params, base)
+        sample = valid_sample(base, args.seed, args.n_images)
+        real_judge_acc, real_reference_acc = sample.accuracies(sample.images)
         for i, folder in enumerate(args.diffusion):
-            row = {"diffusion": str(folder), "parameters": parameters(folder),
-                   **reconstruction_fidelity(base, folder, params, args.n_images)}
+            unet, scheduler = load_diffusion(folder)
+            row = {"diffusion": str(folder), "parameters": sum(w.numel() for w in unet.parameters()),
+                   "real_judge_acc": real_judge_acc, "real_reference_acc": real_reference_acc,
+                   **reconstruction_fidelity(sample, unet, scheduler, params)}
             if not args.quick:
                 row.update(pool_quality(base, folder, params, Path(tmp) / f"generator-{i}"))
             rows.append(row)
