@@ -34,6 +34,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train_judge": ("train_judge", "colour-blind judge for the synthetic quality report (judge.*) -> models/judge/"),
     "probe": ("probe", "linear probes of what each UNet site carries per timestep (probe.*) -> metrics/probe.json"),
     "invert": ("invert", "DDIM-invert content (mined) and style (easiest) images -> data/inversions/"),
+    "fair_finetune": ("fair_finetune", "with injection.generator fair: LoRA-fine-tune the DDPM toward balanced conflicts (fair.*) -> models/fair/"),
     "inject": ("inject", "h-space injection from cached inversions (injection.*) -> data/synthetic/"),
     "evaluate": ("evaluate", "accuracy, group and fairness metrics of every model on valid/test -> metrics/eval.json"),
     "register": ("register", "log this pipeline run to MLflow, register models/debiased; champion moves only on improvement"),

@@ -42,6 +42,9 @@ class InjectionParams:
     n_samples_ratio: float | None = 0.5  # the pool size as a fraction of |train| (as many as train_debiased draws)
     label_from: Literal["content", "style", "auto"] = "auto"  # auto: decided from metrics/probe.json, no bias label read
     batch_size: int = 64
+    # base: the DDPM as trained; fair: with the LoRA adapter of stage fair_finetune (models/fair/), on the
+    # setting the adapter was fine-tuned for (diffusion/fair.py)
+    generator: Literal["base", "fair"] = "base"
     styles_per_class: int = 20  # style images inverted per class
     style_easiest_fraction: float = 0.5  # styles are drawn from this lowest-loss fraction of each class
 
@@ -65,6 +68,8 @@ class InjectionParams:
             raise DiffinjectError(f"params 'injection.label_from': got {self.label_from!r}, expected content, style or auto")
         if not self.sites():
             raise DiffinjectError("params 'injection.site': expected a site (h, up0, up1, ...) or a list of them")
+        if self.generator not in ("base", "fair"):
+            raise DiffinjectError(f"params 'injection.generator': got {self.generator!r}, expected base or fair")
         if self.replace_steps < 2:
             raise DiffinjectError(f"params 'injection.replace_steps': got {self.replace_steps}, expected >= 2")
         if not 0 < self.style_easiest_fraction <= 1:

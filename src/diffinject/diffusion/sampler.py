@@ -291,19 +291,33 @@ class InjectionSampler:
             content = {site: content[site] for site in cfg.sites}
         x = x_T
         for step in tqdm(self.steps, desc="inject: DDIM steps", disable=not progress, leave=False):
-            timestep = torch.full((x.shape[0],), step.t, device=x.device, dtype=torch.long)
-            a_t, a_next = _alpha(self.alphas_cumprod, step.t).to(x), _alpha(self.alphas_cumprod, step.t_next).to(x)
-            if content is not None and step.inject:
-                here = _content_at(content, int(np.abs(content_timesteps - step.t).argmin()))
-                eps, eps_inj = self._eps_pair(x, timestep, a_t, here)  # (1), (2)
-            else:
-                eps = eps_inj = _eps(self.unet, x, timestep, a_t, self.prediction_type)  # (1); ε̃ = ε
-            noise = None
-            if step.eta > 0:  # z of (3)
-                noise = torch.randn(x.shape, generator=generator, device=x.device if generator is None else generator.device).to(x)
-            # (3): x_0 from ε̃, the direction from ε (Asyrp's asymmetric step)
-            x = ddim_step(x, eps_inj, eps, a_t, a_next, eta=step.eta, dir_scale=step.dir_scale, noise=noise, clip_x0=cfg.clip_x0)
+            x = self.step(x, step, content, content_timesteps, generator)
         return x
+
+    def step(self, x: torch.Tensor, step: Step, content: Features | None, content_timesteps: np.ndarray | None,
+             generator: torch.Generator | None = None, eps_grad_scale: float | None = None) -> torch.Tensor:
+        """One step of the plan, x_t -> x_{t_next}, (1)-(3). With `eps_grad_scale` (the fair generator's
+        adjusted direct fine-tuning, diffusion/fair.py) the UNet sees x_t detached, so the gradient
+        reaches x_t only through the update's linear terms, and the gradient of ε and ε̃ is scaled."""
+        x_in = x.detach() if eps_grad_scale is not None else x
+        timestep = torch.full((x.shape[0],), step.t, device=x.device, dtype=torch.long)
+        a_t, a_next = _alpha(self.alphas_cumprod, step.t).to(x), _alpha(self.alphas_cumprod, step.t_next).to(x)
+        if content is not None and step.inject:
+            here = _content_at(content, int(np.abs(content_timesteps - step.t).argmin()))
+            eps, eps_inj = self._eps_pair(x_in, timestep, a_t, here)  # (1), (2)
+        else:
+            eps = eps_inj = _eps(self.unet, x_in, timestep, a_t, self.prediction_type)  # (1); ε̃ = ε
+        if eps_grad_scale is not None and eps.requires_grad:
+            scale = float(eps_grad_scale)
+            eps.register_hook(lambda grad: grad * scale)
+            if eps_inj is not eps:
+                eps_inj.register_hook(lambda grad: grad * scale)
+        noise = None
+        if step.eta > 0:  # z of (3)
+            noise = torch.randn(x.shape, generator=generator, device=x.device if generator is None else generator.device).to(x)
+        # (3): x_0 from ε̃, the direction from ε (Asyrp's asymmetric step)
+        return ddim_step(x, eps_inj, eps, a_t, a_next, eta=step.eta, dir_scale=step.dir_scale, noise=noise,
+                         clip_x0=self.config.clip_x0)
 
 
 @torch.no_grad()

@@ -10,6 +10,9 @@ label, is it balanced, how far is it from real images?
 - bias_conflict_fraction, faithful_bias_conflict_fraction, bias_from_style_fraction: the same for any
   bias mechanism (background, corruption, a folder's own), with the bias read by the bias judge
   (trained on bias labels, evaluation only) instead of measured from pixels;
+- bias_deviation (judged): per class, the mean over bias values of |frequency − target|, the target
+  uniform over the values other than the class's own (the fair generator's aim, diffusion/fair.py;
+  the seed's deviation from a non-uniform target), averaged over classes;
 - bias_imbalance: the mean pairwise gap of the measured-colour frequencies within each class, averaged
   over classes (0 = every colour equally frequent in every class);
 - frechet_distance: between synthetic and real test images in the penultimate-layer features of the
@@ -56,6 +59,22 @@ def bias_imbalance(targets: np.ndarray, bias: np.ndarray, n_bias: int) -> float:
     for label in np.unique(targets):
         freq = np.bincount(bias[targets == label], minlength=n_bias) / max(1, int((targets == label).sum()))
         gaps.append(np.mean([abs(freq[a] - freq[b]) for a, b in itertools.combinations(range(n_bias), 2)]))
+    return float(np.mean(gaps))
+
+
+def conflict_target(label: int, n_values: int) -> np.ndarray:
+    """(n_values,) the fair target of a synthetic image labelled `label`: uniform over the other values."""
+    target = np.full(n_values, 1.0 / (n_values - 1))
+    target[label] = 0.0
+    return target
+
+
+def bias_deviation(targets: np.ndarray, bias: np.ndarray, n_values: int) -> float:
+    """Mean over classes of mean_k |f_k − target_k|, f the class's bias-value frequencies (`conflict_target`)."""
+    gaps = []
+    for label in np.unique(targets):
+        freq = np.bincount(bias[targets == label], minlength=n_values)[:n_values] / max(1, int((targets == label).sum()))
+        gaps.append(np.abs(freq - conflict_target(int(label), n_values)).mean())
     return float(np.mean(gaps))
 
 
@@ -118,6 +137,7 @@ def pool_report(images: torch.Tensor, pool: pd.DataFrame, n_classes: int, colour
         report["bias_conflict_fraction"] = float(conflict.mean())
         report["bias_from_style_fraction"] = float(np.mean(bias_judged == aligned_bias[pool["style_target"].to_numpy()]))
         report["bias_imbalance_judged"] = bias_imbalance(targets, bias_judged, int(bias_judged.max()) + 1)
+        report["bias_deviation"] = bias_deviation(targets, bias_judged, max(n_classes, int(bias_judged.max()) + 1))
         if judged is not None:
             report["faithful_bias_conflict_fraction"] = float(np.mean((judged == targets) & conflict))
     if vanilla is not None and reference is not None:

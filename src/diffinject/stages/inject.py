@@ -38,6 +38,7 @@ from diffinject.devices import barrier, inference_device, rank_and_world
 from diffinject.diffusion.injection import collect_manifest, generate_pool, make_pairs
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, load_inverted
+from diffinject.diffusion.lora import WEIGHTS, attach_adapter, read_adapter
 from diffinject.diffusion.model import DiffusionConfig, load_diffusion
 from diffinject.diffusion.pilot import conflict_trust, run_pilot
 from diffinject.diffusion.pilot_grid import candidate_grid
@@ -55,6 +56,7 @@ from diffinject.stages.paths import METRICS, MODELS, PREPARED, model_dir
 from diffinject.diffusion.synthetic_quality import pool_report, to_grey
 
 INVERSIONS = Path("data/inversions")
+FAIR = MODELS / "fair"  # stage fair_finetune's adapter
 PROBE = METRICS / "probe.json"
 OUT = Path("data/synthetic")
 PLOTS = METRICS / "plots" / "inject"
@@ -69,11 +71,12 @@ PARAMS = StageParams({"trainer": TrainerConfig, "diffusion": slice_of(DiffusionC
 
 
 def work_dir(root: Path, cfg: InjectionParams, seed: int, precision: str, label_from: str) -> Path:
-    """Partial results are only reused by a run with the same params, label rule, precision, seed and inversions."""
+    """Partial results are only reused by a run with the same params, label rule, precision, seed,
+    inversions and (generator fair) adapter."""
     digest = hashlib.sha256(json.dumps({"cfg": vars(cfg), "seed": seed, "precision": precision, "label_from": label_from},
                                        sort_keys=True).encode())
-    for name in (CONTENT, STYLE):
-        digest.update((root / INVERSIONS / name).read_bytes())
+    for path in (root / INVERSIONS / CONTENT, root / INVERSIONS / STYLE, *([root / FAIR / WEIGHTS] if cfg.generator == "fair" else [])):
+        digest.update(path.read_bytes())
     return root / "data" / f".synthetic-partial-{digest.hexdigest()[:16]}"
 
 
@@ -203,6 +206,20 @@ def resolve_reference(root: Path, name: str) -> str:
     return max(valid, key=valid.get)  # the first listed wins a tie
 
 
+def use_fair_adapter(root: Path, cfg: InjectionParams, unet, contents):
+    """`injection.generator: fair`: (the injection setting models/fair's adapter was fine-tuned for, the
+    contents' features at its sites from the base UNet, as in fine-tuning), and the adapter attached to
+    `unet`. The adapter learnt that setting's rollouts, so no pilot runs again."""
+    tensors, meta = read_adapter(root / FAIR)
+    try:
+        cfg = dataclasses.replace(cfg, **meta["injection"], label_from=meta["label_from"], auto=False)
+    except (KeyError, TypeError) as exc:
+        raise DiffinjectError(f"{root / FAIR / 'adapter.json'}: lacks the injection setting ({exc}); re-run `python -m diffinject fair_finetune`") from exc
+    features = content_features(unet, contents, cfg.sites(), cfg.batch_size)
+    attach_adapter(unet, tensors, meta)
+    return cfg, features
+
+
 def predictor(net: torch.nn.Module, device: torch.device, batch_size: int = 1024):
     """uint8 images -> the network's predicted classes (numpy), in eval mode and without gradients."""
     @torch.no_grad()
@@ -235,7 +252,11 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     train = load_split(root / PREPARED, "train", manifest)
     row_of = {int(i): k for k, i in enumerate(train.ids.tolist())}
     pilot_report = pilot_features = None
-    if cfg.auto:
+    if cfg.generator == "fair":
+        with autocast(precision, device):
+            cfg, pilot_features = use_fair_adapter(root, cfg, unet, contents)
+        decision = {"label_from": cfg.label_from, "decided_by": "fair adapter (models/fair/adapter.json)"}
+    elif cfg.auto:
         originals = train.images[[row_of[int(i)] for i in contents.ids]]
         with autocast(precision, device):
             cfg, pilot_report, pilot_features = choose_injection(root, cfg, unet, scheduler, contents, styles, manifest,
