@@ -214,6 +214,17 @@ CASES = [
     ("pool target beyond the classes", "train_debiased", {}, pool_rows(target=10), "not a class"),
     ("pool target negative", "train_debiased", {}, pool_rows(target=-1), "not a class"),
     ("pool image garbage", "train_debiased", {}, write("data/synthetic/images/3.png", b"\x89PNG\r\n\x1a\n broken"), "3.png"),
+    # the probes and the fair adapter read by inject, the fair generator's params
+    ("probe metrics garbage", "inject", {"injection": {"label_from": "auto"}}, write("metrics/probe.json", b"{not json"),
+     "metrics/probe.json"),
+    ("probe metrics empty", "inject", {"injection": {"label_from": "auto"}}, write("metrics/probe.json", b""), "metrics/probe.json"),
+    ("probe metrics a list", "inject", {"injection": {"label_from": "auto"}}, write("metrics/probe.json", b"[1]"), "metrics/probe.json"),
+    ("injection site unknown", "inject", {"injection": {"site": "up9"}}, None, "params 'injection.site': 'up9'"),
+    ("fair generator without an adapter", "inject", {"injection": {"generator": "fair"}}, None, "models/fair"),
+    ("fair preservation unknown", "fair_finetune", {"injection": {"generator": "fair"}, "fair": {"preserve": "clip"}}, None,
+     "params 'fair.preserve'"),
+    ("fair grad_steps zero", "fair_finetune", {"injection": {"generator": "fair"}, "fair": {"grad_steps": 0}}, None,
+     "params 'fair.grad_steps'"),
     # metrics read by register
     ("eval metrics garbage", "register", {}, write("metrics/eval.json", b"{\"biased\": "), "metrics/eval.json"),
 ]

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import subprocess
 
 import pytest
+import yaml
 
 from diffinject.cli import STAGES
 from diffinject.config import StageParams, load_params, section, section_class, slice_of
@@ -15,7 +17,19 @@ from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.errors import DiffinjectError
 from tests.conftest import REPO
 
-PARAMS_YAML = load_params(REPO / "params.yaml")
+
+def committed_params() -> dict:
+    """params.yaml as git's index holds it: `dvc exp run -S key=value` leaves its value in the working
+    copy (as DVC does), and an experiment must not turn the suite red; a change meant to land is staged
+    with its dataclass default. Outside a git checkout, the file itself."""
+    try:
+        text = subprocess.run(["git", "show", ":params.yaml"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return load_params(REPO / "params.yaml")
+    return yaml.safe_load(text)
+
+
+PARAMS_YAML = committed_params()
 
 
 def stage_params() -> dict[str, StageParams]:

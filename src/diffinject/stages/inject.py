@@ -46,7 +46,7 @@ from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.diffusion.probes import decide_label_from
 from diffinject.diffusion.sampler import InjectionSampler, capture_features
 from diffinject.diffusion.sites import site_names
-from diffinject.errors import DiffinjectError
+from diffinject.errors import DiffinjectError, first_line
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid, save_labelled_rows
 from diffinject.models.checkpoint import load_classifier
@@ -129,8 +129,13 @@ def resolve_label_from(root: Path, cfg: InjectionParams) -> dict[str, Any]:
         return {"label_from": cfg.label_from, "decided_by": "params"}
     if not (root / PROBE).is_file():
         raise DiffinjectError(f"{root / PROBE}: not found; injection.label_from auto needs the probes (run `python -m diffinject probe`)")
-    probe = json.loads((root / PROBE).read_text())
-    unknown = [site for site in cfg.sites() if site not in probe.get("curves", {})]
+    try:
+        probe = json.loads((root / PROBE).read_text())
+    except (OSError, ValueError) as exc:
+        raise DiffinjectError(f"{root / PROBE}: not valid JSON ({first_line(exc)}); re-run `python -m diffinject probe`") from exc
+    if not isinstance(probe, dict) or not isinstance(probe.get("curves"), dict):
+        raise DiffinjectError(f"{root / PROBE}: expected a JSON object with the probes' curves; re-run `python -m diffinject probe`")
+    unknown = [site for site in cfg.sites() if site not in probe["curves"]]
     if unknown:
         raise DiffinjectError(f"{root / PROBE}: no probe of site {unknown[0]!r} (re-run the probe stage)")
     try:
@@ -252,6 +257,10 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     train = load_split(root / PREPARED, "train", manifest)
     row_of = {int(i): k for k, i in enumerate(train.ids.tolist())}
     pilot_report = pilot_features = None
+    known = site_names(unet)
+    if not cfg.auto and not set(cfg.sites()) <= set(known):  # a typo in the param, not a stale probe
+        wrong = next(site for site in cfg.sites() if site not in known)
+        raise DiffinjectError(f"params 'injection.site': {wrong!r} is not a site of this UNet (expected some of {', '.join(known)})")
     if cfg.generator == "fair":
         with autocast(precision, device):
             cfg, pilot_features = use_fair_adapter(root, cfg, unet, contents)
