@@ -2,7 +2,9 @@
 
 The official DiffStyle/DiffInject code handles one (content, style) pair at a time with batch 1: it
 loads the model for the pair, DDIM-inverts the content (recomputing its h) and the style, then
-generates, in fp32, with two full UNet passes per injected step. Ours inverts every content and style
+generates, in fp32, with two full UNet passes per injected step. Both sides inject the pipeline's
+own default operator and sites (`injection.*`: channel statistics at up0 and up1 today), the content's
+features recomputed from its inversion path as the invert and inject stages do. Ours inverts every content and style
 image once, in batches, and generates all pairs in batches from the cache, the two passes of a step
 sharing the UNet's encoder (`shared_encoder_speedup`: against two full passes), in the pipeline's
 `diffusion.precision` (bf16 autocast on a CPU with AVX512-BF16; the same loop in fp32 is timed too,
@@ -89,8 +91,25 @@ def _workload(n_pairs: int):
     return contents, styles, torch.as_tensor(pairs.content), torch.as_tensor(pairs.style)
 
 
+def invert_contents(unet, scheduler, images: torch.Tensor, cfg):
+    """(x_T, the features at the pipeline's injection sites on the inversion path, its timesteps), as
+    the invert and inject stages compute them: DDIM inversion keeping x_t at every step, then one
+    pass per step to capture `cfg.sites` (whatever operator and site the params inject)."""
+    from diffinject.diffusion.model import to_model_range
+    from diffinject.diffusion.sampler import capture_features, ddim_invert
+
+    inversion = ddim_invert(unet, scheduler, to_model_range(images), cfg.n_gen_step, keep_h=False, keep_path=True)
+    features = capture_features(unet, inversion.xs, inversion.timesteps, cfg.sites, batch_size=len(images))
+    return inversion.x_T, features, inversion.timesteps
+
+
+def take(features, rows):
+    """The features of the contents `rows` (site -> tensors (n_steps, len(rows), ...))."""
+    return {site: tuple(f[:, rows] for f in tensors) for site, tensors in features.items()}
+
+
 def reference_loop(model_dir: Path, contents, styles, pair_content, pair_style, cfg) -> float:
-    """One pair at a time, batch 1, model loaded per pair, content h recomputed per pair."""
+    """One pair at a time, batch 1, model loaded per pair, the content's features recomputed per pair."""
     from diffinject.diffusion.model import load_diffusion, to_model_range, to_uint8
     from diffinject.diffusion.sampler import InjectionSampler, ddim_invert
 
@@ -99,11 +118,11 @@ def reference_loop(model_dir: Path, contents, styles, pair_content, pair_style, 
         unet, scheduler = load_diffusion(model_dir)
         unet.eval()
         with torch.no_grad():
-            c = ddim_invert(unet, scheduler, to_model_range(contents[ci:ci + 1]), cfg.n_gen_step, keep_h=True)
+            _, features, timesteps = invert_contents(unet, scheduler, contents[ci:ci + 1], cfg)
             s = ddim_invert(unet, scheduler, to_model_range(styles[si:si + 1]), cfg.n_gen_step, keep_h=False)
             # two full UNet passes per injected step, as the official code runs them
             with InjectionSampler(unet, scheduler, cfg, share_encoder=False) as sampler:
-                to_uint8(sampler.generate(s.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(k)))
+                to_uint8(sampler.generate(s.x_T, features, timesteps, torch.Generator().manual_seed(k)))
     return time.perf_counter() - start
 
 
@@ -129,16 +148,17 @@ def ours(model_dir: Path, contents, styles, pair_content, pair_style, cfg, batch
     unet, scheduler = load_diffusion(model_dir)
     unet.eval()
     with torch.no_grad(), autocast(precision, torch.device("cpu")):
-        c_inv = [ddim_invert(unet, scheduler, to_model_range(contents[b:b + batch_size]), cfg.n_gen_step, keep_h=True)
-                 for b in range(0, len(contents), batch_size)]
+        c_inv = [invert_contents(unet, scheduler, contents[b:b + batch_size], cfg) for b in range(0, len(contents), batch_size)]
         s_T = torch.cat([ddim_invert(unet, scheduler, to_model_range(styles[b:b + batch_size]), cfg.n_gen_step,
                                      keep_h=False).x_T for b in range(0, len(styles), batch_size)])
-        hs, timesteps = torch.cat([c.hs for c in c_inv], 1), c_inv[0].timesteps  # (n_inv, N, c, h, w)
+        features = {site: tuple(torch.cat([c[1][site][k] for c in c_inv], 1) for k in range(len(c_inv[0][1][site])))
+                    for site in cfg.sites}  # site -> (n_inv, N, ...)
+        timesteps = c_inv[0][2]
         inverted = time.perf_counter()
         with InjectionSampler(unet, scheduler, cfg, share_encoder=share_encoder) as sampler:
             for i, b in enumerate(range(0, len(pair_content), batch_size)):
                 ci, si = pair_content[b:b + batch_size], pair_style[b:b + batch_size]
-                to_uint8(sampler.generate(s_T[si], hs[:, ci], timesteps, torch.Generator().manual_seed(i)))
+                to_uint8(sampler.generate(s_T[si], take(features, ci), timesteps, torch.Generator().manual_seed(i)))
     end = time.perf_counter()
     return end - start, inverted - start, end - inverted
 
@@ -169,9 +189,9 @@ def _reference_main(model_dir: str, n_pairs: int, n_reference: int) -> None:
 
 def _child(kind: str, model_dir: str, n: int, batch_size: int) -> None:
     from diffinject.diffusion.injection_params import InjectionParams
-    from diffinject.diffusion.model import load_diffusion, to_model_range
+    from diffinject.diffusion.model import load_diffusion
     from diffinject.diffusion.precision import autocast
-    from diffinject.diffusion.sampler import InjectionSampler, ddim_invert
+    from diffinject.diffusion.sampler import InjectionSampler
 
     contents, _ = _images(n)
     cfg = InjectionParams().sampler_config()
@@ -179,10 +199,10 @@ def _child(kind: str, model_dir: str, n: int, batch_size: int) -> None:
     unet.eval()
     with torch.no_grad(), autocast(pipeline_precision(), torch.device("cpu")):
         for b in range(0, n, batch_size):
-            c = ddim_invert(unet, scheduler, to_model_range(contents[b:b + batch_size]), cfg.n_gen_step, keep_h=True)
+            x_T, features, timesteps = invert_contents(unet, scheduler, contents[b:b + batch_size], cfg)
             if kind == "inject":
                 with InjectionSampler(unet, scheduler, cfg) as sampler:
-                    sampler.generate(c.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(b))
+                    sampler.generate(x_T, features, timesteps, torch.Generator().manual_seed(b))
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
