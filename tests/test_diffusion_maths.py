@@ -92,6 +92,14 @@ def test_ddim_step_is_its_own_inverse_for_a_fixed_eps():
     torch.testing.assert_close(up, a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps)
 
 
+def test_a_stochastic_step_without_noise_is_a_clear_error():
+    a_t, a_next = torch.tensor(0.5), torch.tensor(0.9)
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"eta 1.0 > 0 .* needs `noise`"):
+        ddim_step(x, x, x, a_t, a_next, eta=1.0)
+    assert ddim_step(x, x, x, a_t, a_next, eta=1.0, noise=torch.zeros_like(x)).shape == x.shape
+
+
 def test_asymmetric_step_takes_x0_from_injected_eps_and_direction_from_original():
     a_t, a_next = torch.tensor(0.3), torch.tensor(0.6)
     x, eps, eps_inj = torch.randn(3, 2), torch.randn(3, 2), torch.randn(3, 2)

@@ -54,6 +54,8 @@ def ddim_step(x_t: torch.Tensor, eps_x0: torch.Tensor, eps_dir: torch.Tensor, a_
     x0 comes from eps_x0, the direction from eps_dir (Asyrp's asymmetric reverse process; equal
     tensors give plain DDIM). With eta = 0 and a_next < a_t this is the deterministic inversion step.
     """
+    if eta > 0 and noise is None:
+        raise ValueError(f"ddim_step: eta {eta} > 0 adds σ·z, so it needs `noise` (a tensor shaped like x_t)")
     x0 = (x_t - (1 - a_t).sqrt() * eps_x0) / a_t.sqrt()  # (1) predicted x_0, DDIM Eq. 12
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)  # data range; diffusers' `clip_sample`, for sampling from pure noise
