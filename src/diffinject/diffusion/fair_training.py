@@ -26,6 +26,7 @@ from diffinject.diffusion.inversion_store import InvertedSet
 from diffinject.diffusion.lora import LoRAConv2d, TimestepGate, add_lora, adapter_tensors, load_adapter_tensors, set_enabled
 from diffinject.diffusion.sampler import InjectionSampler
 from diffinject.diffusion.sites import Features
+from diffinject.fsutil import atomic_file
 
 STATE = "state.pt"
 
@@ -50,7 +51,6 @@ class FairRun:
     layers: dict[str, LoRAConv2d]
     curve: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0
-    gate: TimestepGate | None = None
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
@@ -78,7 +78,7 @@ def fine_tune(unet: nn.Module, sampler: InjectionSampler, data: PairBatch, targe
         if net is not None:
             net.requires_grad_(False).eval()
     run = FairRun(add_lora(unet, cfg.rank, cfg.alpha, seed=seed))
-    run.gate = TimestepGate(unet, run.layers, gate_timestep(sampler, cfg.grad_steps))
+    TimestepGate(unet, run.layers, gate_timestep(sampler, cfg.grad_steps))  # its hook lives on the UNet
     weights = [getattr(layer, part).weight for layer in run.layers.values() for part in ("down", "up")]
     optimiser = torch.optim.AdamW(weights, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if checkpoint is not None and checkpoint.is_file():
@@ -123,11 +123,9 @@ def fine_tune(unet: nn.Module, sampler: InjectionSampler, data: PairBatch, targe
         if on_step is not None:
             on_step(step, row)
         if checkpoint is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            tmp = checkpoint.with_name(f".tmp-{checkpoint.name}")
-            torch.save({"step": step + 1, "adapter": adapter_tensors(run.layers), "optimiser": optimiser.state_dict(),
-                        "curve": run.curve}, tmp)
-            tmp.replace(checkpoint)
+            with atomic_file(checkpoint) as tmp:
+                torch.save({"step": step + 1, "adapter": adapter_tensors(run.layers), "optimiser": optimiser.state_dict(),
+                            "curve": run.curve}, tmp)
     return run
 
 

@@ -53,13 +53,16 @@ def faithful_conflict_fraction(judged: np.ndarray, colour: np.ndarray, targets: 
     return float(np.mean((judged == targets) & (colour != targets)))
 
 
+def class_frequencies(targets: np.ndarray, bias: np.ndarray, n_bias: int):
+    """(label, (n_bias,) bias-value frequencies among the label's samples) for each label present."""
+    for label in np.unique(targets):
+        yield int(label), np.bincount(bias[targets == label], minlength=n_bias)[:n_bias] / max(1, int((targets == label).sum()))
+
+
 def bias_imbalance(targets: np.ndarray, bias: np.ndarray, n_bias: int) -> float:
     """Mean over classes of the mean pairwise |f_a − f_b| of bias-value frequencies f within the class."""
-    gaps = []
-    for label in np.unique(targets):
-        freq = np.bincount(bias[targets == label], minlength=n_bias) / max(1, int((targets == label).sum()))
-        gaps.append(np.mean([abs(freq[a] - freq[b]) for a, b in itertools.combinations(range(n_bias), 2)]))
-    return float(np.mean(gaps))
+    return float(np.mean([np.mean([abs(freq[a] - freq[b]) for a, b in itertools.combinations(range(n_bias), 2)])
+                          for _, freq in class_frequencies(targets, bias, n_bias)]))
 
 
 def conflict_target(label: int, n_values: int) -> np.ndarray:
@@ -71,11 +74,8 @@ def conflict_target(label: int, n_values: int) -> np.ndarray:
 
 def bias_deviation(targets: np.ndarray, bias: np.ndarray, n_values: int) -> float:
     """Mean over classes of mean_k |f_k − target_k|, f the class's bias-value frequencies (`conflict_target`)."""
-    gaps = []
-    for label in np.unique(targets):
-        freq = np.bincount(bias[targets == label], minlength=n_values)[:n_values] / max(1, int((targets == label).sum()))
-        gaps.append(np.abs(freq - conflict_target(int(label), n_values)).mean())
-    return float(np.mean(gaps))
+    return float(np.mean([np.abs(freq - conflict_target(label, n_values)).mean()
+                          for label, freq in class_frequencies(targets, bias, n_values)]))
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.diffusion.sampler import InjectionSampler
 from diffinject.diffusion.synthetic_quality import bias_deviation, to_grey
 from diffinject.errors import DiffinjectError
-from diffinject.fsutil import atomic_dir, write_json
+from diffinject.fsutil import atomic_dir, atomic_file, write_json
 from diffinject.imaging import save_labelled_rows
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.training import TrainerConfig
@@ -63,18 +63,18 @@ PARAMS = StageParams({"trainer": TrainerConfig, "diffusion": slice_of(DiffusionC
 
 
 def resume_file(root: Path, params: dict[str, Any], seed: int) -> Path:
-    """A checkpoint is only resumed by a run with the same params, seed, DDPM and inversions."""
+    """A checkpoint is only resumed by a run with the same params, seed and inversions (which change
+    with the DDPM, as in inject's partial batches)."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode() + str(seed).encode())
-    for path in (root / INVERSIONS / CONTENT, root / INVERSIONS / STYLE, root / MODELS / "diffusion" / "unet" / "config.json"):
+    for path in (root / INVERSIONS / CONTENT, root / INVERSIONS / STYLE):
         if path.is_file():
             digest.update(path.read_bytes())
     return root / RESUME / digest.hexdigest()[:16] / STATE
 
 
-def training_pairs(contents, styles, label_from: str, n_classes: int, batch_size: int, seed: int):
-    """(Pairs, labels): pairs made as the pool's are (conflicting by the bias proxy), enough for every label."""
-    n = max(4 * n_classes * batch_size, len(contents.ids))
-    pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed + 1, label_from,
+def labelled_pairs(contents, styles, n: int, seed: int, label_from: str):
+    """(Pairs, labels): n pairs made as the pool's are (conflicting by the bias proxy), and their labels."""
+    pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed, label_from,
                        None if contents.proxy is None else contents.proxy.numpy(),
                        None if styles.proxy is None else styles.proxy.numpy())
     labels = (contents.targets[pairs.content] if label_from == "content" else styles.targets[pairs.style]).numpy()
@@ -162,7 +162,9 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
         reference, _, _ = load_classifier(model_dir(root, name), num_classes=n_classes, image_shape=shape,
                                           missing_hint=hint.format(name, name))
         reference = reference.to(device)
-    pairs, labels = training_pairs(contents, styles, label_from, n_classes, fair_cfg.batch_size, seed)
+    # enough pairs for every label's batches, drawn apart from the pool's (seed + 1)
+    pairs, labels = labelled_pairs(contents, styles, max(4 * n_classes * fair_cfg.batch_size, len(contents.ids)), seed + 1,
+                                   label_from)
     try:
         sampler = InjectionSampler(unet, scheduler, cfg.sampler_config())
     except ValueError as exc:
@@ -181,10 +183,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
         progress.close()
         seconds = time.perf_counter() - start
         # the before/after table on pairs made as the pool's first ones
-        eval_pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), fair_cfg.eval_size, seed, label_from,
-                                None if contents.proxy is None else contents.proxy.numpy(),
-                                None if styles.proxy is None else styles.proxy.numpy())
-        targets = (contents.targets[eval_pairs.content] if label_from == "content" else styles.targets[eval_pairs.style]).numpy()
+        eval_pairs, targets = labelled_pairs(contents, styles, fair_cfg.eval_size, seed, label_from)
         base, fair = generate_both(sampler, run_.layers, PairBatch(contents, styles, features, eval_pairs), cfg.batch_size, seed,
                                    fair_cfg.grad_steps, amp)
     images = {"base": to_uint8(base), "fair": to_uint8(fair)}
@@ -216,10 +215,8 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
 
 
 def write_curve(path: Path, curve: list[dict[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    pd.DataFrame(curve, columns=list(curve[0]) if curve else ["step", "alignment", "preservation"]).to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        pd.DataFrame(curve, columns=list(curve[0]) if curve else ["step", "alignment", "preservation"]).to_csv(tmp, index=False)
 
 
 def main(params_path: str = "params.yaml") -> None:
