@@ -27,7 +27,9 @@ plain PyTorch loop — and the peak memory of `train_biased` on the 60,000-image
 
     python benchmarks/classifier_training.py [--quick] [--path /usr/share/datasets/fashion-mnist]
 
---quick: fewer epochs and repeats, and a 7,000-image Fashion-MNIST subset. Last line: one JSON object.
+--quick: fewer epochs and repeats, and a 7,000-image Fashion-MNIST subset. --smoke: one epoch and one
+round of everything on a 2,000-image subset, a test that the script runs (its figures mean nothing).
+Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ QUICK_IMAGES = 7000
 # Trainer construction weighs more).
 EPOCHS, QUICK_EPOCHS = 50, 10
 REPEATS, QUICK_REPEATS = 9, 3
+SMOKE_IMAGES, SMOKE_EPOCHS, SMOKE_REPEATS = 2000, 1, 1  # --smoke: every measurement once, as short as it goes
 # Epochs of the peak-memory run (peak memory does not grow with epochs; time does).
 MEMORY_EPOCHS = 2
 # Throughput again on the prepared Fashion-MNIST train split (~53,000 images), where Lightning's fixed
@@ -89,7 +92,7 @@ def _plain_loop(train, valid, num_classes: int, cfg, seed: int) -> float:
     import lightning
     import torch
 
-    from diffinject.data.tensors import EVAL_BATCH_FACTOR, make_loader
+    from diffinject.data.loaders import EVAL_BATCH_FACTOR, make_loader
     from diffinject.models.classifier import to_unit_float
     from diffinject.models.losses import per_sample_loss
     from diffinject.models.training import build_net
@@ -133,9 +136,10 @@ def barebones_lightning(train, valid, num_classes: int, cfg, trainer_cfg, seed: 
     per-epoch `self.log`; returns wall seconds."""
     import lightning
 
-    from diffinject.data.tensors import ImageDataModule
+    from diffinject.data.loaders import ImageDataModule
     from diffinject.models.classifier import ClassifierModule, EpochSelector
-    from diffinject.models.training import _quiet_worker_warning, build_net
+    from diffinject.models.trainer import quiet_worker_warning
+    from diffinject.models.training import build_net
     from diffinject.quiet import quiet_lightning
 
     class UnloggedModule(ClassifierModule):
@@ -151,7 +155,7 @@ def barebones_lightning(train, valid, num_classes: int, cfg, trainer_cfg, seed: 
     trainer = lightning.Trainer(barebones=True, accelerator=trainer_cfg.accelerator, devices=1,
                                 precision=trainer_cfg.precision, deterministic=trainer_cfg.deterministic,
                                 max_epochs=cfg.epochs, num_sanity_val_steps=0)
-    with _quiet_worker_warning():
+    with quiet_worker_warning():
         trainer.fit(module, datamodule=ImageDataModule(train, valid, cfg.batch_size, seed))
     assert module.selector.state is not None
     return time.perf_counter() - start
@@ -161,7 +165,9 @@ def throughput(prepared: Path, epochs: int, repeats: int) -> dict:
     from diffinject.config import load_params, section
     from diffinject.data.manifest import read_manifest
     from diffinject.data.tensors import load_split, num_classes_of
-    from diffinject.models.training import TrainConfig, TrainerConfig, train_classifier
+    from diffinject.models.configs import TrainConfig
+    from diffinject.models.trainer import TrainerConfig
+    from diffinject.models.training import train_classifier
 
     params = load_params(REPO / "params.yaml")
     trainer_cfg = section(params, "trainer", TrainerConfig)
@@ -243,17 +249,17 @@ def overhead_text(tp: dict) -> str:
             f"(barebones Trainer) {tp['floor_overhead_pct']} %, ours over the floor {tp['lightning_over_floor_pct']} %")
 
 
-def peak_memory(src: str, root: Path) -> dict:
-    """Prepare `src` under root/data/prepared, then time train_biased in a child process."""
+def peak_memory(src: str, root: Path, epochs: int = MEMORY_EPOCHS) -> dict:
+    """Prepare `src` under root/data/prepared, then time train_biased (`epochs`) in a child process."""
     from diffinject.config import load_params
     from diffinject.stages import prepare
 
     params = load_params(REPO / "params.yaml")
     params["data"] = dict(params.get("data") or {}, source="idx", path=src)
-    params["biased"] = dict(params.get("biased") or {}, epochs=MEMORY_EPOCHS)
+    params["biased"] = dict(params.get("biased") or {}, epochs=epochs)
     params["trainer"] = dict(params.get("trainer") or {}, enable_progress_bar=False)
     start = time.perf_counter()
-    info = prepare.run(params, out_dir=root / "data" / "prepared", plots_dir=root / "metrics" / "plots" / "prepare")
+    info = prepare.run(params, root)  # -> root/data/prepared, root/metrics/plots/prepare
     prepare_s = time.perf_counter() - start
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     start = time.perf_counter()
@@ -267,7 +273,7 @@ def peak_memory(src: str, root: Path) -> dict:
     return {
         "fashion_images": info["n_images"],
         "fashion_prepare_seconds": round(prepare_s, 1),
-        "train_biased_epochs": MEMORY_EPOCHS,
+        "train_biased_epochs": epochs,
         "train_biased_seconds": round(seconds, 1),
         "train_biased_peak_rss_mib": round(usage.ru_maxrss / 1024),  # Linux: kilobytes
     }
@@ -276,6 +282,8 @@ def peak_memory(src: str, root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs/repeats and a Fashion-MNIST subset")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one epoch, one round, a 2,000-image subset: a test that the script runs, not a measurement")
     parser.add_argument("--path", default=DEFAULT_PATH, help="an IDX folder (default: Debian's Fashion-MNIST)")
     parser.add_argument("--skip-throughput", action="store_true", help="only the peak-memory measurement")
     parser.add_argument("--threads", type=int, default=None,
@@ -292,6 +300,7 @@ def main() -> None:
     result = {
         "benchmark": "classifier_training",
         "quick": args.quick,
+        "smoke": args.smoke,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -300,23 +309,26 @@ def main() -> None:
             prepared = tmp / "cmnist"
             prepared.mkdir()
             prepare(DataConfig(), seed=0, out=prepared)
-            result.update(throughput(prepared, QUICK_EPOCHS if args.quick else EPOCHS,
-                                     QUICK_REPEATS if args.quick else REPEATS))
+            result.update(throughput(prepared, SMOKE_EPOCHS if args.smoke else QUICK_EPOCHS if args.quick else EPOCHS,
+                                     SMOKE_REPEATS if args.smoke else QUICK_REPEATS if args.quick else REPEATS))
             print(f"training {result['throughput_train_images']} images x {result['throughput_epochs']} epochs: "
                   f"Lightning {result['lightning_samples_per_s']} samples/s, plain loop {result['plain_samples_per_s']} "
                   f"samples/s, overhead {overhead_text(result)}", flush=True)
         fashion = tmp / "fashion"
         fashion.mkdir()
-        src = write_idx_subset(args.path, QUICK_IMAGES, fashion) if args.quick else args.path
-        result.update(peak_memory(src, tmp / "fashion-root"))
+        subset = SMOKE_IMAGES if args.smoke else QUICK_IMAGES if args.quick else None
+        src = write_idx_subset(args.path, subset, fashion) if subset else args.path
+        memory_epochs = SMOKE_EPOCHS if args.smoke else MEMORY_EPOCHS
+        result.update(peak_memory(src, tmp / "fashion-root", memory_epochs))
         splits = ", ".join(f"{n} {split}" for split, n in result["fashion_images"].items())
         print(f"train_biased on Fashion-MNIST ({splits}): {result['train_biased_seconds']} s for "
-              f"{MEMORY_EPOCHS} epochs, peak RSS {result['train_biased_peak_rss_mib']} MiB", flush=True)
+              f"{memory_epochs} epochs, peak RSS {result['train_biased_peak_rss_mib']} MiB", flush=True)
         if not args.skip_throughput:
-            fashion_tp = throughput(tmp / "fashion-root" / "data" / "prepared", FASHION_EPOCHS,
-                                    1 if args.quick else FASHION_REPEATS)
+            fashion_epochs = SMOKE_EPOCHS if args.smoke else FASHION_EPOCHS
+            fashion_tp = throughput(tmp / "fashion-root" / "data" / "prepared", fashion_epochs,
+                                    1 if args.quick or args.smoke else FASHION_REPEATS)
             result.update({f"fashion_{k}": v for k, v in fashion_tp.items()})
-            print(f"Fashion-MNIST {fashion_tp['throughput_train_images']} images x {FASHION_EPOCHS} epochs: "
+            print(f"Fashion-MNIST {fashion_tp['throughput_train_images']} images x {fashion_epochs} epochs: "
                   f"overhead {overhead_text(fashion_tp)}", flush=True)
     print(json.dumps(result))
 

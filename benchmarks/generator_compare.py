@@ -50,7 +50,7 @@ from diffinject.diffusion.synthetic_quality import to_grey  # noqa: E402
 from diffinject.models.checkpoint import load_classifier  # noqa: E402
 from diffinject.stages import (inject, invert, lff, mine, prepare, prepare_palette, probe, train_biased,  # noqa: E402
                                train_judge, vanilla)
-from diffinject.stages.inject import predictor  # noqa: E402
+from diffinject.models.classifier import predictor  # noqa: E402
 from diffinject.stages.paths import MODELS, PREPARED, model_dir  # noqa: E402
 
 SETUP = (prepare_palette, train_biased, mine, vanilla, lff, train_judge)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="generator-compare-") as tmp:
         base = Path(tmp) / "base"
-        prepare.run(params, out_dir=base / PREPARED, plots_dir=base / "metrics" / "plots" / "prepare")
+        prepare.run(params, base)
         for stage in SETUP:
             stage.run(params, base)
         sample = valid_sample(base, args.seed, args.n_images)

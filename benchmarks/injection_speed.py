@@ -16,7 +16,9 @@ the reference's time is measured on the first pairs, in a fresh process, and rep
 Every ratio is the median over rounds (`--rounds`, default 3) of the ratio within a round. Peak RSS
 of inverting and of generating alone is measured in subprocesses.
 
-    python benchmarks/injection_speed.py [--quick] [--model models/diffusion]
+    python benchmarks/injection_speed.py [--quick | --smoke] [--model models/diffusion]
+
+--smoke (8 pairs, the reference on 1) checks that the script runs; its figures mean nothing.
 
 Without --model, an untrained UNet of the default `diffusion.*` architecture is used: speed does not
 depend on the weights. Prints one JSON object on the last line.
@@ -96,10 +98,11 @@ def invert_contents(unet, scheduler, images: torch.Tensor, cfg):
     the invert and inject stages compute them: DDIM inversion keeping x_t at every step, then one
     pass per step to capture `cfg.sites` (whatever operator and site the params inject)."""
     from diffinject.diffusion.model import to_model_range
-    from diffinject.diffusion.sampler import capture_features, ddim_invert
+    from diffinject.diffusion.ddim import ddim_invert
+    from diffinject.diffusion.sampler import capture_features
 
-    inversion = ddim_invert(unet, scheduler, to_model_range(images), cfg.n_gen_step, keep_h=False, keep_path=True)
-    features = capture_features(unet, inversion.xs, inversion.timesteps, cfg.sites, batch_size=len(images))
+    inversion = ddim_invert(unet, scheduler, to_model_range(images), cfg.n_gen_step, keep_path=True)
+    features = capture_features(unet, inversion.xs, inversion.timesteps, cfg.sites(), batch_size=len(images))
     return inversion.x_T, features, inversion.timesteps
 
 
@@ -111,7 +114,8 @@ def take(features, rows):
 def reference_loop(model_dir: Path, contents, styles, pair_content, pair_style, cfg) -> float:
     """One pair at a time, batch 1, model loaded per pair, the content's features recomputed per pair."""
     from diffinject.diffusion.model import load_diffusion, to_model_range, to_uint8
-    from diffinject.diffusion.sampler import InjectionSampler, ddim_invert
+    from diffinject.diffusion.ddim import ddim_invert
+    from diffinject.diffusion.sampler import InjectionSampler
 
     start = time.perf_counter()
     for k, (ci, si) in enumerate(zip(pair_content.tolist(), pair_style.tolist())):
@@ -119,7 +123,7 @@ def reference_loop(model_dir: Path, contents, styles, pair_content, pair_style, 
         unet.eval()
         with torch.no_grad():
             _, features, timesteps = invert_contents(unet, scheduler, contents[ci:ci + 1], cfg)
-            s = ddim_invert(unet, scheduler, to_model_range(styles[si:si + 1]), cfg.n_gen_step, keep_h=False)
+            s = ddim_invert(unet, scheduler, to_model_range(styles[si:si + 1]), cfg.n_gen_step)
             # two full UNet passes per injected step, as the official code runs them
             with InjectionSampler(unet, scheduler, cfg, share_encoder=False) as sampler:
                 to_uint8(sampler.generate(s.x_T, features, timesteps, torch.Generator().manual_seed(k)))
@@ -142,17 +146,17 @@ def ours(model_dir: Path, contents, styles, pair_content, pair_style, cfg, batch
     (the injected and the plain pass of a step share the encoder unless share_encoder is False)."""
     from diffinject.diffusion.model import load_diffusion, to_model_range, to_uint8
     from diffinject.diffusion.precision import autocast
-    from diffinject.diffusion.sampler import InjectionSampler, ddim_invert
+    from diffinject.diffusion.ddim import ddim_invert
+    from diffinject.diffusion.sampler import InjectionSampler
 
     start = time.perf_counter()
     unet, scheduler = load_diffusion(model_dir)
     unet.eval()
     with torch.no_grad(), autocast(precision, torch.device("cpu")):
         c_inv = [invert_contents(unet, scheduler, contents[b:b + batch_size], cfg) for b in range(0, len(contents), batch_size)]
-        s_T = torch.cat([ddim_invert(unet, scheduler, to_model_range(styles[b:b + batch_size]), cfg.n_gen_step,
-                                     keep_h=False).x_T for b in range(0, len(styles), batch_size)])
+        s_T = torch.cat([ddim_invert(unet, scheduler, to_model_range(styles[b:b + batch_size]), cfg.n_gen_step).x_T for b in range(0, len(styles), batch_size)])
         features = {site: tuple(torch.cat([c[1][site][k] for c in c_inv], 1) for k in range(len(c_inv[0][1][site])))
-                    for site in cfg.sites}  # site -> (n_inv, N, ...)
+                    for site in cfg.sites()}  # site -> (n_inv, N, ...)
         timesteps = c_inv[0][2]
         inverted = time.perf_counter()
         with InjectionSampler(unet, scheduler, cfg, share_encoder=share_encoder) as sampler:
@@ -183,7 +187,7 @@ def _reference_main(model_dir: str, n_pairs: int, n_reference: int) -> None:
 
     contents, styles, pair_content, pair_style = _workload(n_pairs)  # seeded: the parent's pairs
     seconds = reference_loop(Path(model_dir), contents, styles, pair_content[:n_reference], pair_style[:n_reference],
-                             InjectionParams().sampler_config())
+                             InjectionParams())
     print(json.dumps({"images_per_s": n_reference / seconds}))
 
 
@@ -194,7 +198,7 @@ def _child(kind: str, model_dir: str, n: int, batch_size: int) -> None:
     from diffinject.diffusion.sampler import InjectionSampler
 
     contents, _ = _images(n)
-    cfg = InjectionParams().sampler_config()
+    cfg = InjectionParams()
     unet, scheduler = load_diffusion(model_dir)
     unet.eval()
     with torch.no_grad(), autocast(pipeline_precision(), torch.device("cpu")):
@@ -209,16 +213,17 @@ def _child(kind: str, model_dir: str, n: int, batch_size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 pairs instead of 400")
+    parser.add_argument("--smoke", action="store_true", help="8 pairs, the reference on 1, one round: a test that the script runs, not a measurement")
     parser.add_argument("--model", default=None, help="a diffusers UNet folder (default: untrained default architecture)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="reference/ours rounds; ratios are their medians (--quick: 1)")
     args = parser.parse_args()
     from diffinject.diffusion.injection_params import InjectionParams
 
-    n_pairs = 64 if args.quick else 400
-    n_reference = 4 if args.quick else 16  # the reference is slow: time the first pairs, report per image
-    rounds = 1 if args.quick else args.rounds
-    cfg = InjectionParams().sampler_config()
+    n_pairs = 8 if args.smoke else 64 if args.quick else 400
+    n_reference = 1 if args.smoke else 4 if args.quick else 16  # the reference is slow: time the first pairs, report per image
+    rounds = 1 if args.quick or args.smoke else args.rounds
+    cfg = InjectionParams()
     precision = pipeline_precision()
     # Each round times the reference and then each of our variants, back to back; every ratio is taken
     # within a round and the median over rounds is reported, so a slow spell of the shared VM (±20 %
@@ -247,6 +252,7 @@ def main() -> None:
     result = {
         "benchmark": "injection_speed",
         "quick": args.quick,
+        "smoke": args.smoke,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "steps": cfg.n_gen_step,
         "rounds": rounds,

@@ -5,9 +5,11 @@ in one run. Goal (issue 5): cached / re-inverting <= 0.5.
     python benchmarks/search_trial_cost.py [--repo .] [--repeats 1]
 
 Needs a repository where `dvc repro inject` has run (data/prepared, data/conflicts.csv, data/inversions,
-models/{biased,diffusion,judge,vanilla}). Both trials run the search's own trial pipeline on the repo's
-params (trial overrides included) in their own folders, alternating; MLflow logging is not included.
-Prints one JSON object on the last line.
+models/{biased,diffusion}; models/{judge,vanilla,lff} and metrics/probe.json are linked when present, as
+the search links them), and metrics/eval.json unless `search.model` is set. Both trials run the search's
+own trial pipeline on the repo's params with the same draw of the searched values (the search's own
+`suggest`, then its fixed trial overrides) in their own folders, alternating; MLflow logging is not
+included. Prints one JSON object on the last line.
 """
 
 from __future__ import annotations
@@ -24,19 +26,25 @@ import optuna
 
 from diffinject.config import load_params
 from diffinject.stages import invert, search
-from diffinject.stages.paths import MODELS, PREPARED
+from diffinject.stages.paths import CONFLICTS, INVERSIONS, MODELS
 from diffinject.tracking.search import ValidationCurve, overlay
+from diffinject.tracking.search.config import suggest
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.5
-SHARED = (PREPARED, MODELS / "diffusion", MODELS / "judge", MODELS / "vanilla")
-CACHED = (invert.OUT,)  # data/inversions
-TO_REINVERT = (invert.CONFLICTS, MODELS / "biased")  # what invert reads besides the shared inputs
+# What a search trial's folder links (search.REQUIRED always, search.OPTIONAL when present), less the
+# cached inversions; a cached trial links those, a re-inverting one what invert reads besides.
+SHARED = tuple(rel for rel in search.REQUIRED if rel != INVERSIONS)
+OPTIONAL = search.OPTIONAL
+CACHED = (INVERSIONS,)  # data/inversions
+TO_REINVERT = (CONFLICTS, MODELS / "biased")  # what invert reads besides the shared inputs
 
 
-def trial_root(repo: Path, root: Path, inputs: tuple[Path, ...]) -> Path:
-    for rel in inputs:
+def trial_root(repo: Path, root: Path, inputs: tuple[Path, ...], optional: tuple[Path, ...] = ()) -> Path:
+    for rel in inputs + tuple(rel for rel in optional if rel not in inputs):
         if not (repo / rel).exists():
+            if rel in optional and rel not in inputs:
+                continue
             raise SystemExit(f"{repo / rel}: not found (run `dvc repro inject` in {repo} first)")
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).symlink_to((repo / rel).resolve())
@@ -50,20 +58,26 @@ def main() -> None:
     args = parser.parse_args()
     repo = args.repo.resolve()
     params = load_params(repo / "params.yaml")
-    setup = search.setup_for(params)
-    params = overlay(params, setup.fixed)
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())  # in memory
+    setup, _ = search.setup_for(params, repo)
+    cfg = getattr(search.PARAMS.load(params), search.SECTION)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner(),  # in memory
+                                sampler=optuna.samplers.RandomSampler(seed=params.get("seed", 0)))
     times: dict[str, list[float]] = {"cached": [], "reinvert": [], "invert_only": []}
     with tempfile.TemporaryDirectory(prefix="trial-cost-") as tmp:
         for i in range(args.repeats):
+            # one draw of the searched values (setting, gamma, ratio, lr) per repeat, shared by both sides,
+            # and the trial's params as the search builds them (stages.search / tracking.search.objective)
+            values = suggest(study.ask(), cfg, setup.model, setup.settings)
+            trial_params = overlay(params, {**values, **setup.fixed})
             for kind in ("cached", "reinvert"):
-                root = trial_root(repo, Path(tmp) / f"{kind}-{i}", SHARED + (CACHED if kind == "cached" else TO_REINVERT))
+                root = trial_root(repo, Path(tmp) / f"{kind}-{i}", SHARED + (CACHED if kind == "cached" else TO_REINVERT),
+                                  OPTIONAL)
                 curve = ValidationCurve(study.ask(), setup.curve_column, setup.running_best, lambda rows: None)
                 start = time.perf_counter()
                 if kind == "reinvert":
-                    invert.run(params, root)
+                    invert.run(trial_params, root)
                     times["invert_only"].append(time.perf_counter() - start)
-                setup.pipeline(params, root, curve)
+                setup.pipeline(trial_params, root, curve)
                 times[kind].append(time.perf_counter() - start)
     mean = {k: sum(v) / len(v) for k, v in times.items()}
     print(json.dumps({

@@ -47,7 +47,6 @@ from diffinject.stages import (ae_debias, debiased_disent, debiased_lc, debiased
                                lff, mine, prepare, prepare_palette, probe, train_biased, train_debiased, train_judge,
                                upsample, vanilla)
 from diffinject.stages.paths import MODELS as MODELS_DIR
-from diffinject.stages.paths import PREPARED
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFIERS = (("prepare_palette", prepare_palette), ("train_biased", train_biased), ("mine", mine),
@@ -121,8 +120,7 @@ def run_seed(params: dict, seed: int, root: Path, data_seed: int | None = None,
     params.setdefault("trainer", {})["enable_progress_bar"] = False
     seconds = {}
     start = time.perf_counter()
-    prepare.run(dict(params, seed=seed if data_seed is None else data_seed), out_dir=root / PREPARED,
-                plots_dir=root / "metrics" / "plots" / "prepare")
+    prepare.run(dict(params, seed=seed if data_seed is None else data_seed), root)
     seconds["prepare"] = time.perf_counter() - start
     stages = CLASSIFIERS
     if diffusion is not None:

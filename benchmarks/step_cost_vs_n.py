@@ -5,6 +5,7 @@ prints the time per step for both sizes and their ratio (1.0 = the step does not
 
     python benchmarks/step_cost_vs_n.py            # 4,000 vs 53,330 images, ~1,600 steps each
     python benchmarks/step_cost_vs_n.py --quick    # ~300 steps each
+    python benchmarks/step_cost_vs_n.py --smoke    # 8 steps on 512 vs 1,024 images: checks the script runs, measures nothing
 
 The pipeline's stages at these sizes: docs/benchmarks.md (every stage's cost at 4,000 and 53,330 train images).
 """
@@ -22,7 +23,9 @@ from diffinject.data.tensors import ImageTensors
 from diffinject.models.disent import DisEntConfig, train_disent
 from diffinject.models.lc import LCConfig, train_lc
 from diffinject.models.lff import LfFConfig, train_lff
-from diffinject.models.training import TrainConfig, TrainerConfig, train_classifier
+from diffinject.models.configs import TrainConfig
+from diffinject.models.trainer import TrainerConfig
+from diffinject.models.training import train_classifier
 
 TRAINERS = {"vanilla": (TrainConfig, train_classifier), "lff": (LfFConfig, train_lff),
             "disent": (DisEntConfig, train_disent), "lc": (LCConfig, train_lc)}
@@ -47,12 +50,18 @@ def seconds_per_step(name: str, train: ImageTensors, valid: ImageTensors, steps:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--small", type=int, default=4000)
-    parser.add_argument("--large", type=int, default=53330)
+    parser.add_argument("--quick", action="store_true", help="~300 steps per trainer and size instead of ~1,600")
+    parser.add_argument("--smoke", action="store_true",
+                        help="8 steps on 512 vs 1,024 images (unless --small/--large): a test that the script runs, not a measurement")
+    parser.add_argument("--small", type=int, default=None, help="images of the small train set (default 4000; --smoke 512)")
+    parser.add_argument("--large", type=int, default=None, help="images of the large train set (default 53330; --smoke 1024)")
     args = parser.parse_args(argv)
-    steps = 300 if args.quick else 1600
-    valid = images(500, 1)
+    steps = 8 if args.smoke else 300 if args.quick else 1600
+    if args.small is None:
+        args.small = 512 if args.smoke else 4000
+    if args.large is None:
+        args.large = 1024 if args.smoke else 53330
+    valid = images(64 if args.smoke else 500, 1)
     small, large = images(args.small, 2), images(args.large, 3)
     result = {"steps": steps, "small": args.small, "large": args.large, "threads": torch.get_num_threads()}
     for name in TRAINERS:

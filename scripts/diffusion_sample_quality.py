@@ -33,7 +33,8 @@ from diffinject.diffusion.model import DiffusionConfig, load_diffusion
 from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.diffusion.quality import sample_from_noise
 from diffinject.models.checkpoint import load_classifier
-from diffinject.models.training import TrainerConfig, predict_logits
+from diffinject.models.trainer import TrainerConfig
+from diffinject.models.training import predict_logits
 from diffinject.diffusion.synthetic_quality import to_grey
 
 CONFIDENT = 0.9  # judge probability that counts as "recognisable"

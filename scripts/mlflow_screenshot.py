@@ -26,7 +26,7 @@ from PIL import Image
 
 from diffinject.config import load_params, section
 from diffinject.tracking import store
-from diffinject.tracking.registry import RegistryConfig
+from diffinject.tracking.registry_config import RegistryConfig
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW = (1600, 900)  # browser viewport, pixels

@@ -14,7 +14,18 @@ from diffinject.data.prepare import DataConfig, prepare
 REPO = Path(__file__).resolve().parents[1]
 # Injection of the mid block's h by slerp on the whole trajectory (DiffInject's own setting), for tests
 # that hand the sampler a bare h tensor; the pipeline's defaults inject channel statistics at up0/up1.
-H_SLERP = dict(operator="slerp", sites=("h",), t_max=None)
+H_SLERP = dict(operator="slerp", site=["h"], t_max=None)
+# Plain deterministic DDIM through the injection sampler: no injection, no stochastic boost, no direction scaling.
+PLAIN_DDIM = dict(h_gamma=0.0, t_edit=0, t_boost=-1, dt_lambda=1.0)
+
+
+def invert_with_h(unet, scheduler, x0, n_steps):
+    """DDIM inversion of x0 and the h (mid-block output) of x_t at every grid step, (n, B, c, h, w)."""
+    from diffinject.diffusion.ddim import ddim_invert
+    from diffinject.diffusion.sampler import capture_features
+
+    inv = ddim_invert(unet, scheduler, x0, n_steps, keep_path=True)
+    return inv, capture_features(unet, inv.xs, inv.timesteps, ["h"], batch_size=len(x0))["h"][0]
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +81,8 @@ def tiny_ddpm(prepared_mnist):
     one core): enough to make DDIM inversion invertible, not enough to draw digits."""
     import lightning
 
-    from diffinject.data.tensors import load_split, make_loader
+    from diffinject.data.loaders import make_loader
+    from diffinject.data.tensors import load_split
     from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet
     from diffinject.diffusion.training import DiffusionModule
 

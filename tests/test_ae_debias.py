@@ -6,16 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from diffinject.data.tensors import ImageDataModule, ImageTensors
+from diffinject.data.loaders import ImageDataModule
+from diffinject.data.tensors import ImageTensors
 from diffinject.errors import DiffinjectError
-from diffinject.models.ae_debias import (
-    AEClassifier,
-    AEDebiasModule,
-    ConvAutoencoder,
-    classifier_features,
-    dynamic_weights,
-    feature_alignment_loss,
-)
+from diffinject.models.ae_debias import AEClassifier, ConvAutoencoder
+from diffinject.models.ae_debias_loss import classifier_features, dynamic_weights, feature_alignment_loss
+from diffinject.models.ae_debias_module import AEDebiasModule
 from diffinject.models.networks import MLP, ResNet18
 
 MNIST = (3, 28, 28)

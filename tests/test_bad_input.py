@@ -140,6 +140,27 @@ def pool_rows(**change) -> Callable[[Path], None]:
     return damage
 
 
+def link_leaving(rel: str, outside: str) -> Callable[[Path], None]:
+    """`rel` moved to `outside` (still a readable image, out of its folder) and a link to it left at `rel`."""
+    def damage(root: Path) -> None:
+        os.replace(root / rel, root / outside)
+        (root / rel).symlink_to(os.path.relpath(root / outside, (root / rel).parent))
+    return damage
+
+
+def folder_source(link_to: str) -> Callable[[Path], None]:
+    """A user's imagefolder dataset at userdata/ ({split}/{class}/*.png, copies of pool images) with one
+    more image that is a link to `link_to` (relative to the repository)."""
+    def damage(root: Path) -> None:
+        for k, split in enumerate(("train", "valid", "test")):
+            for cls in ("0", "1"):
+                (root / "userdata" / split / cls).mkdir(parents=True)
+                shutil.copy(root / "data" / "synthetic" / "images" / f"{k}.png", root / "userdata" / split / cls / "a.png")
+        link = root / "userdata" / "train" / "1" / "b.png"
+        link.symlink_to(os.path.relpath(root / link_to, link.parent))
+    return damage
+
+
 def safetensors_without(rel: str, key: str) -> Callable[[Path], None]:
     def damage(root: Path) -> None:
         from safetensors.torch import load_file, save_file
@@ -214,6 +235,11 @@ CASES = [
     ("pool target beyond the classes", "train_debiased", {}, pool_rows(target=10), "not a class"),
     ("pool target negative", "train_debiased", {}, pool_rows(target=-1), "not a class"),
     ("pool image garbage", "train_debiased", {}, write("data/synthetic/images/3.png", b"\x89PNG\r\n\x1a\n broken"), "3.png"),
+    ("pool image a link out of its folder", "train_debiased", {}, link_leaving("data/synthetic/images/3.png", "data/3.png"),
+     "data/synthetic/images/3.png: is a link that leaves its folder"),
+    # a user's folder dataset
+    ("folder image a link out of its folder", "prepare", {"data": {"source": "folder", "path": "userdata", "layout": "imagefolder"}},
+     folder_source("data/synthetic/images/0.png"), "userdata/train/1/b.png: is a link that leaves its folder"),
     # the probes and the fair adapter read by inject, the fair generator's params
     ("probe metrics garbage", "inject", {"injection": {"label_from": "auto"}}, write("metrics/probe.json", b"{not json"),
      "metrics/probe.json"),
@@ -265,6 +291,22 @@ def test_bad_input_is_one_line_and_changes_nothing(case, full_repo, tmp_path, mo
     if os.environ.get("BAD_INPUT_TABLE"):  # the closing note's table: case | stage | the line a user sees
         with open(os.environ["BAD_INPUT_TABLE"], "a") as fh:
             fh.write(f"| {case[0]} | {stage} | `{lines[0].replace(str(tmp_path), '…')}` |\n")
+
+
+def test_a_link_that_stays_in_its_folder_is_read(full_repo, tmp_path):
+    """Pool and folder-source images may be links inside their folder: only links leaving it are refused."""
+    from diffinject.data.pool import load_pool
+    from diffinject.data.sources import load_folder
+
+    pool = tmp_path / "data" / "synthetic"
+    shutil.copytree(full_repo / "data" / "synthetic", pool)
+    (pool / "images" / "3.png").unlink()
+    (pool / "images" / "3.png").symlink_to("0.png")
+    images = load_pool(pool / "manifest.parquet", num_classes=10).images
+    assert torch.equal(images[3], images[0])
+    folder_source("userdata/train/0/a.png")(tmp_path)
+    records, _ = load_folder(str(tmp_path / "userdata"), "imagefolder")
+    assert tmp_path / "userdata" / "train" / "1" / "b.png" in [r.source for r in records]
 
 
 @pytest.mark.parametrize("url,shown", [

@@ -12,14 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffinject.data.bias import (
-    CORRUPTION_NAMES,
-    MECHANISMS,
-    N_BIAS_VALUES,
-    nearest_background_colour,
-    render,
-)
+from diffinject.data.bias import MECHANISMS, N_BIAS_VALUES, nearest_background_colour, render
 from diffinject.data.colour import colorize
+from diffinject.data.corruption import CORRUPTION_NAMES
 from diffinject.data.manifest import read_manifest
 from diffinject.data.palette import SEED_OFFSET
 from diffinject.data.prepare import DataConfig
@@ -43,7 +38,7 @@ def built(request, tmp_path_factory) -> tuple[str, Path, dict]:
     mechanism = request.param
     root = tmp_path_factory.mktemp(f"bias_{mechanism}")
     params = {"seed": 0, "data": {"bias": mechanism}, "palette": {"max_images": PALETTE_IMAGES}}
-    info = prepare.run(params, out_dir=root / "data" / "prepared", plots_dir=root / "plots")
+    info = prepare.run(params, root)
     prepare_palette.run(params, root)
     return mechanism, root, info
 
@@ -191,7 +186,7 @@ def test_an_unknown_bias_is_a_one_line_error_naming_the_key(where, tmp_path):
         if where == "config":
             DataConfig(bias="texture").check()
         else:
-            prepare.run({"data": {"bias": "texture"}}, out_dir=tmp_path / "p", plots_dir=tmp_path / "plots")
+            prepare.run({"data": {"bias": "texture"}}, tmp_path)
     message = str(err.value)
     assert "params 'data.bias'" in message and "texture" in message and "\n" not in message
     assert all(m in message for m in MECHANISMS)
@@ -206,6 +201,6 @@ def test_a_folder_source_names_its_own_bias(tmp_path):
             (src / split).mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.full((28, 28, 3), 40 * k, np.uint8)).save(src / split / f"{k}_{k % 2}_{k % 2}.png")
     params = {"data": {"source": "folder", "path": str(src), "bias": "corruption"}}
-    info = prepare.run(params, out_dir=tmp_path / "prepared", plots_dir=tmp_path / "plots")
+    info = prepare.run(params, tmp_path)
     assert info["bias"] == "folder"
-    assert json.loads((tmp_path / "prepared" / "info.json").read_text())["bias"] == "folder"
+    assert json.loads((tmp_path / "data" / "prepared" / "info.json").read_text())["bias"] == "folder"

@@ -1,5 +1,8 @@
+import dataclasses
 import subprocess
 import sys
+
+import pytest
 
 from diffinject import cli
 
@@ -10,11 +13,40 @@ def test_help_lists_every_stage_with_a_line():
         assert name in out and help_text[:30] in out
 
 
-def test_stage_modules_have_main():
+def test_every_command_module_has_the_one_stage_shape():
+    """PARAMS (what it reads) and run(params, root, ...), nothing else for the CLI to call."""
     import importlib
+    import inspect
 
-    for module, _ in cli.STAGES.values():
-        assert callable(importlib.import_module(f"diffinject.stages.{module}").main)
+    for module_name, _ in cli.STAGES.values():
+        module = importlib.import_module(f"diffinject.stages.{module_name}")
+        assert list(inspect.signature(module.run).parameters)[:2] == ["params", "root"], module_name
+        assert hasattr(module, "PARAMS") and not hasattr(module, "main"), module_name
+        fields = {f.name: f.type for f in dataclasses.fields(module.PARAMS.record())}
+        assert fields == {**module.PARAMS.sections, **({"seed": int} if module.PARAMS.seed else {})}, module_name
+
+
+def test_loaded_params_are_a_frozen_typed_record():
+    from diffinject.diffusion.model import DiffusionConfig
+    from diffinject.stages import train_diffusion
+
+    loaded = train_diffusion.PARAMS.load({"seed": 3, "diffusion": {"train_steps": 5}})
+    assert isinstance(loaded.diffusion, DiffusionConfig) and loaded.diffusion.train_steps == 5 and loaded.seed == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.seed = 4
+
+
+def test_main_hands_the_parsed_params_file_the_folder_and_the_extra_arguments_to_run(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from diffinject.stages import promote
+
+    calls = []
+    monkeypatch.setattr(promote, "run", lambda params, root, **extra: calls.append((params, root, extra)))
+    (tmp_path / "p.yaml").write_text("seed: 7\nregistry: {model_name: m}\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["promote", "3", "--params", "p.yaml"]) == 0
+    assert calls == [({"seed": 7, "registry": {"model_name": "m"}}, Path("."), {"version": 3})]
 
 
 def test_missing_params_file_is_one_line(tmp_path, monkeypatch, capsys):

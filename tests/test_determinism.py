@@ -43,9 +43,9 @@ def run_pipeline(root: Path) -> None:
     root.mkdir()
     (root / "params.yaml").write_text(yaml.safe_dump(REDUCED))
     # one process for the whole spine (imports once), each stage through its CLI entry point
-    script = ("import importlib\n"
+    script = ("from diffinject import cli\n"
               f"for stage in {STAGES!r}:\n"
-              "    importlib.import_module(f'diffinject.stages.{stage}').main('params.yaml')\n")
+              "    assert cli.main([stage]) == 0, stage\n")
     env = dict(os.environ, DVC_ROOT=str(root), PYTHONHASHSEED="0", PYTHONPATH=str(REPO / "src"))
     done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from diffinject.data.tensors import load_split
+from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.model import to_model_range
 from diffinject.diffusion.precision import autocast
-from diffinject.diffusion.quality import PLAIN_DDIM, reconstruct
-from diffinject.diffusion.sampler import InjectionConfig, InjectionSampler, ddim_invert
-from tests.conftest import H_SLERP, inverted_repo
+from diffinject.diffusion.quality import reconstruct
+from diffinject.diffusion.sampler import InjectionSampler
 from diffinject.stages import inject
+from tests.conftest import H_SLERP, PLAIN_DDIM, invert_with_h, inverted_repo
 
 # DDIM inversion is exact only in the ODE limit: each step evaluates ε at x_t and reuses it to reach
 # x_{t+Δ}, so the error shrinks with the number of steps. The tiny fixture model reconstructs valid
@@ -41,12 +42,12 @@ def test_full_injection_of_own_h_reproduces_reconstruction(tiny_ddpm, prepared_m
     unet, scheduler = tiny_ddpm
     x0 = to_model_range(load_split(prepared_mnist, "valid").images[:8])
     steps = RECONSTRUCTION_STEPS
-    inv = ddim_invert(unet, scheduler, x0, steps, keep_h=True)
-    with InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=steps, **PLAIN_DDIM, **H_SLERP)) as plain:
-        a = plain.generate(inv.x_T, inv.hs, inv.timesteps)
-    with InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=steps, **{**PLAIN_DDIM, **H_SLERP, "h_gamma": 1.0})) as own:
-        b = own.generate(inv.x_T, inv.hs, inv.timesteps)
-        other = own.generate(inv.x_T, inv.hs.flip(1), inv.timesteps)  # someone else's h
+    inv, hs = invert_with_h(unet, scheduler, x0, steps)
+    with InjectionSampler(unet, scheduler, InjectionParams(n_gen_step=steps, **PLAIN_DDIM, **H_SLERP)) as plain:
+        a = plain.generate(inv.x_T, hs, inv.timesteps)
+    with InjectionSampler(unet, scheduler, InjectionParams(n_gen_step=steps, **{**PLAIN_DDIM, **H_SLERP, "h_gamma": 1.0})) as own:
+        b = own.generate(inv.x_T, hs, inv.timesteps)
+        other = own.generate(inv.x_T, hs.flip(1), inv.timesteps)  # someone else's h
     own_gap, other_gap = (a - b).pow(2).mean(), (a - other).pow(2).mean()
     assert own_gap < OWN_H_MSE_BOUND
     assert other_gap > 100 * own_gap
@@ -97,11 +98,11 @@ def test_bf16_autocast_keeps_reconstruction_and_fp32_outputs(tiny_ddpm, prepared
     x0 = to_model_range(images[:4])
     with autocast("bf16-mixed", torch.device("cpu")):
         rec = reconstruct(unet, scheduler, images, RECONSTRUCTION_STEPS, RECONSTRUCTION_STEPS)
-        inv = ddim_invert(unet, scheduler, x0, 5, keep_h=True)
-        with InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=5, h_gamma=0.5, t_boost=-1, **H_SLERP)) as sampler:
-            out = sampler.generate(inv.x_T, inv.hs.flip(1), inv.timesteps)
+        inv, hs = invert_with_h(unet, scheduler, x0, 5)
+        with InjectionSampler(unet, scheduler, InjectionParams(n_gen_step=5, h_gamma=0.5, t_boost=-1, **H_SLERP)) as sampler:
+            out = sampler.generate(inv.x_T, hs.flip(1), inv.timesteps)
     assert rec.mse < RECONSTRUCTION_MSE_BOUND
-    assert inv.x_T.dtype == inv.hs.dtype == out.dtype == torch.float32
+    assert inv.x_T.dtype == hs.dtype == out.dtype == torch.float32
     fp32 = reconstruct(unet, scheduler, images, RECONSTRUCTION_STEPS, RECONSTRUCTION_STEPS)
     assert abs(rec.mse - fp32.mse) < 0.5 * fp32.mse  # same reconstruction quality, not just "below the bound"
 

@@ -9,13 +9,14 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from diffinject.diffusion.ddim import ddim_generate, ddim_invert, ddim_step, eps_from_v, timestep_grid
 from diffinject.diffusion.hspace import rescale_to, slerp
+from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.model import DiffusionConfig, build_scheduler
-from diffinject.diffusion.sampler import (InjectionConfig, InjectionSampler, ddim_invert, ddim_step,
-                                          eps_from_v, timestep_grid)
+from diffinject.diffusion.sampler import InjectionSampler
 from diffinject.diffusion.shared_encoder import SharedEncoder
 from diffinject.diffusion.sites import SiteHook
-from tests.conftest import H_SLERP, tiny_unet
+from tests.conftest import H_SLERP, PLAIN_DDIM, invert_with_h, tiny_unet
 
 
 def test_slerp_endpoints():
@@ -126,11 +127,23 @@ class ZeroEps(torch.nn.Module):
 def test_inversion_closed_form_with_zero_eps():
     scheduler = build_scheduler(DiffusionConfig(prediction_type="epsilon"))
     x0 = torch.randn(2, 3, 8, 8)
-    inv = ddim_invert(ZeroEps(), scheduler, x0, 10, keep_h=True)
+    inv, hs = invert_with_h(ZeroEps(), scheduler, x0, 10)
     torch.testing.assert_close(inv.x_T, scheduler.alphas_cumprod[999].sqrt() * x0)
-    assert inv.hs.shape == (10, 2, 3, 8, 8)
-    with InjectionSampler(ZeroEps(), scheduler, InjectionConfig(h_gamma=0.0, t_boost=-1, dt_lambda=1.0, n_gen_step=10, **H_SLERP)) as sampler:
-        torch.testing.assert_close(sampler.generate(inv.x_T, inv.hs, inv.timesteps), x0, atol=1e-4, rtol=1e-4)
+    assert hs.shape == (10, 2, 3, 8, 8)
+    with InjectionSampler(ZeroEps(), scheduler, InjectionParams(h_gamma=0.0, t_boost=-1, dt_lambda=1.0, n_gen_step=10, **H_SLERP)) as sampler:
+        torch.testing.assert_close(sampler.generate(inv.x_T, hs, inv.timesteps), x0, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ddim_generate(ZeroEps(), scheduler, inv.x_T, 10), x0, atol=1e-4, rtol=1e-4)
+
+
+def test_plain_ddim_is_the_sampler_with_nothing_injected_bit_for_bit():
+    """ddim_generate (train_diffusion's reconstruction) is the injection sampler at h_gamma 0."""
+    unet, scheduler = tiny_unet()
+    x0 = torch.rand(3, 3, 28, 28) * 2 - 1
+    with torch.no_grad():
+        x_T = ddim_invert(unet, scheduler, x0, 7).x_T
+        with InjectionSampler(unet, scheduler, InjectionParams(n_gen_step=7, **PLAIN_DDIM)) as sampler:
+            by_sampler = sampler.generate(x_T, None, None)
+        assert torch.equal(ddim_generate(unet, scheduler, x_T, 7), by_sampler)
 
 
 @pytest.mark.parametrize("t_edit", [0, 500])
@@ -139,19 +152,19 @@ def test_shared_encoder_generation_equals_two_full_passes(t_edit):
     torch.manual_seed(0)
     content, style = torch.rand(4, 3, 28, 28) * 2 - 1, torch.rand(4, 3, 28, 28) * 2 - 1
     with torch.no_grad():
-        c = ddim_invert(unet, scheduler, content, 8, keep_h=True)
-        s = ddim_invert(unet, scheduler, style, 8, keep_h=False)
-    cfg = InjectionConfig(h_gamma=0.7, t_edit=t_edit, t_boost=300, n_gen_step=8, **H_SLERP)
+        c, c_hs = invert_with_h(unet, scheduler, content, 8)
+        s = ddim_invert(unet, scheduler, style, 8)
+    cfg = InjectionParams(h_gamma=0.7, t_edit=t_edit, t_boost=300, n_gen_step=8, **H_SLERP)
     out = {}
     for share in (True, False):
         with InjectionSampler(unet, scheduler, cfg, share_encoder=share) as sampler:
-            out[share] = sampler.generate(s.x_T, c.hs, c.timesteps, torch.Generator().manual_seed(1))
+            out[share] = sampler.generate(s.x_T, c_hs, c.timesteps, torch.Generator().manual_seed(1))
     assert torch.equal(out[True], out[False])
     assert all("forward" not in m.__dict__ for m in [unet.conv_in, *unet.down_blocks, unet.mid_block])
     # no hook is left on the UNet after the `with` block
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
     with pytest.raises(RuntimeError, match="inside `with InjectionSampler"):
-        sampler.generate(s.x_T, c.hs, c.timesteps)
+        sampler.generate(s.x_T, c_hs, c.timesteps)
 
 
 def test_shared_encoder_replays_the_recorded_encoder_once():
@@ -202,8 +215,8 @@ def test_v_and_epsilon_models_give_the_same_inversion():
 
     x0 = torch.rand(2, 3, 28, 28) * 2 - 1
     with torch.no_grad():
-        by_eps = ddim_invert(unet, by_type["epsilon"], x0, 6, keep_h=False)
-        by_v = ddim_invert(AsV(unet), by_type["v_prediction"], x0, 6, keep_h=False)
+        by_eps = ddim_invert(unet, by_type["epsilon"], x0, 6)
+        by_v = ddim_invert(AsV(unet), by_type["v_prediction"], x0, 6)
     torch.testing.assert_close(by_v.x_T, by_eps.x_T, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="prediction_type 'sample'"):
-        ddim_invert(unet, DDPMScheduler(prediction_type="sample"), x0, 6, keep_h=False)
+        ddim_invert(unet, DDPMScheduler(prediction_type="sample"), x0, 6)

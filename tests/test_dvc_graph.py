@@ -19,6 +19,7 @@ DVC_YAML = REPO / "dvc.yaml"
 # Modules that cannot change any output, so editing them need not re-run a stage.
 EXEMPT = {
     "src/diffinject/quiet.py": "log filters and progress-bar throttling: only what reaches the terminal",
+    "src/diffinject/progress.py": "the training progress bar and log lines: only what reaches the terminal",
     "src/diffinject/errors.py": "the exception class: only the text of error messages",
     "src/diffinject/__init__.py": "the package docstring and version string, which no stage writes",
 }

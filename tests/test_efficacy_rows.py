@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from diffinject.data.manifest import read_manifest
-from diffinject.data.tensors import ImageTensors, repeat_evenly
+from diffinject.data.pool import repeat_evenly
+from diffinject.data.tensors import ImageTensors
 from diffinject.errors import DiffinjectError
 from diffinject.models.checkpoint import load_classifier, save_classifier
 from diffinject.models.lff import LfFModule

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from diffinject.diffusion import fair
+from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.lora import TimestepGate, add_lora, attach_adapter, read_adapter, save_adapter
-from diffinject.diffusion.sampler import InjectionConfig, InjectionSampler
+from diffinject.diffusion.sampler import InjectionSampler
 from diffinject.diffusion.synthetic_quality import bias_deviation, conflict_target
 from diffinject.errors import DiffinjectError
 from tests.conftest import tiny_unet
@@ -75,7 +76,7 @@ def test_bias_deviation_is_zero_on_the_target_and_counts_aligned_images():
 
 def test_the_adjusted_scales_standardise_each_steps_direct_coefficient():
     unet, scheduler = tiny_unet()
-    sampler = InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=10, t_max=None))
+    sampler = InjectionSampler(unet, scheduler, InjectionParams(n_gen_step=10, t_max=None))
     coefficients, scales = fair.direct_coefficients(sampler, 5), fair.adjusted_scales(sampler, 5)
     products = np.array(coefficients) * np.array(scales)
     assert np.allclose(products, products[0]) and np.exp(np.log(scales).mean()) == pytest.approx(1.0)
@@ -87,7 +88,7 @@ def test_the_gradient_reaches_the_adapter_only_through_the_last_steps():
     layers = add_lora(unet, rank=2, alpha=2.0)
     for layer in layers.values():
         torch.nn.init.normal_(layer.up.weight, std=0.1)
-    sampler = InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=6, t_max=None, operator="slerp", sites=("h",)))
+    sampler = InjectionSampler(unet, scheduler, InjectionParams(n_gen_step=6, t_max=None, operator="slerp", site=["h"]))
     TimestepGate(unet, layers, fair.gate_timestep(sampler, 2))
     x_T = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
     content = {"h": (torch.randn(6, 2, 16, 14, 14, generator=torch.Generator().manual_seed(1)),)}

@@ -247,13 +247,13 @@ def test_a_run_left_running_by_a_killed_process_is_marked_failed(tmp_path):
     open the store marks that run FAILED (and leaves a live process's run alone)."""
     from mlflow.tracking import MlflowClient
 
-    from diffinject.tracking import runs
+    from diffinject.tracking import runs, stale_runs
 
     env = dict(stage_env(tmp_path), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     script = ("import os, signal, mlflow\n"
-              "from diffinject.tracking import runs\n"
+              "from diffinject.tracking import runs, stale_runs\n"
               "exp = runs.setup_experiment('faults')\n"
-              "run = mlflow.start_run(experiment_id=exp, tags=runs.owner_tags())\n"
+              "run = mlflow.start_run(experiment_id=exp, tags=stale_runs.owner_tags())\n"
               "print(run.info.run_id, flush=True)\n"
               "os.kill(os.getpid(), signal.SIGKILL)\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -263,7 +263,7 @@ def test_a_run_left_running_by_a_killed_process_is_marked_failed(tmp_path):
         mp.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
         client = MlflowClient(env["MLFLOW_TRACKING_URI"])
         experiment = client.get_experiment_by_name("faults").experiment_id
-        live = client.create_run(experiment, tags=runs.owner_tags()).info.run_id  # this process: alive
+        live = client.create_run(experiment, tags=stale_runs.owner_tags()).info.run_id  # this process: alive
         assert client.get_run(dead_run).info.status == "RUNNING"
         runs.setup_experiment("faults")
         assert client.get_run(dead_run).info.status == "FAILED"

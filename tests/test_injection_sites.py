@@ -9,13 +9,14 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from diffinject.diffusion.ddim import ddim_invert, ddim_step, eps_from_v, timestep_grid
 from diffinject.diffusion.injection import make_pairs
+from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.probes import decide_label_from, fit_ridge_probe, probe_labels, site_view
-from diffinject.diffusion.sampler import (InjectionConfig, InjectionSampler, capture_features, ddim_invert, ddim_step,
-                                          eps_from_v, floor_grid, plan_steps)
+from diffinject.diffusion.sampler import InjectionSampler, capture_features, plan_steps
 from diffinject.diffusion.sites import SiteHook, channel_stats, site_names
+from diffinject.errors import DiffinjectError
 from tests.conftest import tiny_unet
-
 
 # ---- operators -------------------------------------------------------------------------------------
 
@@ -80,30 +81,37 @@ def test_sites_capture_what_each_up_block_receives():
 def test_unknown_site_and_operator_are_refused():
     unet, scheduler = tiny_unet()
     with pytest.raises(ValueError, match="up9"):
-        InjectionSampler(unet, scheduler, InjectionConfig(sites=("up9",)))
-    with pytest.raises(ValueError, match="operator"):
-        InjectionSampler(unet, scheduler, InjectionConfig(operator="add"))
+        InjectionSampler(unet, scheduler, InjectionParams(site=["up9"]))
+    with pytest.raises(DiffinjectError, match="params 'injection.operator': got 'add'"):
+        InjectionSampler(unet, scheduler, InjectionParams(operator="add"))
 
 
-def test_features_recomputed_from_the_path_equal_the_inversions_h():
+def test_features_recomputed_from_the_path_equal_a_direct_capture():
+    """capture_features(path) at step i is what the UNet's mid block gives on x_{t_i}, in any batching."""
     unet, scheduler = tiny_unet()
     x0 = torch.rand(3, 3, 28, 28) * 2 - 1
-    inv = ddim_invert(unet, scheduler, x0, 6, keep_h=True, keep_path=True)
+    inv = ddim_invert(unet, scheduler, x0, 6, keep_path=True)
     features = capture_features(unet, inv.xs, inv.timesteps, ["h", "up0"])
-    torch.testing.assert_close(features["h"][0], inv.hs)
+    one_by_one = capture_features(unet, inv.xs, inv.timesteps, ["h"], batch_size=1)
+    hook = SiteHook(unet)
+    with torch.no_grad(), hook.capture(["h"]):
+        unet(inv.xs[2], torch.full((3,), int(inv.timesteps[2])))
+    hook.remove()
+    torch.testing.assert_close(features["h"][0][2], hook.captured["h"][0])
+    torch.testing.assert_close(one_by_one["h"][0], features["h"][0], atol=1e-5, rtol=1e-5)
     assert features["up0"][0].shape[:2] == (6, 3)
 
 
 # ---- schedules -------------------------------------------------------------------------------------
 
 def test_floor_grid_matches_injectfusion():
-    np.testing.assert_array_equal(floor_grid(5, 1000), [0, 249, 499, 749, 999])  # int(s + 1e-6)
+    np.testing.assert_array_equal(timestep_grid(5, 1000, floor=True), [0, 249, 499, 749, 999])  # int(s + 1e-6)
 
 
 def test_official_schedule_injects_exactly_on_replace_steps():
-    cfg = InjectionConfig(schedule="official", n_gen_step=100, t_edit=400, t_boost=200, dt_lambda=0.99, t_max=None)
+    cfg = InjectionParams(schedule="official", n_gen_step=100, t_edit=400, t_boost=200, dt_lambda=0.99, t_max=None)
     steps = plan_steps(cfg, 1000)
-    gen, replace = set(floor_grid(100, 1000).tolist()), set(floor_grid(50, 1000).tolist())
+    gen, replace = set(timestep_grid(100, 1000, floor=True).tolist()), set(timestep_grid(50, 1000, floor=True).tolist())
     assert [s.t for s in steps] == sorted(gen, reverse=True)
     assert {s.t for s in steps if s.inject} == {t for t in gen & replace if t >= 400}
     # eta and dt_lambda switch on replace steps only, as in InjectFusion's denoising_step calls
@@ -113,14 +121,14 @@ def test_official_schedule_injects_exactly_on_replace_steps():
 
 
 def test_official_schedule_at_fifty_steps_replaces_every_step_and_dt_threshold_follows_T():
-    steps = plan_steps(InjectionConfig(schedule="official", n_gen_step=50, t_edit=0, t_boost=200, t_max=None), 1000)
+    steps = plan_steps(InjectionParams(schedule="official", n_gen_step=50, t_edit=0, t_boost=200, t_max=None), 1000)
     assert all(s.inject for s in steps) and len(steps) == 50
-    short = plan_steps(InjectionConfig(schedule="every_step", n_gen_step=10, dt_lambda=0.9, t_boost=200, t_max=None), 200)  # T = 200
+    short = plan_steps(InjectionParams(schedule="every_step", n_gen_step=10, dt_lambda=0.9, t_boost=200, t_max=None), 200)  # T = 200
     assert {s.t for s in short if s.dir_scale != 1.0} == {t for t in (s.t for s in short) if t >= 190}
 
 
 def test_every_step_schedule_is_the_rounded_grid_with_injection_above_t_edit():
-    steps = plan_steps(InjectionConfig(n_gen_step=5, t_edit=500, t_boost=300, t_max=None), 1000)
+    steps = plan_steps(InjectionParams(n_gen_step=5, t_edit=500, t_boost=300, t_max=None), 1000)
     assert [s.t for s in steps] == [999, 749, 500, 250, 0]
     assert [s.inject for s in steps] == [True, True, True, False, False]
     assert [s.eta for s in steps] == [0, 0, 0, 1, 1]
@@ -218,16 +226,16 @@ def test_a_unet_without_the_shared_encoders_layout_says_so_once():
     unet, scheduler = tiny_unet()
     del unet.conv_in
     with pytest.warns(UserWarning, match="two full UNet passes"):
-        sampler = InjectionSampler(unet, scheduler, InjectionConfig(operator="slerp", sites=("h",)))
+        sampler = InjectionSampler(unet, scheduler, InjectionParams(operator="slerp", site=["h"]))
     assert not sampler.share_encoder
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        InjectionSampler(unet, scheduler, InjectionConfig(operator="slerp", sites=("h",)), share_encoder=False)
+        InjectionSampler(unet, scheduler, InjectionParams(operator="slerp", site=["h"]), share_encoder=False)
 
 
 @pytest.mark.parametrize("window", [dict(t_edit=1000), dict(t_edit=600, t_max=500), dict(t_edit=2, t_max=3)])
 def test_a_window_without_a_generation_step_is_refused(window):
     """t_edit beyond the schedule (or an empty t_edit..t_max window) would inject nothing at all."""
     with pytest.raises(ValueError, match="holds none of the 20 every_step generation steps .* nothing would be injected"):
-        plan_steps(InjectionConfig(n_gen_step=20, **window), 1000)
-    assert not any(s.inject for s in plan_steps(InjectionConfig(n_gen_step=20, h_gamma=0.0, **window), 1000))
+        plan_steps(InjectionParams(n_gen_step=20, **window), 1000)
+    assert not any(s.inject for s in plan_steps(InjectionParams(n_gen_step=20, h_gamma=0.0, **window), 1000))

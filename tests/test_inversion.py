@@ -8,7 +8,7 @@ import torch
 from diffinject.data.tensors import ImageTensors
 from diffinject.diffusion.inversion import choose_styles, invert_rows
 from diffinject.diffusion.model import to_model_range
-from diffinject.diffusion.sampler import ddim_invert
+from diffinject.diffusion.ddim import ddim_invert
 from tests.conftest import tiny_unet
 
 
@@ -39,7 +39,7 @@ def test_batched_inversion_equals_one_batch_and_keeps_ids_targets_proxy():
     cpu = torch.device("cpu")
     with torch.no_grad():
         batched = invert_rows(unet, scheduler, data, rows, 5, True, 2, cpu, proxy)
-        whole = ddim_invert(unet, scheduler, to_model_range(data.images[torch.as_tensor(rows)]), 5, keep_h=False, keep_path=True)
+        whole = ddim_invert(unet, scheduler, to_model_range(data.images[torch.as_tensor(rows)]), 5, keep_path=True)
         styles = invert_rows(unet, scheduler, data, rows, 5, False, 2, cpu)
     torch.testing.assert_close(batched.x_T, whole.x_T, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batched.xs, whole.xs, atol=1e-5, rtol=1e-5)

@@ -11,8 +11,8 @@ import pytest
 
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split
-from diffinject.models.training import TrainerConfig
-from diffinject.stages import inject, prepare, prepare_palette, train_judge
+from diffinject.models.trainer import TrainerConfig
+from diffinject.stages import pool_quality, prepare, prepare_palette, train_judge
 
 JUDGE = {"epochs": 4, "batch_size": 128}
 
@@ -23,7 +23,7 @@ def corrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("judges")
     params = {"seed": 0, "data": {"bias": "corruption"}, "palette": {"max_images": 20}, "judge": JUDGE,
               "trainer": {"accelerator": "cpu", "enable_progress_bar": False}}
-    prepare.run(params, out_dir=root / "data" / "prepared", plots_dir=root / "plots")
+    prepare.run(params, root)
     prepare_palette.run(params, root)
     train_judge.run(params, root)
     return root
@@ -51,7 +51,7 @@ def test_the_quality_report_counts_bias_conflicts_of_any_mechanism(corrupted):
         pool = pd.DataFrame({"id": np.arange(len(rows)), "target": valid.loc[rows, "target"].to_numpy(),
                              "content_target": valid.loc[rows, "target"].to_numpy(),
                              "style_target": valid.loc[rows, "bias"].to_numpy(), "label_from": "content"})
-        reports[name] = inject.quality_report(corrupted, manifest, pool, images[np.asarray(rows)],
+        reports[name] = pool_quality.quality_report(corrupted, manifest, pool, images[np.asarray(rows)],
                                               TrainerConfig(accelerator="cpu", enable_progress_bar=False))
     assert "colour_conflict_fraction" not in reports["aligned"]  # no pixel rule for corruptions
     assert reports["conflicting"]["bias_conflict_fraction"] - reports["aligned"]["bias_conflict_fraction"] > 0.4

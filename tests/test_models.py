@@ -120,7 +120,8 @@ def test_lff_loss_ema_and_class_max():
 def test_predict_with_the_default_trainer_params():
     # the default trainer.* enables the progress bar; inference must not add one to a bar-less Trainer
     from diffinject.data.tensors import ImageTensors
-    from diffinject.models.training import TrainerConfig, predict_logits
+    from diffinject.models.trainer import TrainerConfig
+    from diffinject.models.training import predict_logits
 
     net = build_network(NetConfig("mlp", 10, MNIST)).eval()
     images = torch.randint(0, 256, (5, *MNIST), dtype=torch.uint8)
@@ -157,7 +158,9 @@ def test_epoch_selector_keeps_the_first_best_epoch_or_the_last():
 
 
 def test_training_returns_the_weights_of_the_best_validation_epoch():
-    from diffinject.models.training import TrainConfig, TrainerConfig, train_classifier
+    from diffinject.models.configs import TrainConfig
+    from diffinject.models.trainer import TrainerConfig
+    from diffinject.models.training import train_classifier
 
     train, valid = _tiny_split(64, 0), _tiny_split(32, 1)
     cfg = TrainConfig(epochs=4, batch_size=16, lr=0.05, select="best")
@@ -179,8 +182,9 @@ def test_training_progress_bar_draws_once_per_event(monkeypatch, min_interval_s,
     import lightning
     from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
-    from diffinject.data.tensors import ImageDataModule
-    from diffinject.models.classifier import ClassifierModule, TrainProgressBar
+    from diffinject.data.loaders import ImageDataModule
+    from diffinject.models.classifier import ClassifierModule
+    from diffinject.progress import TrainProgressBar
 
     draws: list[tuple[int, str]] = []  # (batches shown, postfix) at every draw
     original_refresh = Tqdm.refresh

@@ -16,7 +16,8 @@ from diffinject.data.tensors import load_split
 from diffinject.diffusion import pilot
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.inversion_store import InvertedSet
-from diffinject.diffusion.pilot_grid import DEFAULT_GRID, candidate_grid, parse_candidate
+from diffinject.diffusion.injection_params import OPERATORS, parse_candidate
+from diffinject.diffusion.pilot_grid import DEFAULT_GRID, candidate_grid
 from diffinject.errors import DiffinjectError
 from tests.conftest import null_bias_copy
 
@@ -30,6 +31,9 @@ def test_a_candidate_without_a_label_rule_is_tried_under_both():
     (one,) = parse_candidate("operator=slerp,site=h,t_max=null,h_gamma=0.7,label_from=content")
     assert one.t_max is None and one.as_params()["site"] == ["h"] and one.as_params()["t_edit"] == 0
     assert len(candidate_grid(None)) == 2 * len(DEFAULT_GRID)
+    # the built-in grid is not re-checked when params are loaded: it is checked here
+    assert {c.operator for c in candidate_grid(None)} <= set(OPERATORS)
+    assert all(0 <= c.h_gamma <= 1 for c in candidate_grid(None))
 
 
 @pytest.mark.parametrize("grid, match", [

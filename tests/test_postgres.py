@@ -94,7 +94,7 @@ def test_mlflow_on_postgres_registers_and_moves_the_champion(postgres, prepared_
     from mlflow.tracking import MlflowClient
 
     from diffinject.stages import register
-    from diffinject.tracking import registry
+    from diffinject.tracking import registry, registry_config
     from tests.test_registry import make_pipeline_root, params
 
     uri = f"{postgres}/mlflow"
@@ -105,7 +105,7 @@ def test_mlflow_on_postgres_registers_and_moves_the_champion(postgres, prepared_
     assert [(d["version"], d["alias"]) for d in decisions] == [(1, "champion"), (2, "challenger"), (3, "champion")]
     client = MlflowClient(uri)
     assert int(client.get_model_version_by_alias("pg-model", registry.CHAMPION).version) == 3
-    experiment = client.get_experiment_by_name(registry.RegistryConfig().experiment).experiment_id
+    experiment = client.get_experiment_by_name(registry_config.RegistryConfig().experiment).experiment_id
     parents = client.search_runs([experiment], "attributes.status = 'FINISHED' and tags.`diffinject.pid` != ''")
     assert {r.info.run_id for r in parents} >= {d["run_id"] for d in decisions}
 

@@ -44,7 +44,7 @@ def test_progress_in_a_log_is_a_line_per_interval_not_a_bar_per_tick(monkeypatch
     quiet.throttle_progress_in_logs()
     assert os.environ["TQDM_MININTERVAL"] == "2"
 
-    from diffinject.models import classifier
+    from diffinject import progress as classifier
 
     clock = iter(range(0, 1000, 10))  # every call to the clock moves 10 s on
     monkeypatch.setattr(classifier.time, "monotonic", lambda: next(clock))
@@ -85,7 +85,7 @@ def test_the_last_line_of_an_epoch_run_names_the_last_epoch_not_the_next(capsys)
     """Lightning has counted one epoch past max_epochs when training ends; the last line says 3/3."""
     from types import SimpleNamespace
 
-    from diffinject.models import classifier
+    from diffinject import progress as classifier
 
     trainer = SimpleNamespace(is_global_zero=True, max_epochs=3, max_steps=-1, current_epoch=3, global_step=30,
                               progress_bar_metrics={})

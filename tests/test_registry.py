@@ -22,7 +22,7 @@ from diffinject.models.checkpoint import load_classifier, save_classifier
 from diffinject.models.classifier import to_unit_float
 from diffinject.models.networks import NetConfig, build_network
 from diffinject.stages import register
-from diffinject.tracking import registry, runs
+from diffinject.tracking import metrics_files, model_logging, registry, registry_config
 
 CURVE = [{"epoch": e, "train_acc": 0.5 + e / 10, "valid_acc": 0.4 + e / 10} for e in (1, 2, 3)]
 
@@ -133,22 +133,22 @@ def test_the_best_candidate_on_valid_is_registered_and_compared_with_any_champio
     assert version.tags["diffinject.model"] == "debiased_lff" and version.tags[registry.TAG_METRIC] == "debiased_lff.valid.acc"
     # a candidate without metrics is named
     third = make_pipeline_root(tmp_path / "r2", prepared_mnist, 0.55)
-    with pytest.raises(runs.MissingMetricError, match=r"params 'registry.candidates': metric 'debiased_lff.valid.acc' not found"):
+    with pytest.raises(metrics_files.MissingMetricError, match=r"params 'registry.candidates': metric 'debiased_lff.valid.acc' not found"):
         register.run(params(name, **both), third)
 
 
 def test_candidates_ties_go_to_the_first_listed_and_nan_never_wins():
-    cfg = registry.RegistryConfig(candidates=["debiased", "debiased_lff"])
-    assert registry.best_candidate({"debiased.valid.acc": 0.7, "debiased_lff.valid.acc": 0.7}, cfg) == "debiased.valid.acc"
-    assert registry.best_candidate({"debiased.valid.acc": float("nan"), "debiased_lff.valid.acc": 0.1}, cfg) == "debiased_lff.valid.acc"
-    gaps = registry.RegistryConfig(metric="debiased.valid.dp_gap", direction="minimize", candidates=["debiased", "x"])
-    assert registry.best_candidate({"debiased.valid.dp_gap": 0.3, "x.valid.dp_gap": 0.2}, gaps) == "x.valid.dp_gap"
+    cfg = registry_config.RegistryConfig(candidates=["debiased", "debiased_lff"])
+    assert registry_config.best_candidate({"debiased.valid.acc": 0.7, "debiased_lff.valid.acc": 0.7}, cfg) == "debiased.valid.acc"
+    assert registry_config.best_candidate({"debiased.valid.acc": float("nan"), "debiased_lff.valid.acc": 0.1}, cfg) == "debiased_lff.valid.acc"
+    gaps = registry_config.RegistryConfig(metric="debiased.valid.dp_gap", direction="minimize", candidates=["debiased", "x"])
+    assert registry_config.best_candidate({"debiased.valid.dp_gap": 0.3, "x.valid.dp_gap": 0.2}, gaps) == "x.valid.dp_gap"
     with pytest.raises(DiffinjectError, match=r"params 'registry.candidates': empty"):
-        registry.RegistryConfig(candidates=[]).check()
+        registry_config.RegistryConfig(candidates=[]).check()
 
 
 def test_minimize_direction_and_a_champion_without_the_metric():
-    cfg = registry.RegistryConfig(metric="debiased.valid.dp_gap", direction="minimize")
+    cfg = registry_config.RegistryConfig(metric="debiased.valid.dp_gap", direction="minimize")
 
     class Version:
         version = "7"
@@ -176,7 +176,7 @@ def test_champion_loads_from_the_registry_and_predicts_a_batch(store_root, prepa
         np.testing.assert_allclose(model(torch.from_numpy(batch)).numpy(), expected, rtol=1e-5, atol=1e-5)
     requirements = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion")) / "requirements.txt"
     lines = requirements.read_text().splitlines()  # ours, pinned, plus the mlflow line MLflow adds
-    assert set(lines) - {f"mlflow=={mlflow.__version__}"} == set(registry.pip_requirements(fmt))
+    assert set(lines) - {f"mlflow=={mlflow.__version__}"} == set(model_logging.pip_requirements(fmt))
     assert f"torch=={torch.__version__.split('+')[0]}" in lines
 
 
@@ -206,7 +206,7 @@ def test_a_test_split_metric_is_refused(store_root, prepared_mnist, tmp_path):
 def test_a_missing_metric_fails_before_anything_is_logged(store_root, prepared_mnist, tmp_path):
     root = make_pipeline_root(tmp_path / "run", prepared_mnist, valid_acc=0.6)
     (root / "metrics" / "eval.json").write_text(json.dumps({"vanilla": {"valid": {"acc": 0.5}}}))
-    with pytest.raises(runs.MissingMetricError, match="'debiased.valid.acc' not found"):
+    with pytest.raises(metrics_files.MissingMetricError, match="'debiased.valid.acc' not found"):
         register.run(params("m-missing"), root)
     assert MlflowClient().search_registered_models("name = 'm-missing'") == []
 

@@ -8,8 +8,9 @@ import itertools
 import pytest
 import torch
 
+from diffinject.data.loaders import make_loader
 from diffinject.data.resumable import resumable_loader
-from diffinject.data.tensors import ImageTensors, make_loader
+from diffinject.data.tensors import ImageTensors
 
 
 def _images(n: int) -> ImageTensors:

@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from diffinject.errors import DiffinjectError
-from diffinject.tracking import runs, search, store
+from diffinject.tracking import metrics_files, search, store
 from tests.conftest import REPO, inverted_repo
 
 STATE = optuna.trial.TrialState
@@ -142,7 +142,7 @@ def test_a_missing_metric_stops_the_search_loudly(store_root, tmp_path):
         curve.report(root / "curve.csv")
 
     root = repo_root(tmp_path)
-    with pytest.raises(runs.MissingMetricError, match="'debiased.valid.acc' not found"):
+    with pytest.raises(metrics_files.MissingMetricError, match="'debiased.valid.acc' not found"):
         search.run_search(params("s-missing", n_trials=3), root, setup(forgets_eval))
     assert [t.state for t in load("s-missing", store_root).trials] == [STATE.FAIL]  # stopped at the first
     assert not (root / "metrics" / "search.json").exists()
@@ -153,7 +153,7 @@ def test_a_curve_without_the_pruning_column_stops_the_search(store_root, tmp_pat
         (root / "curve.csv").write_text("epoch,valid/acc\n1,0.5\n")
         curve.report(root / "curve.csv")
 
-    with pytest.raises(runs.MissingMetricError, match="no column 'valid_acc' to prune on"):
+    with pytest.raises(metrics_files.MissingMetricError, match="no column 'valid_acc' to prune on"):
         search.run_search(params("s-badcurve", n_trials=2), repo_root(tmp_path), setup(bad_curve))
 
 
@@ -408,7 +408,9 @@ def test_pruning_stops_the_training_at_the_rejected_epoch(prepared_mnist, prune_
     """The callback reports each validation epoch as it ends, and the pruner's first 'no' ends training."""
     from diffinject.data.tensors import load_split
     from diffinject.models.classifier import SELECT_METRIC
-    from diffinject.models.training import TrainConfig, TrainerConfig, train_classifier
+    from diffinject.models.configs import TrainConfig
+    from diffinject.models.trainer import TrainerConfig
+    from diffinject.models.training import train_classifier
 
     study = optuna.create_study(direction="maximize", pruner=PruneFromEpoch(prune_at))
     curve = search.ValidationCurve(study.ask(), "valid_acc", True, lambda rows: None)
@@ -423,12 +425,14 @@ def test_pruning_stops_the_training_at_the_rejected_epoch(prepared_mnist, prune_
 
 def test_pruning_callback_names_a_missing_metric(prepared_mnist):
     from diffinject.data.tensors import load_split
-    from diffinject.models.training import TrainConfig, TrainerConfig, train_classifier
+    from diffinject.models.configs import TrainConfig
+    from diffinject.models.trainer import TrainerConfig
+    from diffinject.models.training import train_classifier
 
     study = optuna.create_study(direction="maximize")
     curve = search.ValidationCurve(study.ask(), "valid_acc", True, lambda rows: None)
     train, valid = load_split(prepared_mnist, "train"), load_split(prepared_mnist, "valid")
-    with pytest.raises(runs.MissingMetricError, match="'valid/auc' not logged"):
+    with pytest.raises(metrics_files.MissingMetricError, match="'valid/auc' not logged"):
         train_classifier(train, valid, 10, TrainConfig(epochs=1, batch_size=512), TrainerConfig(enable_progress_bar=False),
                          0, "debiased", callbacks=[curve.lightning_callback("valid/auc")])
 
@@ -439,7 +443,7 @@ def test_pruning_callback_names_a_missing_metric(prepared_mnist):
     ("postgresql://u:s3cret@127.0.0.1:1/optuna", r"postgresql://u:\*\*\*@127.0.0.1:1/optuna: cannot open the Optuna storage"),
 ])
 def test_an_unusable_storage_url_is_one_line_without_its_password(url, expected):
-    from diffinject.tracking.search.storage import open_storage
+    from diffinject.tracking.search import open_storage
 
     with pytest.raises(DiffinjectError, match=expected) as caught:
         open_storage(url)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from diffinject.errors import DiffinjectError
-from diffinject.tracking import runs, store
+from diffinject.tracking import dvc_lock, metrics_files, runs, store
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_tracking_uri_env_overrides_and_artifacts_sit_beside_a_sqlite_db(clean_e
 def test_flatten_and_param_values():
     params = {"seed": 0, "data": {"split": {"train": 0.8}, "path": None}, "diffusion": {"channels": [16, 32]},
               "trainer": {"deterministic": True}, "data2": {"source": "mnist5k"}}
-    flat = {k: runs.param_value(v) for k, v in runs.flatten(params).items()}
+    flat = {k: runs.param_value(v) for k, v in metrics_files.flatten(params).items()}
     assert flat == {"seed": "0", "data.split.train": "0.8", "data.path": "null", "diffusion.channels": "[16, 32]",
                     "trainer.deterministic": "true", "data2.source": "mnist5k"}
 
@@ -88,10 +88,10 @@ def test_metric_keys_eval_at_top_level_others_prefixed_numbers_only(tmp_path):
     (m / "inject.json").write_text(json.dumps({"label_fidelity": 0.9, "label_from": "content", "not_measured": ["x"]}))
     (m / "validation.json").write_text(json.dumps({"success": True, "conflict_fraction": {"train": 0.01}}))
     (m / "register.json").write_text(json.dumps({"version": 3}))  # the registry's own output: not a pipeline metric
-    assert runs.read_metrics(m) == {"debiased.test.acc": 0.5, "debiased.test.dp_gap": 0.1,
+    assert metrics_files.read_metrics(m) == {"debiased.test.acc": 0.5, "debiased.test.dp_gap": 0.1,
                                     "inject/label_fidelity": 0.9, "validation/conflict_fraction.train": 0.01}
-    with pytest.raises(runs.MissingMetricError, match=r"'debiased.valid.acc' not found .* \(has debiased.test.acc"):
-        runs.require_metric(runs.read_metrics(m), "debiased.valid.acc", m, "registry.metric")
+    with pytest.raises(metrics_files.MissingMetricError, match=r"'debiased.valid.acc' not found .* \(has debiased.test.acc"):
+        metrics_files.require_metric(metrics_files.read_metrics(m), "debiased.valid.acc", m, "registry.metric")
 
 
 def test_dvc_hashes_from_the_lock_skip_metrics_and_name_a_missing_md5(tmp_path):
@@ -101,13 +101,13 @@ def test_dvc_hashes_from_the_lock_skip_metrics_and_name_a_missing_md5(tmp_path):
         "train_debiased": {"outs": [{"path": "models/debiased", "md5": "def.dir"}]},
     }}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
-    assert runs.dvc_hashes(tmp_path / "dvc.lock") == {"dvc.data/prepared.md5": "abc.dir", "dvc.models/debiased.md5": "def.dir"}
+    assert dvc_lock.dvc_hashes(tmp_path / "dvc.lock") == {"dvc.data/prepared.md5": "abc.dir", "dvc.models/debiased.md5": "def.dir"}
     lock["stages"]["inject"] = {"outs": [{"path": "data/synthetic", "etag": "x"}]}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
     with pytest.raises(DiffinjectError, match="'inject' out 'data/synthetic' has no md5"):
-        runs.dvc_hashes(tmp_path / "dvc.lock")
+        dvc_lock.dvc_hashes(tmp_path / "dvc.lock")
     with pytest.raises(DiffinjectError, match="not found"):
-        runs.dvc_hashes(tmp_path / "nope.lock")
+        dvc_lock.dvc_hashes(tmp_path / "nope.lock")
 
 
 def test_run_name_is_the_dvc_experiment_else_commit_and_time(clean_env, tmp_path):
@@ -121,7 +121,7 @@ def test_run_name_is_the_dvc_experiment_else_commit_and_time(clean_env, tmp_path
 def test_curve_without_epoch_column_is_one_line(tmp_path):
     (tmp_path / "c.csv").write_text("step,valid/acc\n1,0.5\n")
     with pytest.raises(DiffinjectError, match="no 'epoch' column"):
-        runs.read_curve(tmp_path / "c.csv")
+        metrics_files.read_curve(tmp_path / "c.csv")
 
 
 PROBE = """

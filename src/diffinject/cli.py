@@ -9,11 +9,14 @@ import os
 import resource
 import sys
 import time
+from pathlib import Path
 
+from diffinject.config import load_params
 from diffinject.errors import DiffinjectError
 from diffinject.quiet import hide_refused_pickle_warnings, throttle_progress_in_logs
 
-# stage name -> (module under diffinject.stages, one-line help). Each module has `main(params_path)`.
+# stage name -> (module under diffinject.stages, one-line help). Each module has `PARAMS` (what it reads)
+# and `run(params, root)`, which `main` calls with the parsed params file and the working directory.
 STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("prepare", "build data/prepared/ (DisEnt layout + manifest) from data.source"),
     "validate": ("validate", "check data/prepared with great-expectations; fail on a broken dataset"),
@@ -41,11 +44,14 @@ STAGES: dict[str, tuple[str, str]] = {
     "promote": ("promote", "move the registry alias champion to VERSION by hand (registry.model_name)"),
     "summary": ("summary", "the end-of-run table: each model's unbiased / conflict / worst-group accuracy, the registry decision, the plots"),
     "search": ("search", "Optuna study over injection.h_gamma, debiased.bias_conflict_ratio, debiased.lr (search.*)"),
+    "preset": ("preset", "print (--run: run) the `dvc exp run -S ...` line that applies presets/NAME.yaml"),
 }
 
-# Arguments of single commands besides --params, passed to their module's main() as keyword arguments.
+# Arguments of single commands besides --params, passed to their module's run() as keyword arguments.
 EXTRA_ARGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
     "promote": [(("version",), {"type": int, "help": "registered model version to make the champion"})],
+    "preset": [(("name",), {"help": "a preset of presets/ (e.g. gpu)"}),
+               (("--run",), {"dest": "execute", "action": "store_true", "help": "run the dvc exp run line"})],
     "search": [
         (("--n-trials",), {"type": int, "default": None, "help": "trials this process runs (default: search.n_trials)"}),
         (("--storage",), {"default": None, "help": "Optuna storage URL shared by workers (default: search.storage, "
@@ -98,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"diffinject.stages.{STAGES[args.stage][0]}")
     code = 0
     try:
-        module.main(args.params, **{k: v for k, v in vars(args).items() if k not in ("stage", "params")})
+        reads = module.PARAMS.sections or module.PARAMS.seed  # summary reads none: it needs no params file
+        params = load_params(args.params) if reads else {}
+        module.run(params, Path("."), **{k: v for k, v in vars(args).items() if k not in ("stage", "params")})
     except DiffinjectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 1

@@ -28,16 +28,21 @@ T = TypeVar("T")
 
 def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
     """Read params.yaml into a dict; a missing or malformed file is a one-line error."""
-    path = Path(path)
+    return read_yaml_mapping(Path(path), "params file not found (expected a YAML file such as params.yaml)",
+                             "expected a mapping of sections at the top level")
+
+
+def read_yaml_mapping(path: Path, if_missing: str, if_not_mapping: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; else a one-line error naming the file."""
     if not path.is_file():
-        raise DiffinjectError(f"{path}: params file not found (expected a YAML file such as params.yaml)")
+        raise DiffinjectError(f"{path}: {if_missing}")
     try:
-        params = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise DiffinjectError(f"{path}: not valid YAML ({first_line(exc)})") from exc
-    if not isinstance(params, dict):
-        raise DiffinjectError(f"{path}: expected a mapping of sections at the top level")
-    return params
+    if not isinstance(loaded, dict):
+        raise DiffinjectError(f"{path}: {if_not_mapping}")
+    return loaded
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
@@ -134,6 +139,9 @@ def section_class(cls: type) -> type:
     return getattr(cls, "__slice_of__", cls)
 
 
+_RECORDS: dict[int, tuple[Any, type]] = {}
+
+
 @dataclasses.dataclass(frozen=True)
 class StageParams:
     """What a stage reads from params: `sections` maps a section name to its schema, or to a
@@ -142,12 +150,21 @@ class StageParams:
     sections: dict[str, type]
     seed: bool = True
 
-    def load(self, params: dict[str, Any]) -> types.SimpleNamespace:
-        """The typed, checked configs, one attribute per section (and `seed`)."""
+    def load(self, params: dict[str, Any]) -> Any:
+        """The typed, checked configs: a frozen dataclass (`record`) with one field per section, typed
+        by its schema, and `seed: int` when the stage reads it."""
         configs = {name: section(params, name, cls) for name, cls in self.sections.items()}
         if self.seed:
             configs["seed"] = seed_of(params)
-        return types.SimpleNamespace(**configs)
+        return self.record()(**configs)
+
+    def record(self) -> type:
+        """The dataclass `load` returns (StageParams is frozen, so it is built once per declaration)."""
+        cached = _RECORDS.get(id(self))
+        if cached is None or cached[0] is not self:
+            fields = [(name, cls) for name, cls in self.sections.items()] + ([("seed", int)] if self.seed else [])
+            cached = _RECORDS[id(self)] = (self, dataclasses.make_dataclass("StageConfigs", fields, frozen=True))
+        return cached[1]
 
     def keys(self) -> list[str]:
         """The entries of the stage's `params:` in dvc.yaml: a section name, or dotted keys of a slice."""

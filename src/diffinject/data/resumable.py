@@ -16,7 +16,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Sampler
 
-from diffinject.data.tensors import ImageTensors, IndexedImages, _batch_as_is
+from diffinject.data.loaders import IndexedImages, _batch_as_is
+from diffinject.data.tensors import ImageTensors
 
 
 class _SkipFirst(Sampler[int]):

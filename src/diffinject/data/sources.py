@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from diffinject.data.idx import read_idx
+from diffinject.data.links import refuse_links_leaving
 from diffinject.data.manifest import SPLITS, parse_disent_name
 from diffinject.errors import DiffinjectError
 
@@ -113,7 +114,10 @@ def _split_of(parts: tuple[str, ...]) -> str | None:
 
 
 def _image_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The images under `root`; one that is a link leaving `root` is refused, not read."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    refuse_links_leaving(root, files)
+    return files
 
 
 def _disent_records(root: Path) -> list[FolderImage]:

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from diffinject.diffusion.sampler import InjectionSampler, _alpha
+from diffinject.diffusion.ddim import alpha_bar
+from diffinject.diffusion.sampler import InjectionSampler
 from diffinject.diffusion.sites import Features
 from diffinject.errors import DiffinjectError
 
@@ -109,8 +110,8 @@ def direct_coefficients(sampler: InjectionSampler, grad_steps: int) -> list[floa
     steps = sampler.steps[-grad_steps:]
     coefficients, later = [], 1.0
     for step in reversed(steps):
-        a_t = float(_alpha(sampler.alphas_cumprod, step.t))
-        a_next = float(_alpha(sampler.alphas_cumprod, step.t_next))
+        a_t = float(alpha_bar(sampler.alphas_cumprod, step.t))
+        a_next = float(alpha_bar(sampler.alphas_cumprod, step.t_next))
         sigma2 = (step.eta ** 2) * (1 - a_next) / (1 - a_t) * (1 - a_t / a_next) if step.eta > 0 else 0.0
         c_x0 = -np.sqrt(a_next) * np.sqrt(1 - a_t) / np.sqrt(a_t)
         c_dir = np.sqrt(max(0.0, 1 - a_next - sigma2)) * step.dir_scale
@@ -133,7 +134,7 @@ def gate_timestep(sampler: InjectionSampler, grad_steps: int) -> int:
 def rollout_head(sampler: InjectionSampler, x_T: torch.Tensor, content: Features, content_timesteps: np.ndarray,
                  tail: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """The injection generation up to its last `tail` steps, without gradient (the adapter is closed there)."""
-    content = {site: content[site] for site in sampler.config.sites}
+    content = {site: content[site] for site in sampler.sites}
     x = x_T
     with torch.no_grad():
         for step in sampler.steps[:len(sampler.steps) - tail]:
@@ -145,7 +146,7 @@ def rollout_tail(sampler: InjectionSampler, x: torch.Tensor, content: Features, 
                  scales: list[float] | None, tail: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """The last `tail` steps from `rollout_head`'s x: with the adjusted gradient (`scales`, one per step),
     or without any gradient (None)."""
-    content = {site: content[site] for site in sampler.config.sites}
+    content = {site: content[site] for site in sampler.sites}
     with torch.no_grad() if scales is None else contextlib.nullcontext():
         for k, step in enumerate(sampler.steps[len(sampler.steps) - tail:]):
             x = sampler.step(x, step, content, content_timesteps, generator,

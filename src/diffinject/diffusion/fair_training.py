@@ -19,11 +19,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffinject.diffusion.fair import (FairConfig, adjusted_scales, alignment_loss, alignment_targets,
-                                       as_classifier_input, gate_timestep, preservation_loss, rollout_head, rollout_tail)
+from diffinject.diffusion.fair import (
+    FairConfig,
+    adjusted_scales,
+    alignment_loss,
+    alignment_targets,
+    as_classifier_input,
+    gate_timestep,
+    preservation_loss,
+    rollout_head,
+    rollout_tail,
+)
 from diffinject.diffusion.injection import Pairs
 from diffinject.diffusion.inversion_store import InvertedSet
-from diffinject.diffusion.lora import LoRAConv2d, TimestepGate, add_lora, adapter_tensors, load_adapter_tensors, set_enabled
+from diffinject.diffusion.lora import LoRAConv2d, TimestepGate, adapter_tensors, add_lora, load_adapter_tensors, set_enabled
 from diffinject.diffusion.sampler import InjectionSampler
 from diffinject.diffusion.sites import Features
 from diffinject.fsutil import atomic_file

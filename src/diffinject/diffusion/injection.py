@@ -21,9 +21,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.inversion_store import InvertedSet
 from diffinject.diffusion.model import to_uint8
-from diffinject.diffusion.sampler import InjectionConfig, InjectionSampler
+from diffinject.diffusion.sampler import InjectionSampler
 from diffinject.diffusion.sites import Features
 from diffinject.errors import DiffinjectError
 
@@ -110,7 +111,7 @@ def _proxy(data: InvertedSet, row: int) -> int:
     return int(data.proxy[row]) if data.proxy is not None else -1
 
 
-def collect_manifest(work: Path, n_batches: int, config: InjectionConfig, label_from: str) -> pd.DataFrame:
+def collect_manifest(work: Path, n_batches: int, config: InjectionParams, label_from: str) -> pd.DataFrame:
     """The synthetic manifest from the batch markers: id, path, target, content_id, style_id, the
     params that made it."""
     records = []
@@ -121,6 +122,6 @@ def collect_manifest(work: Path, n_batches: int, config: InjectionConfig, label_
         records += json.loads(marker.read_text())
     table = pd.DataFrame.from_records(records)
     table["label_from"] = label_from
-    for key, value in vars(config).items():
-        table[key] = "+".join(value) if isinstance(value, tuple) else value
+    for key, value in config.generation_record().items():
+        table[key] = value
     return table.sort_values("id").reset_index(drop=True)

@@ -1,6 +1,7 @@
-"""`injection.*`, the schema of the params section that `invert` (n_inv_step, batch_size and the
-style-pool keys), `probe`, `train_diffusion` (the step counts) and `inject` (all of it) read. Its own
-module, so a change to how the pool is generated does not re-run the stages that only read a key."""
+"""`injection.*`: the one schema of the params section, and the config the injection sampler runs on.
+`invert` (n_inv_step, batch_size and the style-pool keys), `probe`, `train_diffusion` (the step counts)
+and `inject` (all of it) read it. It imports no sampler or operator code, so an edit of how the pool is
+generated does not re-run the stages that only read a key."""
 
 from __future__ import annotations
 
@@ -9,10 +10,63 @@ from typing import Literal
 
 import numpy as np
 
-from diffinject.diffusion.pilot_grid import candidate_grid
-from diffinject.diffusion.sampler import SCHEDULES, InjectionConfig
-from diffinject.diffusion.sites import OPERATORS
 from diffinject.errors import DiffinjectError
+
+# The operators diffusion/sites.py implements (it checks that it implements exactly these).
+OPERATORS = ("slerp", "channel_stats", "channel_mean")
+# every_step: a rounded n_gen_step grid, every step at t >= t_edit injects, eta and dt_lambda on every
+# step; official: InjectFusion's — a floored grid, injection (and eta, dt_lambda) only on the steps that
+# are also on the floored `replace_steps` grid, plain DDIM elsewhere (sampler.plan_steps).
+SCHEDULES = ("every_step", "official")
+# InjectFusion's `content_replace_step` default: content is injected on a 50-point grid over [0, T-1].
+OFFICIAL_REPLACE_STEPS = 50
+# The keys that make a pool image, in the order the synthetic manifest records them (its columns).
+GENERATION_KEYS = ("h_gamma", "t_edit", "t_max", "t_boost", "dt_lambda", "n_gen_step", "clip_x0", "operator",
+                   "sites", "schedule", "replace_steps")
+
+
+LABEL_RULES = ("content", "style")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One injection setting the pilot tries; the keys are `injection.*`'s."""
+
+    operator: str
+    sites: tuple[str, ...]
+    t_max: int | None
+    h_gamma: float
+    label_from: str  # content | style
+
+    @property
+    def name(self) -> str:
+        window = "all t" if self.t_max is None else f"t<={self.t_max}"
+        return f"{self.operator} {'+'.join(self.sites)} {window} g{self.h_gamma:g} label:{self.label_from}"
+
+    def as_params(self) -> dict:
+        """The `injection.*` keys this candidate sets (t_edit 0: the window is [0, t_max])."""
+        return {"operator": self.operator, "site": list(self.sites), "t_edit": 0, "t_max": self.t_max,
+                "h_gamma": self.h_gamma, "label_from": self.label_from}
+
+
+def parse_candidate(text: str) -> list[Candidate]:
+    """"operator=channel_stats,site=up0+up1,t_max=300,h_gamma=1.0[,label_from=style]" -> its candidates
+    (both label rules unless one is named). Raises ValueError naming the bad part."""
+    values: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not key=value")
+        values[key.strip()] = value.strip()
+    unknown = set(values) - {"operator", "site", "t_max", "h_gamma", "label_from"}
+    if unknown or not {"operator", "site"} <= set(values):
+        raise ValueError(f"{text!r}: expected operator=..,site=a+b[,t_max=..][,h_gamma=..][,label_from=..]")
+    t_max = None if values.get("t_max", "null") in ("null", "none", "None") else int(values["t_max"])
+    rules = (values["label_from"],) if "label_from" in values else LABEL_RULES
+    if not set(rules) <= set(LABEL_RULES):
+        raise ValueError(f"{text!r}: label_from must be content or style")
+    sites = tuple(s for s in values["site"].split("+") if s)
+    return [Candidate(values["operator"], sites, t_max, float(values.get("h_gamma", 1.0)), rule) for rule in rules]
 
 
 @dataclass
@@ -26,18 +80,20 @@ class InjectionParams:
     pilot_size: int = 128  # pilot images per candidate
     pilot_grid: list[str] | None = None  # candidates as "operator=..,site=a+b,t_max=..,h_gamma=.."; null = pilot_grid.DEFAULT_GRID
     pilot_reference: str = "lff"  # the model whose prediction measures a pilot image's label fidelity: lff | disent | lc | vanilla | auto (best valid acc)
-    # The sampler's keys default to InjectionConfig's (one place for each default).
-    h_gamma: float = InjectionConfig.h_gamma  # weight of the content's features
-    operator: str = InjectionConfig.operator  # slerp | channel_stats | channel_mean (sites.py)
-    site: str | list[str] = field(default_factory=lambda: list(InjectionConfig.sites))  # h | up0 | ..., a list or a comma-separated string
-    schedule: str = InjectionConfig.schedule  # every_step | official (InjectFusion's replace steps, sampler.plan_steps)
-    replace_steps: int = InjectionConfig.replace_steps  # official schedule: points of the replace grid over [0, T-1]
-    t_edit: int = InjectionConfig.t_edit  # inject at t >= t_edit; 0 = the whole trajectory
-    t_max: int | None = InjectionConfig.t_max  # ... and at t <= t_max; null = no upper bound
-    t_boost: int = InjectionConfig.t_boost  # eta = 1 at t <= t_boost (Asyrp's quality boost); -1 turns it off
-    dt_lambda: float = InjectionConfig.dt_lambda  # noise-direction scale at t >= 950 (DiffInject)
+    # The sampler's keys. Their defaults were chosen on the valid split (docs/injection_operators.md): the
+    # content lends its colour through the channel statistics of the 7x7 and 14x14 skips, late in generation.
+    h_gamma: float = 1.0  # weight of the content's features: 0 keeps the style, 1 takes the content (DiffInject's slerp of h: 0.7)
+    operator: str = "channel_stats"  # slerp (DiffStyle) | channel_stats (AdaIN-style) | channel_mean (sites.py)
+    site: str | list[str] = field(default_factory=lambda: ["up0", "up1"])  # h (mid block) | up0 | up1 | ..., a list or "a,b"
+    schedule: str = "every_step"  # every_step | official (InjectFusion's replace steps, sampler.plan_steps)
+    replace_steps: int = OFFICIAL_REPLACE_STEPS  # official schedule: points of the replace grid over [0, T-1]
+    t_edit: int = 0  # inject at t >= t_edit; 0 = the whole trajectory
+    t_max: int | None = 300  # ... and at t <= t_max; null = no upper bound: colour is set late (t <~ 400) here, shape early
+    t_boost: int = -1  # eta = 1 at t <= t_boost (Asyrp's quality boost); -1 turns it off (its noise costs shape fidelity here)
+    dt_lambda: float = 0.9985  # noise-direction scale at t >= 0.95·T (DiffInject's value)
+    clip_x0: bool = False  # clamp predicted x_0 to [-1, 1]; off: an injected trajectory must stay invertible
     n_inv_step: int = 20  # DDIM inversion steps (invert, probe, train_diffusion's reconstruction)
-    n_gen_step: int = InjectionConfig.n_gen_step
+    n_gen_step: int = 20  # DDIM generation steps
     n_samples: int = 400  # size of the synthetic pool, unless n_samples_ratio is set
     n_samples_ratio: float | None = 0.5  # the pool size as a fraction of |train| (as many as train_debiased draws)
     label_from: Literal["content", "style", "auto"] = "auto"  # auto: decided from metrics/probe.json, no bias label read
@@ -80,8 +136,8 @@ class InjectionParams:
         if self.pilot_reference not in ("lff", "disent", "lc", "vanilla", "auto"):
             raise DiffinjectError(f"params 'injection.pilot_reference': got {self.pilot_reference!r}, expected lff, disent, lc, "
                                   "vanilla or auto (never the biased model: it is the bias proxy)")
-        try:
-            for candidate in candidate_grid(self.pilot_grid):
+        try:  # a user's grid (the built-in one, diffusion/pilot_grid.py, is checked by tests/test_pilot.py)
+            for candidate in (c for text in self.pilot_grid or () for c in parse_candidate(text)):
                 if candidate.operator not in OPERATORS:
                     raise ValueError(f"operator {candidate.operator!r} is not one of {', '.join(OPERATORS)}")
         except ValueError as exc:
@@ -91,10 +147,9 @@ class InjectionParams:
         names = self.site.split(",") if isinstance(self.site, str) else list(self.site)
         return tuple(name.strip() for name in names if name.strip())
 
-    def sampler_config(self) -> InjectionConfig:
-        return InjectionConfig(h_gamma=self.h_gamma, t_edit=self.t_edit, t_max=self.t_max, t_boost=self.t_boost,
-                               dt_lambda=self.dt_lambda, n_gen_step=self.n_gen_step, operator=self.operator,
-                               sites=self.sites(), schedule=self.schedule, replace_steps=self.replace_steps)
+    def generation_record(self) -> dict:
+        """The keys that made a pool image, as the synthetic manifest's columns record them."""
+        return {key: "+".join(self.sites()) if key == "sites" else getattr(self, key) for key in GENERATION_KEYS}
 
     def pool_size(self, n_train: int) -> int:
         return int(np.ceil(self.n_samples_ratio * n_train)) if self.n_samples_ratio is not None else self.n_samples

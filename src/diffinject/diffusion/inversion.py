@@ -11,9 +11,9 @@ from torch import nn
 from tqdm import tqdm
 
 from diffinject.data.tensors import ImageTensors
+from diffinject.diffusion.ddim import ddim_invert
 from diffinject.diffusion.inversion_store import InvertedSet
 from diffinject.diffusion.model import to_model_range
-from diffinject.diffusion.sampler import ddim_invert
 
 
 def choose_styles(losses: np.ndarray, targets: np.ndarray, per_class: int, easiest_fraction: float,
@@ -40,7 +40,7 @@ def invert_rows(unet: nn.Module, scheduler: DDPMScheduler, data: ImageTensors, r
     kind = "content" if keep_path else "style"
     for start in tqdm(range(0, len(rows), batch_size), desc=f"invert: {kind} batches", unit="batch"):
         chunk = torch.as_tensor(rows[start:start + batch_size])
-        inv = ddim_invert(unet, scheduler, to_model_range(data.images[chunk]).to(device), n_steps, keep_h=False,
+        inv = ddim_invert(unet, scheduler, to_model_range(data.images[chunk]).to(device), n_steps,
                           keep_path=keep_path)
         x_Ts.append(inv.x_T.cpu())
         if keep_path:

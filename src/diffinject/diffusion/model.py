@@ -12,8 +12,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils import is_accelerate_available
 from safetensors import SafetensorError
 
+from diffinject.diffusion.ddim import PREDICTION_TYPES, checked_prediction_type
 from diffinject.diffusion.precision import check_precision
-from diffinject.diffusion.sampler import PREDICTION_TYPES, checked_prediction_type
 from diffinject.errors import DiffinjectError, first_line
 
 UNET_DIR = "unet"

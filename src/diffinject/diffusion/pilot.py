@@ -31,7 +31,7 @@ import torch
 from diffinject.diffusion.injection import batch_generator, make_pairs
 from diffinject.diffusion.inversion_store import InvertedSet
 from diffinject.diffusion.model import to_uint8
-from diffinject.diffusion.pilot_grid import Candidate
+from diffinject.diffusion.injection_params import Candidate
 from diffinject.diffusion.sampler import InjectionSampler
 from diffinject.diffusion.sites import Features
 
@@ -83,7 +83,7 @@ def generate_pilot(unet, scheduler, candidate: Candidate, base_config, contents:
     pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed + SEED_OFFSET, candidate.label_from,
                        None if contents.proxy is None else contents.proxy.numpy(),
                        None if styles.proxy is None else styles.proxy.numpy())
-    config = replace(base_config, operator=candidate.operator, sites=candidate.sites, t_edit=0,
+    config = replace(base_config, operator=candidate.operator, site=list(candidate.sites), t_edit=0,
                      t_max=candidate.t_max, h_gamma=candidate.h_gamma)
     device = next(unet.parameters()).device
     chunks = []

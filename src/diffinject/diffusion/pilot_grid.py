@@ -1,12 +1,12 @@
-"""The candidates the injection pilot tries (`injection.pilot_grid`), kept apart from the pilot itself
-(diffusion/pilot.py) so that the params schema can check them without importing the sampler."""
+"""The candidates the injection pilot tries: `injection.pilot_grid`, or the built-in grid below. A
+candidate's text form and its parser are the params schema's (diffusion/injection_params.py), so an edit
+of this grid re-runs only the stages that run the pilot."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
-LABEL_RULES = ("content", "style")
+from diffinject.diffusion.injection_params import Candidate, parse_candidate
 
 # The built-in grid: the operators and sites docs/injection_operators.md found worth measuring, each
 # under both label rules. Colour-like biases live in the channel statistics of the coarse skips,
@@ -22,47 +22,6 @@ DEFAULT_GRID = (
     "operator=channel_mean,site=up0+up1,t_max=300,h_gamma=1.0",
     "operator=slerp,site=h,t_max=null,h_gamma=0.7",
 )
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One injection setting the pilot tries; the keys are `injection.*`'s."""
-
-    operator: str
-    sites: tuple[str, ...]
-    t_max: int | None
-    h_gamma: float
-    label_from: str  # content | style
-
-    @property
-    def name(self) -> str:
-        window = "all t" if self.t_max is None else f"t<={self.t_max}"
-        return f"{self.operator} {'+'.join(self.sites)} {window} g{self.h_gamma:g} label:{self.label_from}"
-
-    def as_params(self) -> dict:
-        """The `injection.*` keys this candidate sets (t_edit 0: the window is [0, t_max])."""
-        return {"operator": self.operator, "site": list(self.sites), "t_edit": 0, "t_max": self.t_max,
-                "h_gamma": self.h_gamma, "label_from": self.label_from}
-
-
-def parse_candidate(text: str) -> list[Candidate]:
-    """"operator=channel_stats,site=up0+up1,t_max=300,h_gamma=1.0[,label_from=style]" -> its candidates
-    (both label rules unless one is named). Raises ValueError naming the bad part."""
-    values: dict[str, str] = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"{item!r} is not key=value")
-        values[key.strip()] = value.strip()
-    unknown = set(values) - {"operator", "site", "t_max", "h_gamma", "label_from"}
-    if unknown or not {"operator", "site"} <= set(values):
-        raise ValueError(f"{text!r}: expected operator=..,site=a+b[,t_max=..][,h_gamma=..][,label_from=..]")
-    t_max = None if values.get("t_max", "null") in ("null", "none", "None") else int(values["t_max"])
-    rules = (values["label_from"],) if "label_from" in values else LABEL_RULES
-    if not set(rules) <= set(LABEL_RULES):
-        raise ValueError(f"{text!r}: label_from must be content or style")
-    sites = tuple(s for s in values["site"].split("+") if s)
-    return [Candidate(values["operator"], sites, t_max, float(values.get("h_gamma", 1.0)), rule) for rule in rules]
 
 
 def candidate_grid(texts: Sequence[str] | None) -> list[Candidate]:

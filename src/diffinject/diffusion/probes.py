@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffinject.diffusion.sampler import capture_features, ddim_invert
+from diffinject.diffusion.ddim import ddim_invert
+from diffinject.diffusion.sampler import capture_features
 
 VIEWS = ("stats", "map")
 MAP_SIDE = 7  # h of the default UNet is 7 × 7: its map view is h itself
@@ -64,7 +65,7 @@ def path_features(unet: nn.Module, scheduler, x0: torch.Tensor, n_steps: int, si
     path; each step's maps are reduced to their views at once (full maps of 28 × 28 sites would not fit)."""
     xss, timesteps = [], None
     for start in range(0, len(x0), batch_size):
-        inv = ddim_invert(unet, scheduler, x0[start:start + batch_size], n_steps, keep_h=False, keep_path=True)
+        inv = ddim_invert(unet, scheduler, x0[start:start + batch_size], n_steps, keep_path=True)
         xss.append(inv.xs.cpu())
         timesteps = inv.timesteps
     xs = torch.cat(xss, 1)

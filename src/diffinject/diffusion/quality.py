@@ -1,5 +1,5 @@
 """How good is the DDPM for injection? Samples from noise, and DDIM inversion -> reconstruction
-fidelity (DESIGN.md: the number to drive up in train_diffusion)."""
+fidelity (docs/design.md: the number to drive up in train_diffusion)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,8 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from diffinject.data.colour import nearest_palette_colour
+from diffinject.diffusion.ddim import ddim_generate, ddim_invert
 from diffinject.diffusion.model import to_model_range, to_uint8
-from diffinject.diffusion.sampler import InjectionConfig, InjectionSampler, ddim_invert
-
-# Plain deterministic DDIM: no injection, no stochastic boost, no direction scaling.
-PLAIN_DDIM = dict(h_gamma=0.0, t_edit=0, t_boost=-1, dt_lambda=1.0)
 
 
 @torch.no_grad()
@@ -44,9 +41,7 @@ def reconstruct(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tenso
                 n_gen_step: int) -> Reconstruction:
     """DDIM-invert uint8 images to x_T and generate them back (h_gamma 0, eta 0)."""
     x0 = to_model_range(images)
-    inversion = ddim_invert(unet, scheduler, x0, n_inv_step, keep_h=False)
-    with InjectionSampler(unet, scheduler, InjectionConfig(n_gen_step=n_gen_step, **PLAIN_DDIM)) as sampler:
-        x_rec = sampler.generate(inversion.x_T, None, None)
+    x_rec = ddim_generate(unet, scheduler, ddim_invert(unet, scheduler, x0, n_inv_step).x_T, n_gen_step)
     rec = to_uint8(x_rec)
     mse = float((x_rec.clamp(-1, 1) - x0).pow(2).mean())
     colour_kept = None

@@ -3,7 +3,7 @@
 At every injected step the sampler needs ε_θ(x_t, t) and ε̃ = ε_θ(x_t, t | h ← slerp(h, h_c', γ)) for
 the same x_t and t. Everything up to and including the middle block (conv_in, the down blocks with the
 skip connections they emit, h itself) is identical in the two passes: only the decoder sees the
-injected h (skip connections come from the style path, DESIGN.md). So the first pass records those
+injected h (skip connections come from the style path, docs/design.md). So the first pass records those
 modules' outputs and the second replays them instead of recomputing them; the h-space hook on
 `mid_block` still runs on the replayed h. The result is bit-for-bit the same as two full passes
 (tests/test_diffusion_maths.py) and saves the encoder's share of the second pass.

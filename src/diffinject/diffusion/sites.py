@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from diffinject.diffusion.hspace import rescale_to, slerp
+from diffinject.diffusion.injection_params import OPERATORS
 
 H_SITE = "h"
-OPERATORS = ("slerp", "channel_stats", "channel_mean")
 # Below this standard deviation a channel is constant (dead or flat) and its normalised pattern is noise.
 _STD_EPS = 1e-5
 

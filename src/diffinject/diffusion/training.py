@@ -18,11 +18,12 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from diffinject.data.loaders import make_loader
 from diffinject.data.resumable import resumable_loader
-from diffinject.data.tensors import ImageTensors, make_loader
+from diffinject.data.tensors import ImageTensors
 from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet, to_model_range
 from diffinject.errors import DiffinjectError, first_line
-from diffinject.models.training import TrainerConfig, build_trainer
+from diffinject.models.trainer import TrainerConfig, build_trainer
 
 
 class DiffusionModule(lightning.LightningModule):

@@ -41,10 +41,11 @@ from diffinject.config import check_at_least
 from diffinject.data.tensors import ImageTensors
 from diffinject.models.classifier import Batch, ClassifierModule, n_correct, to_unit_float
 from diffinject.models.disent_net import DisEntNet, build_disent
-from diffinject.models.lff import DEFAULT_EMA_ALPHA, BiasedRows, LfFConfig, PoolKeys, RelativeDifficulty
+from diffinject.models.lff import DEFAULT_EMA_ALPHA, BiasedRows, LfFConfig, RelativeDifficulty
 from diffinject.models.losses import DEFAULT_GCE_Q, gce_loss
 from diffinject.models.networks import NetConfig, load_imagenet_weights
-from diffinject.models.training import FitResult, TrainerConfig, check_data, fit
+from diffinject.models.trainer import TrainerConfig
+from diffinject.models.training import FitResult, check_data, fit
 
 
 def swap_bias_features(z_i: torch.Tensor, z_b: torch.Tensor, targets: torch.Tensor,
@@ -119,11 +120,6 @@ class DisEntConfig(LfFConfig):
     def check(self, section: str) -> None:
         super().check(section)
         check_at_least(self, section, 0, "lambda_dis", "lambda_swap_b", "lambda_swap", "swap_after")
-
-
-@dataclass
-class DebiasedDisEntConfig(PoolKeys, DisEntConfig):
-    """`debiased_disent.*`: DisEnt on the original train split plus a draw from the synthetic pool."""
 
 
 def train_disent(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: DisEntConfig,

@@ -1,4 +1,4 @@
-"""Classification metrics of the evaluation contract (DESIGN.md, `metrics/eval.json`).
+"""Classification metrics of the evaluation contract (docs/design.md, `metrics/eval.json`).
 
 With ŷ the prediction, y the target and b the bias attribute (colour) of a sample:
 

@@ -41,9 +41,10 @@ from torch import nn
 from diffinject.config import check_at_least
 from diffinject.data.tensors import ImageTensors
 from diffinject.models.classifier import Batch, ClassifierModule, n_correct, to_unit_float
-from diffinject.models.lff import BiasedRows, LfFConfig, PoolKeys
+from diffinject.models.lff import BiasedRows, LfFConfig
 from diffinject.models.losses import DEFAULT_GCE_Q, gce_loss
-from diffinject.models.training import FitResult, TrainerConfig, build_net, check_data, fit
+from diffinject.models.trainer import TrainerConfig
+from diffinject.models.training import FitResult, build_net, check_data, fit
 
 # The official `LogitCorrectionLoss`: log(prior^η + 1e-4), so an empty group costs a finite correction.
 PRIOR_FLOOR = 1e-4
@@ -177,11 +178,6 @@ class LCConfig(LfFConfig):
         super().check(section)
         check_at_least(self, section, 0, "tau", "biased_lr_ratio", strict=True)
         check_at_least(self, section, 0, "eta", "lambda_dis", "mixup_rampup_steps")
-
-
-@dataclass
-class DebiasedLCConfig(PoolKeys, LCConfig):
-    """`debiased_lc.*`: LC on the original train split plus a draw from the synthetic pool."""
 
 
 def train_lc(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: LCConfig, trainer_cfg: TrainerConfig,

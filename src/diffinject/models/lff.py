@@ -20,7 +20,6 @@ f_B, get weights near 0. `self.net` is f_D: the network selected on validation, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import lightning
 import torch
@@ -30,9 +29,10 @@ from torch import nn
 from diffinject.data.tensors import ImageTensors
 from diffinject.errors import DiffinjectError
 from diffinject.models.classifier import Batch, ClassifierModule, n_correct, to_unit_float
+from diffinject.models.configs import OptimConfig
 from diffinject.models.losses import DEFAULT_GCE_Q, gce_loss
-from diffinject.models.training import (SYNTHETIC_POOL, FitResult, OptimConfig, TrainerConfig, build_net, check_data,
-                                        check_ratio, fit)
+from diffinject.models.trainer import TrainerConfig
+from diffinject.models.training import FitResult, build_net, check_data, fit
 
 # LfF's `--ema_alpha` default for Colored MNIST.
 DEFAULT_EMA_ALPHA = 0.7
@@ -159,29 +159,6 @@ class LfFConfig(OptimConfig):
             raise DiffinjectError(f"params '{section}.gce_q': got {self.gce_q}, expected 0 < q <= 1")
         if not 0 <= self.ema_alpha < 1:
             raise DiffinjectError(f"params '{section}.ema_alpha': got {self.ema_alpha}, expected 0 <= alpha < 1")
-
-
-@dataclass
-class PoolKeys:
-    """The keys every `debiased_<method>` section adds to its method's: a two-branch method (LfF, DisEnt,
-    LC) on the original train split plus a draw from the synthetic pool. A mixin, listed first
-    (`class DebiasedLfFConfig(PoolKeys, LfFConfig)`): its check runs the method's, then its own."""
-
-    pool: str | None = SYNTHETIC_POOL  # as debiased.pool
-    bias_conflict_ratio: float | None = None  # null: debiased.bias_conflict_ratio
-    # Which rows the biased (GCE) branch trains on: `original` keeps it as biased as the method's own (the
-    # synthetic conflicts would teach it the class); `all` trains it on the mix. The debiased branch
-    # trains on every row either way.
-    biased_sees: Literal["original", "all"] = "original"
-
-    def check(self, section: str) -> None:
-        super().check(section)  # type: ignore[misc]  # the method's config, next in the MRO
-        check_ratio(self.bias_conflict_ratio, section)
-
-
-@dataclass
-class DebiasedLfFConfig(PoolKeys, LfFConfig):
-    """`debiased_lff.*`: LfF on the original train split plus a draw from the synthetic pool."""
 
 
 def train_lff(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: LfFConfig,

@@ -8,14 +8,14 @@ metrics/ae_debias.json, metrics/plots/train/ae_debias.csv.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params
 from diffinject.errors import DiffinjectError
-from diffinject.models.checkpoint import load_classifier
 from diffinject.models.ae_debias import AEConfig, train_ae_debias
-from diffinject.stages.common import classifier_params, load_training_data, write_training_outputs
+from diffinject.models.checkpoint import load_classifier
+from diffinject.stages.common import classifier_params, fit_and_write, load_training_data
 from diffinject.stages.paths import missing_model_hint, model_dir
 
 SECTION = "ae"
@@ -25,16 +25,17 @@ PARAMS = classifier_params(SECTION, AEConfig)
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     p = PARAMS.load(params)
-    cfg, trainer_cfg, seed = p.ae, p.trainer, p.seed
+    cfg = p.ae
     data = load_training_data(root)
     biased = model_dir(root, "biased")
     classifier, classifier_cfg, _ = load_classifier(biased, num_classes=data.num_classes, image_shape=data.train.shape,
                                                     missing_hint=missing_model_hint("biased"))
     if classifier_cfg.front is not None:
         raise DiffinjectError(f"{biased}: expected a plain classifier, got one with front {classifier_cfg.front!r}")
-    result = train_ae_debias(data.train, data.valid, classifier, classifier_cfg, cfg, trainer_cfg, seed, SECTION)
-    return write_training_outputs(root, MODEL, result, cfg, seed)
+    fit = partial(_fit_in_front_of, classifier, classifier_cfg)
+    return fit_and_write(root, MODEL, cfg, p, data.train, data, fit, section=SECTION)
 
 
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))
+def _fit_in_front_of(classifier, classifier_cfg, train, valid, num_classes, cfg, trainer_cfg, seed, section):
+    """train_ae_debias in fit_and_write's shape: the class count is the frozen classifier's."""
+    return train_ae_debias(train, valid, classifier, classifier_cfg, cfg, trainer_cfg, seed, section)

@@ -16,8 +16,11 @@ from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
 from diffinject.errors import DiffinjectError, first_line
 from diffinject.fsutil import atomic_dir, atomic_file, write_json
 from diffinject.models.checkpoint import save_classifier
-from diffinject.models.training import FitResult, TrainConfig, TrainerConfig, train_classifier
+from diffinject.models.configs import TrainConfig
+from diffinject.models.trainer import TrainerConfig
+from diffinject.models.training import FitResult, train_classifier
 from diffinject.stages.paths import CURVES, METRICS, PREPARED, model_dir
+
 
 def training_metrics(result: FitResult, epochs: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """metrics/<name>.json: the selected epoch and its train/valid loss and accuracy."""
@@ -100,13 +103,12 @@ def classifier_params(name: str, config_class: type = TrainConfig) -> StageParam
     return StageParams({"trainer": TrainerConfig, name: config_class})
 
 
-def classifier_stage(params: dict[str, Any], stage: StageParams, name: str, root: Path,
-                     train: Callable[..., FitResult] = train_classifier,
-                     model_info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """train_biased, vanilla (one network with the loss of params section `name`) and, with their train
-    functions, lff, disent and lc: train on the prepared train split, select on valid, write the outputs."""
-    p = stage.load(params)
-    cfg = getattr(p, name)
-    data = load_training_data(root)
-    result = train(data.train, data.valid, data.num_classes, cfg, p.trainer, p.seed, name)
-    return write_training_outputs(root, name, result, cfg, p.seed, model_info=model_info)
+def fit_and_write(root: Path, name: str, cfg: Any, loaded: Any, train: ImageTensors, data: TrainingData,
+                  fit: Callable[..., FitResult] = train_classifier, extra: dict[str, Any] | None = None,
+                  model_info: dict[str, Any] | None = None, section: str | None = None, **fit_kwargs: Any) -> dict[str, Any]:
+    """The one last step of every classifier stage: `fit` (train_classifier, train_lff, ...) on `train`,
+    selected on `data.valid`, with the stage's section `cfg` and its `loaded` trainer and seed, then
+    models/<name>/, metrics/<name>.json and the curve. `section` names the params section in messages
+    (default `name`); `fit_kwargs` go to `fit` (biased_rows, callbacks)."""
+    result = fit(train, data.valid, data.num_classes, cfg, loaded.trainer, loaded.seed, section or name, **fit_kwargs)
+    return write_training_outputs(root, name, result, cfg, loaded.seed, extra, model_info)

@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params
-from diffinject.models.disent import DebiasedDisEntConfig, train_disent
+from diffinject.models.disent import train_disent
 from diffinject.models.disent_net import COMPOSITE
 from diffinject.stages.mixing import mixing_params, pool_stage
+from diffinject.stages.pool_params import DebiasedDisEntConfig
 
 SECTION = "debiased_disent"
 PARAMS = mixing_params(SECTION, DebiasedDisEntConfig)
@@ -27,7 +27,3 @@ PARAMS = mixing_params(SECTION, DebiasedDisEntConfig)
 def run(params: dict[str, Any], root: Path = Path("."), callbacks: list | None = None) -> dict[str, Any]:
     """`callbacks` join the training's Trainer (the search's pruning callback)."""
     return pool_stage(params, PARAMS, SECTION, root, train_disent, model_info={"composite": COMPOSITE}, callbacks=callbacks)
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

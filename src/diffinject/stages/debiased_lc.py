@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params
-from diffinject.models.lc import DebiasedLCConfig, train_lc
+from diffinject.models.lc import train_lc
 from diffinject.stages.mixing import mixing_params, pool_stage
+from diffinject.stages.pool_params import DebiasedLCConfig
 
 SECTION = "debiased_lc"
 PARAMS = mixing_params(SECTION, DebiasedLCConfig)
@@ -25,7 +25,3 @@ PARAMS = mixing_params(SECTION, DebiasedLCConfig)
 def run(params: dict[str, Any], root: Path = Path("."), callbacks: list | None = None) -> dict[str, Any]:
     """`callbacks` join the training's Trainer (the search's pruning callback)."""
     return pool_stage(params, PARAMS, SECTION, root, train_lc, callbacks=callbacks)
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params
-from diffinject.models.lff import DebiasedLfFConfig, train_lff
+from diffinject.models.lff import train_lff
 from diffinject.stages.mixing import mixing_params, pool_stage
+from diffinject.stages.pool_params import DebiasedLfFConfig
 
 SECTION = "debiased_lff"
 PARAMS = mixing_params(SECTION, DebiasedLfFConfig)
@@ -25,7 +25,3 @@ PARAMS = mixing_params(SECTION, DebiasedLfFConfig)
 def run(params: dict[str, Any], root: Path = Path("."), callbacks: list | None = None) -> dict[str, Any]:
     """`callbacks` join the training's Trainer (the search's pruning callback)."""
     return pool_stage(params, PARAMS, SECTION, root, train_lff, callbacks=callbacks)
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

@@ -10,18 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params
 from diffinject.models.disent import DisEntConfig, train_disent
 from diffinject.models.disent_net import COMPOSITE
-from diffinject.stages.common import classifier_params, classifier_stage
+from diffinject.stages.common import classifier_params, fit_and_write, load_training_data
 
 SECTION = "disent"
 PARAMS = classifier_params(SECTION, DisEntConfig)
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    return classifier_stage(params, PARAMS, SECTION, root, train_disent, model_info={"composite": COMPOSITE})
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))
+    p = PARAMS.load(params)
+    data = load_training_data(root)
+    return fit_and_write(root, SECTION, p.disent, p, data.train, data, train_disent, model_info={"composite": COMPOSITE})

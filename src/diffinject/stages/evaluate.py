@@ -20,20 +20,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diffinject.config import StageParams, check_at_least, load_params
+from diffinject.config import StageParams, check_at_least
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.errors import DiffinjectError
-from diffinject.models.evaluation import classification_metrics, group_sizes
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.models.checkpoint import WEIGHTS_NAME, load_classifier
+from diffinject.models.evaluation import classification_metrics, group_sizes
+from diffinject.models.trainer import TrainerConfig
 from diffinject.models.training import predict_logits
-from diffinject.models.training import TrainerConfig
-from diffinject.stages.paths import METRICS, MODEL_STAGES, PALETTE, PREPARED, missing_model_hint, model_dir
+from diffinject.stages.paths import METRICS, MODEL_STAGES, PALETTE, PLOTS, PREPARED, missing_model_hint, model_dir
 
 SECTION = "evaluate"
 EVAL_SPLITS = ("valid", "test")
-CONFUSION_DIR = METRICS / "plots" / "confusion"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -111,12 +110,8 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
             confusion[f"{name}_{split}"] = pd.DataFrame({"actual": target, "predicted": pred})
 
     write_json(root / METRICS / "eval.json", results)
-    with atomic_dir(root / CONFUSION_DIR) as tmp:
+    with atomic_dir(root / PLOTS / "confusion") as tmp:
         for key, rows in confusion.items():
             rows.to_csv(tmp / f"{key}.csv", index=False)
     _print_table(results)
     return results
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from diffinject.config import StageParams, load_params, slice_of
+from diffinject.config import StageParams, slice_of
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.devices import inference_device
@@ -41,20 +41,17 @@ from diffinject.diffusion.inversion_store import CONTENT, STYLE, load_inverted
 from diffinject.diffusion.lora import META, TARGETS, save_adapter
 from diffinject.diffusion.model import DiffusionConfig, load_diffusion, to_uint8
 from diffinject.diffusion.precision import autocast, resolve_precision
-from diffinject.diffusion.sampler import InjectionSampler
-from diffinject.diffusion.synthetic_quality import bias_deviation, to_grey
+from diffinject.diffusion.sampler import InjectionSampler, content_features
+from diffinject.diffusion.synthetic_quality import aligned_bias, bias_deviation, to_grey
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, atomic_file, write_json
 from diffinject.imaging import save_labelled_rows
 from diffinject.models.checkpoint import load_classifier
-from diffinject.models.training import TrainerConfig
-from diffinject.stages.inject import (INVERSIONS, aligned_bias, choose_injection, content_features, predictor,
-                                      resolve_label_from, resolve_reference)
-from diffinject.stages.paths import METRICS, MODELS, PREPARED, model_dir
+from diffinject.models.classifier import predictor
+from diffinject.models.trainer import TrainerConfig
+from diffinject.stages.injection_setting import choose_injection, resolve_label_from, resolve_reference
+from diffinject.stages.paths import DIFFUSION, FAIR, FAIR_RESUME, INVERSIONS, METRICS, PLOTS, PREPARED, model_dir
 
-OUT = MODELS / "fair"
-RESUME = MODELS / ".fair-resume"
-PLOTS = METRICS / "plots" / "fair"
 SHOWN = 12  # pairs in base_vs_fair.png
 # The injection keys an adapter is fine-tuned for; `inject` generates with exactly these.
 SETTING_KEYS = ("operator", "site", "schedule", "replace_steps", "t_edit", "t_max", "t_boost", "dt_lambda", "n_gen_step", "h_gamma")
@@ -69,7 +66,7 @@ def resume_file(root: Path, params: dict[str, Any], seed: int) -> Path:
     for path in (root / INVERSIONS / CONTENT, root / INVERSIONS / STYLE):
         if path.is_file():
             digest.update(path.read_bytes())
-    return root / RESUME / digest.hexdigest()[:16] / STATE
+    return root / FAIR_RESUME / digest.hexdigest()[:16] / STATE
 
 
 def labelled_pairs(contents, styles, n: int, seed: int, label_from: str):
@@ -118,11 +115,11 @@ def before_after(images: dict[str, torch.Tensor], targets: np.ndarray, n_classes
 def write_base_only(root: Path) -> dict[str, Any]:
     """`injection.generator: base`: every output of the stage (DVC wants them all), saying so."""
     note = "injection.generator is base: no adapter; `dvc exp run -S injection.generator=fair` trains one"
-    with atomic_dir(root / OUT) as tmp:
+    with atomic_dir(root / FAIR) as tmp:
         (tmp / META).write_text(json.dumps({"trained": False, "generator": "base"}) + "\n")
     save_labelled_rows([("injection.generator: base, no fair adapter\n(dvc exp run -S injection.generator=fair)",
-                         torch.zeros((1, 3, 28, 28), dtype=torch.uint8))], root / PLOTS / "base_vs_fair.png")  # a blank tile
-    write_curve(root / PLOTS / "curve.csv", [])
+                         torch.zeros((1, 3, 28, 28), dtype=torch.uint8))], root / PLOTS / "fair" / "base_vs_fair.png")  # a blank tile
+    write_curve(root / PLOTS / "fair" / "curve.csv", [])
     report = {"generator": "base", "trained": False, "note": note}
     write_json(root / METRICS / "fair.json", report)
     return report
@@ -138,7 +135,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     styles = load_inverted(root / INVERSIONS / STYLE)
     manifest = read_manifest(root / PREPARED)
     n_classes, shape = num_classes_of(manifest), tuple(styles.x_T.shape[1:])
-    unet, scheduler = load_diffusion(root / MODELS / "diffusion", image_shape=shape)
+    unet, scheduler = load_diffusion(root / DIFFUSION, image_shape=shape)
     unet = unet.to(device).eval()
     precision = resolve_precision(p.diffusion.precision, device)
     pilot_report = features = None
@@ -166,7 +163,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     pairs, labels = labelled_pairs(contents, styles, max(4 * n_classes * fair_cfg.batch_size, len(contents.ids)), seed + 1,
                                    label_from)
     try:
-        sampler = InjectionSampler(unet, scheduler, cfg.sampler_config())
+        sampler = InjectionSampler(unet, scheduler, cfg)
     except ValueError as exc:
         raise DiffinjectError(f"params 'injection': {exc}") from exc
     if fair_cfg.grad_steps > len(sampler.steps):
@@ -196,10 +193,10 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     meta = {"trained": True, "generator": "fair", "rank": fair_cfg.rank, "alpha": fair_cfg.alpha, "targets": list(TARGETS),
             "injection": setting, "label_from": label_from, "steps": fair_cfg.steps, "seed": seed,
             "max_timestep": gate_timestep(sampler, fair_cfg.grad_steps)}
-    with atomic_dir(root / OUT) as tmp:
+    with atomic_dir(root / FAIR) as tmp:
         save_adapter(run_.layers, tmp, meta)
-    save_labelled_rows([("base", images["base"][:SHOWN]), ("fair", images["fair"][:SHOWN])], root / PLOTS / "base_vs_fair.png")
-    write_curve(root / PLOTS / "curve.csv", run_.curve)
+    save_labelled_rows([("base", images["base"][:SHOWN]), ("fair", images["fair"][:SHOWN])], root / PLOTS / "fair" / "base_vs_fair.png")
+    write_curve(root / PLOTS / "fair" / "curve.csv", run_.curve)
     report = {"generator": "fair", "trained": True, "setting": setting, "label_from": label_from,
               "n_eval": int(len(targets)), "before_after": table, "seconds": round(seconds, 1),
               "seconds_per_step": round(seconds / max(1, fair_cfg.steps - run_.resumed_from), 3),
@@ -210,14 +207,10 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     write_json(root / METRICS / "fair.json", report)
     if checkpoint.parent.is_dir():
         shutil.rmtree(checkpoint.parent)
-    print(f"fair_finetune: {fair_cfg.steps} steps in {seconds:.1f} s -> {root / OUT}; before/after {table}")
+    print(f"fair_finetune: {fair_cfg.steps} steps in {seconds:.1f} s -> {root / FAIR}; before/after {table}")
     return report
 
 
 def write_curve(path: Path, curve: list[dict[str, float]]) -> None:
     with atomic_file(path) as tmp:
         pd.DataFrame(curve, columns=list(curve[0]) if curve else ["step", "alignment", "preservation"]).to_csv(tmp, index=False)
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

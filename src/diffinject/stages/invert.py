@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from diffinject.config import StageParams, load_params, slice_of
+from diffinject.config import StageParams, slice_of
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.devices import inference_device
@@ -27,13 +27,10 @@ from diffinject.diffusion.model import DiffusionConfig, load_diffusion
 from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.models.checkpoint import load_classifier
-from diffinject.models.training import TrainerConfig, predict_logits
+from diffinject.models.trainer import TrainerConfig
+from diffinject.models.training import predict_logits
 from diffinject.stages.common import mined_train_rows
-from diffinject.stages.paths import CONFLICTS, METRICS, MODELS, PREPARED, missing_model_hint, model_dir
-
-OUT = Path("data/inversions")
-DIFFUSION = MODELS / "diffusion"
-
+from diffinject.stages.paths import CONFLICTS, DIFFUSION, INVERSIONS, METRICS, PREPARED, missing_model_hint, model_dir
 
 PARAMS = StageParams({
     "trainer": TrainerConfig,
@@ -66,7 +63,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
         contents = invert_rows(unet, scheduler, train, content_rows, cfg.n_inv_step, True, cfg.batch_size, device, proxy)
         styles = invert_rows(unet, scheduler, train, style_rows, cfg.n_inv_step, False, cfg.batch_size, device, proxy)
     seconds = time.perf_counter() - start
-    with atomic_dir(root / OUT) as tmp:
+    with atomic_dir(root / INVERSIONS) as tmp:
         save_inverted(contents, tmp / CONTENT)
         save_inverted(styles, tmp / STYLE)
         (tmp / "index.json").write_text(json.dumps({
@@ -77,9 +74,5 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     metrics = {"n_content": len(content_rows), "n_style": len(style_rows), "n_inv_step": cfg.n_inv_step,
                "seconds": round(seconds, 2), "seconds_per_image": round(seconds / n, 4), "precision": precision}
     write_json(root / METRICS / "invert.json", metrics)
-    print(f"invert: {len(content_rows)} content (with x_t at every step) + {len(style_rows)} style images in {seconds:.1f} s -> {root / OUT}")
+    print(f"invert: {len(content_rows)} content (with x_t at every step) + {len(style_rows)} style images in {seconds:.1f} s -> {root / INVERSIONS}")
     return metrics
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

@@ -9,17 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params
 from diffinject.models.lff import LfFConfig, train_lff
-from diffinject.stages.common import classifier_params, classifier_stage
+from diffinject.stages.common import classifier_params, fit_and_write, load_training_data
 
 SECTION = "lff"
 PARAMS = classifier_params(SECTION, LfFConfig)
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    return classifier_stage(params, PARAMS, SECTION, root, train_lff)
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))
+    p = PARAMS.load(params)
+    data = load_training_data(root)
+    return fit_and_write(root, SECTION, p.lff, p, data.train, data, train_lff)

@@ -16,19 +16,18 @@ from typing import Any
 import numpy as np
 import torch.nn.functional as F
 
-from diffinject.config import StageParams, check_at_least, load_params
+from diffinject.config import StageParams, check_at_least
 from diffinject.data.manifest import MANIFEST_NAME, read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_file, write_json
-from diffinject.models.mining import check_k, loss_histogram_png, mining_report, top_k_per_class
 from diffinject.models.checkpoint import load_classifier
+from diffinject.models.mining import check_k, loss_histogram_png, mining_report, top_k_per_class
+from diffinject.models.trainer import TrainerConfig
 from diffinject.models.training import predict_logits
-from diffinject.models.training import TrainerConfig
-from diffinject.stages.paths import CONFLICTS, METRICS, PREPARED, missing_model_hint, model_dir
+from diffinject.stages.paths import CONFLICTS, METRICS, PLOTS, PREPARED, missing_model_hint, model_dir
 
 SECTION = "mine"
-PLOT = METRICS / "plots" / "mine" / "loss_hist.png"
 
 
 @dataclass
@@ -71,7 +70,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     is_mined = np.isin(train.ids.numpy(), mined["id"].to_numpy())
 
     # The plot first: it is the output most likely to fail, and then nothing else has been written.
-    with atomic_file(root / PLOT) as tmp:
+    with atomic_file(root / PLOTS / "mine" / "loss_hist.png") as tmp:
         loss_histogram_png(losses, conflict, is_mined, cfg.hist_bins, tmp)
     with atomic_file(root / CONFLICTS) as tmp:
         mined.to_csv(tmp, index=False)
@@ -81,7 +80,3 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
               " (no bias labels: precision/recall not reported)")
     print(f"mine: top {cfg.k} per class -> {len(mined)} samples in {root / CONFLICTS}{report}")
     return metrics
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

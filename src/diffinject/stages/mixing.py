@@ -13,10 +13,13 @@ from typing import Any, Callable
 
 import torch
 
-from diffinject.data.tensors import ImageTensors, PoolDraw, concat, draw_from_pool, load_pool, repeat_evenly
 from diffinject.config import StageParams, slice_of
-from diffinject.models.training import DebiasedConfig, FitResult, TrainerConfig, ratio_or_debiased
-from diffinject.stages.common import TrainingData, load_training_data, mined_train_rows, write_training_outputs
+from diffinject.data.pool import PoolDraw, draw_from_pool, load_pool, repeat_evenly
+from diffinject.data.tensors import ImageTensors, concat
+from diffinject.models.trainer import TrainerConfig
+from diffinject.models.training import FitResult
+from diffinject.stages.common import fit_and_write, load_training_data, mined_train_rows
+from diffinject.stages.pool_params import DebiasedConfig, ratio_or_debiased
 
 
 @dataclass
@@ -34,29 +37,15 @@ class MixedTrainSet:
         return mask
 
 
-@dataclass
-class StageInputs:
-    """What upsample and debiased_lff read: their section, the ratio it resolves to, trainer, seed, data."""
-
-    cfg: Any
-    ratio: float
-    trainer: TrainerConfig
-    seed: int
-    data: TrainingData
-
-
 def mixing_params(name: str, config_class: type) -> StageParams:
     """Section `name`, whose null `bias_conflict_ratio` means debiased's, `trainer.*` and `seed`."""
     return StageParams({"trainer": TrainerConfig, name: config_class,
                         "debiased": slice_of(DebiasedConfig, "bias_conflict_ratio")})
 
 
-def stage_inputs(params: dict[str, Any], stage: StageParams, name: str, root: Path) -> StageInputs:
-    """The configs of `stage` (section `name` with its ratio resolved) and the training data."""
-    p = stage.load(params)
-    cfg = getattr(p, name)
-    return StageInputs(cfg, ratio_or_debiased(cfg.bias_conflict_ratio, p.debiased), p.trainer, p.seed,
-                       load_training_data(root))
+def resolved_ratio(loaded: Any, name: str) -> float:
+    """Section `name`'s bias_conflict_ratio, null meaning debiased's (`mixing_params` reads both)."""
+    return ratio_or_debiased(getattr(loaded, name).bias_conflict_ratio, loaded.debiased)
 
 
 def mix(train: ImageTensors, extra: ImageTensors, ratio: float, seed: int, section: str,
@@ -94,14 +83,14 @@ def pool_stage(params: dict[str, Any], stage: StageParams, name: str, root: Path
     """debiased_lff, debiased_disent, debiased_lc: a two-branch method (`train`, as train_lff) on the
     train split plus the pool draw of section `name`; `<name>.biased_sees` chooses the rows its biased
     branch trains on (`original`: the train split's only). `callbacks` join the Trainer (the search's pruner)."""
-    inputs = stage_inputs(params, stage, name, root)
-    mixed = with_pool(inputs.data.train, inputs.cfg.pool, root, inputs.data.num_classes, inputs.ratio, inputs.seed, name)
-    biased_rows = mixed.is_original if inputs.cfg.biased_sees == "original" else None
-    result = train(mixed.data, inputs.data.valid, inputs.data.num_classes, inputs.cfg, inputs.trainer, inputs.seed,
-                   name, biased_rows, callbacks)
-    extra = {"n_train": mixed.n_original, "n_pool": mixed.n_added, "bias_conflict_ratio": inputs.ratio,
+    p = stage.load(params)
+    cfg, ratio, data = getattr(p, name), resolved_ratio(p, name), load_training_data(root)
+    mixed = with_pool(data.train, cfg.pool, root, data.num_classes, ratio, p.seed, name)
+    biased_rows = mixed.is_original if cfg.biased_sees == "original" else None
+    extra = {"n_train": mixed.n_original, "n_pool": mixed.n_added, "bias_conflict_ratio": ratio,
              "biased_rows": int(mixed.n_original if biased_rows is not None else len(mixed.data))}
-    return write_training_outputs(root, name, result, inputs.cfg, inputs.seed, extra, model_info)
+    return fit_and_write(root, name, cfg, p, mixed.data, data, train, extra, model_info,
+                         biased_rows=biased_rows, callbacks=callbacks)
 
 
 def mined_rows(train: ImageTensors, conflicts_csv: Path) -> ImageTensors:

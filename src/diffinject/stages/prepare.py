@@ -6,19 +6,19 @@ import dataclasses
 import json
 from pathlib import Path
 
-from diffinject.config import StageParams, load_params
+from diffinject.config import StageParams
 from diffinject.data.grid import sample_grid
 from diffinject.data.manifest import INFO_NAME, SPLITS, read_manifest
 from diffinject.data.prepare import DataConfig, prepare
 from diffinject.fsutil import atomic_dir, atomic_file
+from diffinject.stages.paths import PLOTS, PREPARED
 
-OUT_DIR = Path("data/prepared")
-PLOTS_DIR = Path("metrics/plots/prepare")
 PARAMS = StageParams({"data": DataConfig})
 
 
-def run(params: dict, out_dir: Path = OUT_DIR, plots_dir: Path = PLOTS_DIR) -> dict:
+def run(params: dict, root: Path = Path(".")) -> dict:
     p = PARAMS.load(params)
+    out_dir, plots_dir = root / PREPARED, root / PLOTS / "prepare"
     cfg, seed = p.data, p.seed
     with atomic_dir(out_dir) as tmp:
         summary = prepare(cfg, seed, tmp)
@@ -30,7 +30,3 @@ def run(params: dict, out_dir: Path = OUT_DIR, plots_dir: Path = PLOTS_DIR) -> d
             sample_grid(out_dir, manifest, split, tmp_png, seed=seed)
     print(f"prepare: {summary.n_images} images, {summary.n_classes} classes -> {out_dir}")
     return info
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

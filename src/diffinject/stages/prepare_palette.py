@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import StageParams, load_params
+from diffinject.config import StageParams
 from diffinject.data.manifest import read_manifest
 from diffinject.data.palette import PaletteConfig, build_palette_sets
 from diffinject.data.prepare import DataConfig
@@ -29,7 +29,3 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
         manifest, summary = build_palette_sets(p.data, p.palette, prepared, p.seed, tmp)
     print(f"prepare_palette: {summary} -> {root / PALETTE}")
     return {"n_images": len(manifest), "summary": summary}
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

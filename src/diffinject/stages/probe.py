@@ -8,46 +8,28 @@ metrics/plots/probe/accuracy.csv and .png. `inject` reads probe.json for `inject
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from diffinject.config import StageParams, load_params, slice_of  # noqa: E402
-from diffinject.data.manifest import read_manifest  # noqa: E402
-from diffinject.data.tensors import ImageTensors, load_split, num_classes_of  # noqa: E402
-from diffinject.devices import inference_device  # noqa: E402
-from diffinject.diffusion.injection_params import InjectionParams  # noqa: E402
-from diffinject.diffusion.model import DiffusionConfig, load_diffusion, to_model_range  # noqa: E402
-from diffinject.diffusion.precision import autocast, resolve_precision  # noqa: E402
-from diffinject.diffusion.probes import BIAS_EVAL, LABELINGS, VIEWS, path_features, probe_accuracy, probe_labels  # noqa: E402
-from diffinject.diffusion.sites import site_names  # noqa: E402
-from diffinject.errors import DiffinjectError  # noqa: E402
-from diffinject.fsutil import atomic_file, write_json  # noqa: E402
-from diffinject.models.checkpoint import load_classifier  # noqa: E402
-from diffinject.models.training import TrainerConfig, predict_logits  # noqa: E402
-from diffinject.stages.paths import METRICS, MODELS, PREPARED, missing_model_hint, model_dir  # noqa: E402
-
-OUT = METRICS / "probe.json"
-PLOTS = METRICS / "plots" / "probe"
-
-
-@dataclass
-class ProbeParams:
-    n_images: int = 300  # train images the probes are fitted on, and valid images they are scored on (at most the split)
-    batch_size: int = 128
-
-    def check(self) -> None:
-        if self.n_images < 20 or self.batch_size < 1:
-            raise DiffinjectError("params 'probe.n_images' (>= 20) and 'probe.batch_size' (>= 1): out of range")
-
+from diffinject.config import StageParams, slice_of
+from diffinject.data.manifest import read_manifest
+from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
+from diffinject.devices import inference_device
+from diffinject.diffusion.injection_params import InjectionParams
+from diffinject.diffusion.model import DiffusionConfig, load_diffusion, to_model_range
+from diffinject.diffusion.precision import autocast, resolve_precision
+from diffinject.diffusion.probe_report import ProbeParams, save_curves
+from diffinject.diffusion.probes import BIAS_EVAL, LABELINGS, path_features, probe_accuracy, probe_labels
+from diffinject.diffusion.sites import site_names
+from diffinject.fsutil import write_json
+from diffinject.models.checkpoint import load_classifier
+from diffinject.models.trainer import TrainerConfig
+from diffinject.models.training import predict_logits
+from diffinject.stages.paths import DIFFUSION, PLOTS, PREPARED, PROBE, missing_model_hint, model_dir
 
 PARAMS = StageParams({"trainer": TrainerConfig, "probe": ProbeParams,
                       "diffusion": slice_of(DiffusionConfig, "precision"),
@@ -64,35 +46,6 @@ def _bias(manifest: pd.DataFrame, data: ImageTensors, rows: np.ndarray) -> np.nd
         return None
     bias_of = dict(zip(manifest["id"].astype(int), manifest["bias"]))
     return np.array([int(bias_of[int(i)]) for i in data.ids[rows]])
-
-
-def save_curves(timesteps: np.ndarray, curves: dict, root: Path) -> None:
-    """One column (and line) per site × view × labelling, x = timestep."""
-    table = pd.DataFrame({"t": timesteps})
-    for site, views in curves.items():
-        for view, by_label in views.items():
-            for name, acc in by_label.items():
-                table[f"{site}.{view}.{name}"] = np.round(acc, 4)
-    (root / PLOTS).mkdir(parents=True, exist_ok=True)
-    with atomic_file(root / PLOTS / "accuracy.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    fig, axes = plt.subplots(1, len(VIEWS), figsize=(6 * len(VIEWS), 5), sharey=True)
-    styles = {"self_labeled": "-", "cls_labeled_oh": "--", "cls_labeled": ":", BIAS_EVAL: "-."}
-    for ax, view in zip(np.atleast_1d(axes), VIEWS):
-        for k, (site, views) in enumerate(curves.items()):
-            for name, acc in views[view].items():
-                if name == "cls_labeled":
-                    continue  # its argmax twin says the same; the CSV keeps both
-                label = {"self_labeled": "class", "cls_labeled_oh": "bias proxy", BIAS_EVAL: "true bias (eval)"}[name]
-                ax.plot(timesteps, acc, styles[name], color=f"C{k}", label=f"{site}: {label}")
-        ax.set(title=f"linear probes on the {view} view (valid split)", xlabel="timestep t", ylabel="accuracy")
-        ax.grid(alpha=0.3)
-    handles, names = np.atleast_1d(axes)[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(curves), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
-    with atomic_file(root / PLOTS / "accuracy.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
@@ -112,7 +65,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     labels = probe_labels(train.targets.numpy()[fit_rows], fit_soft, valid.targets.numpy()[eval_rows], eval_soft,
                           n_classes, _bias(manifest, train, fit_rows), _bias(manifest, valid, eval_rows))
 
-    unet, scheduler = load_diffusion(root / MODELS / "diffusion", image_shape=train.shape)
+    unet, scheduler = load_diffusion(root / DIFFUSION, image_shape=train.shape)
     unet = unet.to(device).eval()
     sites = site_names(unet)
     start = time.perf_counter()
@@ -123,7 +76,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
                                     inj.n_inv_step, sites, cfg.batch_size)
     curves = probe_accuracy(fit, evaluate, labels)
     seconds = time.perf_counter() - start
-    save_curves(timesteps, curves, root)
+    save_curves(timesteps, curves, root / PLOTS / "probe")
     report = {
         "n_fit": len(fit_rows), "n_eval": len(eval_rows), "timesteps": timesteps.tolist(),
         "labelings": [name for name in (*LABELINGS, BIAS_EVAL) if name in labels],
@@ -134,12 +87,8 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
                    for s, views in curves.items()},
         "seconds": round(seconds, 2),
     }
-    write_json(root / OUT, report)
+    write_json(root / PROBE, report)
     for s, views in report["mean"].items():
         print(f"probe: {s:>4}  " + "  ".join(f"{v}: class {by['self_labeled']:.2f} proxy {by['cls_labeled_oh']:.2f}"
                                                + (f" bias {by[BIAS_EVAL]:.2f}" if BIAS_EVAL in by else "") for v, by in views.items()))
     return report
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

@@ -9,22 +9,17 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from diffinject.config import StageParams, load_params
+from diffinject.config import StageParams
 from diffinject.errors import DiffinjectError
-from diffinject.tracking import registry, runs
+from diffinject.tracking import registry, registry_config, runs
+
+PARAMS = StageParams({registry_config.SECTION: registry_config.RegistryConfig}, seed=False)
 
 
-PARAMS = StageParams({registry.SECTION: registry.RegistryConfig}, seed=False)
-
-
-def run(params: dict[str, Any], version: int, root: Path = Path(".")) -> int | None:
+def run(params: dict[str, Any], root: Path = Path("."), version: int = 0) -> int | None:
     """Returns the previous champion's version (None when there was none)."""
     cfg = PARAMS.load(params).registry
     if version < 1:
         raise DiffinjectError(f"promote: version {version}: expected a registered version number >= 1")
     runs.setup_experiment(cfg.experiment, root)
     return registry.promote(MlflowClient(), cfg.model_name, version)
-
-
-def main(params_path: str = "params.yaml", version: int = 0) -> None:
-    run(load_params(params_path), version)

@@ -15,16 +15,17 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from diffinject.config import StageParams, load_params
+from diffinject.config import StageParams
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.fsutil import write_json
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.classifier import to_unit_float
 from diffinject.stages.paths import METRICS, PREPARED, missing_model_hint, model_dir
-from diffinject.tracking import runs, store
-from diffinject.tracking.registry import (SECTION, SELECTION_SPLIT, TAG_FILES, RegistryConfig, best_candidate,
-                                         cut_short_version, log_classifier, model_files_sha256, register)
+from diffinject.tracking import metrics_files, runs, store
+from diffinject.tracking.model_logging import log_classifier
+from diffinject.tracking.registry import TAG_FILES, cut_short_version, model_files_sha256, register
+from diffinject.tracking.registry_config import SECTION, SELECTION_SPLIT, RegistryConfig, best_candidate
 
 # Validation images logged as the model's input example (and so its signature).
 EXAMPLE_IMAGES = 4
@@ -35,9 +36,9 @@ PARAMS = StageParams({SECTION: RegistryConfig}, seed=False)
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     cfg = PARAMS.load(params).registry
     metrics_dir = root / METRICS
-    metrics = runs.read_metrics(metrics_dir)
+    metrics = metrics_files.read_metrics(metrics_dir)
     param = f"{SECTION}.metric" if cfg.candidates is None else f"{SECTION}.candidates"
-    values = {name: runs.require_metric(metrics, name, metrics_dir, param) for name in cfg.candidate_metrics()}
+    values = {name: metrics_files.require_metric(metrics, name, metrics_dir, param) for name in cfg.candidate_metrics()}
     metric = best_candidate(values, cfg)
     model, value = metric.split(".")[0], values[metric]
     others = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if k != metric)
@@ -58,7 +59,3 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     result = dict(decision.as_dict(), model=model, candidates=values)
     write_json(metrics_dir / "register.json", result)
     return result
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

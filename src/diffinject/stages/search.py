@@ -24,23 +24,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import StageParams, load_params
+from diffinject.config import StageParams
 from diffinject.diffusion.pilot_grid import candidate_grid
 from diffinject.errors import DiffinjectError
 from diffinject.models.classifier import SELECT_METRIC
 from diffinject.stages import debiased_disent, debiased_lc, debiased_lff, evaluate, inject, train_debiased
-from diffinject.stages.paths import CURVES, METRICS, MODELS, PREPARED
-from diffinject.tracking import runs
-from diffinject.tracking.registry import SELECTION_SPLIT, RegistryConfig, best_candidate
+from diffinject.stages.paths import CURVES, DIFFUSION, EVAL, INVERSIONS, METRICS, MODELS, PREPARED, PROBE, SYNTHETIC_MANIFEST
+from diffinject.tracking import metrics_files
+from diffinject.tracking.registry_config import SELECTION_SPLIT, RegistryConfig, best_candidate
 from diffinject.tracking.search import SECTION, SearchConfig, TrialSetup, ValidationCurve, run_search
-from diffinject.tracking.search.space import SETTING, float_keys
+from diffinject.tracking.search.config import SETTING, float_keys
 
-POOL = inject.OUT / "manifest.parquet"  # the trial's synthetic set, relative to its folder
-REQUIRED = (PREPARED, inject.INVERSIONS, MODELS / "diffusion")
+POOL = SYNTHETIC_MANIFEST  # the trial's synthetic set, relative to its folder
+REQUIRED = (PREPARED, INVERSIONS, DIFFUSION)
 # inject's quality report (judge, vanilla), the two-branch stages' inputs (mine's conflicts for the
 # biased rows are not needed: biased_sees reads the mix), and the pipeline's metrics the setup reads
-OPTIONAL = (MODELS / "judge", MODELS / "vanilla", MODELS / "biased", MODELS / "lff", inject.PROBE)
-EVAL = METRICS / "eval.json"
+OPTIONAL = (MODELS / "judge", MODELS / "vanilla", MODELS / "biased", MODELS / "lff", PROBE)
 INJECT = METRICS / "inject.json"
 # The stages a search can train: the DiffInject-based models (each mixes in the trial's pool).
 STAGES = {"debiased": train_debiased, "debiased_lff": debiased_lff, "debiased_disent": debiased_disent,
@@ -59,7 +58,7 @@ def objective_model(cfg: SearchConfig, registry: RegistryConfig, root: Path) -> 
     if not (root / EVAL).is_file():
         raise DiffinjectError(f"{root / EVAL}: not found; the search trains the registry's best candidate "
                               "(run `dvc repro evaluate`, or set search.model)")
-    evaluated = runs.file_metrics(root / EVAL)  # "<model>.valid.<metric>", the registry's own key scheme
+    evaluated = metrics_files.file_metrics(root / EVAL)  # "<model>.valid.<metric>", the registry's own key scheme
     # a model not evaluated never wins
     values = {metric: evaluated.get(metric, float("nan")) for metric in registry.candidate_metrics()}
     if all(value != value for value in values.values()):
@@ -79,7 +78,7 @@ def injection_settings(cfg: SearchConfig, root: Path) -> tuple[dict[str, dict[st
     keys = ("operator", "site", "t_edit", "t_max", "label_from")
     pilot = json.loads((root / INJECT).read_text()).get("pilot") if (root / INJECT).is_file() else None
     if pilot is None:
-        known = unet_sites(root / MODELS / "diffusion")
+        known = unet_sites(root / DIFFUSION)
         rows = [c.as_params() for c in candidate_grid(None) if set(c.sites) <= known]
         winner = None
     else:
@@ -157,7 +156,3 @@ def run(params: dict[str, Any], root: Path = Path("."), n_trials: int | None = N
     print(f"search: objective {metric} (the registry's candidate), {len(setup.settings)} injection setting(s)")
     registry = dict(params.get("registry", {}), metric=metric)
     return run_search({**params, "registry": registry}, root, setup, n_trials=n_trials, storage=storage)
-
-
-def main(params_path: str = "params.yaml", n_trials: int | None = None, storage: str | None = None) -> None:
-    run(load_params(params_path), n_trials=n_trials, storage=storage)

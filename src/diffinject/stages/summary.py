@@ -11,11 +11,9 @@ from typing import Any
 
 from diffinject.config import StageParams
 from diffinject.errors import DiffinjectError
-from diffinject.stages.paths import METRICS
+from diffinject.stages.paths import EVAL, REGISTER
 
 PARAMS = StageParams({}, seed=False)
-EVAL = METRICS / "eval.json"
-REGISTER = METRICS / "register.json"
 # Where to look: sample grids and curves (files), all plots in one page (`dvc plots show`), the MLflow UI.
 PICTURES = ("metrics/plots/ (sample grids, injected pairs, curves, confusion tables)",
             "dvc plots show  ->  dvc_plots/index.html",
@@ -73,7 +71,3 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> str:
     text = "\n\n".join(parts)
     print(text)
     return text
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run({})

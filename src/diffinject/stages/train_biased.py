@@ -9,17 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params
-from diffinject.models.training import BiasedConfig
-from diffinject.stages.common import classifier_params, classifier_stage
+from diffinject.models.configs import BiasedConfig
+from diffinject.stages.common import classifier_params, fit_and_write, load_training_data
 
 SECTION = "biased"
 PARAMS = classifier_params(SECTION, BiasedConfig)
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    return classifier_stage(params, PARAMS, SECTION, root)
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))
+    p = PARAMS.load(params)
+    data = load_training_data(root)
+    return fit_and_write(root, SECTION, p.biased, p, data.train, data)

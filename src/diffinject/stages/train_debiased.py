@@ -17,10 +17,9 @@ from typing import Any
 
 import lightning
 
-from diffinject.config import load_params
-from diffinject.models.training import DebiasedConfig, train_classifier
-from diffinject.stages.common import classifier_params, load_training_data, write_training_outputs
+from diffinject.stages.common import classifier_params, fit_and_write, load_training_data
 from diffinject.stages.mixing import with_pool
+from diffinject.stages.pool_params import DebiasedConfig
 
 SECTION = "debiased"
 PARAMS = classifier_params(SECTION, DebiasedConfig)
@@ -29,13 +28,7 @@ PARAMS = classifier_params(SECTION, DebiasedConfig)
 def run(params: dict[str, Any], root: Path = Path("."), callbacks: list[lightning.Callback] | None = None) -> dict[str, Any]:
     """`callbacks` join the training's Trainer (the search's pruning callback)."""
     p = PARAMS.load(params)
-    cfg, trainer_cfg, seed = p.debiased, p.trainer, p.seed
     data = load_training_data(root)
-    mixed = with_pool(data.train, cfg.pool, root, data.num_classes, cfg.bias_conflict_ratio, seed, SECTION)
-    result = train_classifier(mixed.data, data.valid, data.num_classes, cfg, trainer_cfg, seed, SECTION, callbacks)
+    mixed = with_pool(data.train, p.debiased.pool, root, data.num_classes, p.debiased.bias_conflict_ratio, p.seed, SECTION)
     extra = {"n_train": mixed.n_original, "n_pool": mixed.n_added}
-    return write_training_outputs(root, SECTION, result, cfg, seed, extra)
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))
+    return fit_and_write(root, SECTION, p.debiased, p, mixed.data, data, extra=extra, callbacks=callbacks)

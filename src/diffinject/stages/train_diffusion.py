@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from diffinject.config import StageParams, load_params, slice_of
+from diffinject.config import StageParams, slice_of
 from diffinject.data.manifest import MANIFEST_NAME, read_manifest
 from diffinject.data.tensors import load_split
 from diffinject.devices import inference_device
@@ -28,12 +28,9 @@ from diffinject.diffusion.quality import reconstruct, sample_from_noise
 from diffinject.diffusion.training import train_ddpm
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid
-from diffinject.models.training import TrainerConfig
-from diffinject.stages.paths import METRICS, MODELS, PREPARED
+from diffinject.models.trainer import TrainerConfig
+from diffinject.stages.paths import DIFFUSION, DIFFUSION_RESUME, METRICS, PLOTS, PREPARED
 
-OUT = MODELS / "diffusion"
-RESUME = MODELS / ".diffusion-resume"
-PLOTS = METRICS / "plots" / "diffusion"
 # Reconstruction fidelity is measured on this many valid images with the injection's step counts.
 N_RECONSTRUCT = 64
 PARAMS = StageParams({"trainer": TrainerConfig, "diffusion": DiffusionConfig,
@@ -59,7 +56,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
         metrics["pretrained"] = str(cfg.pretrained)
         is_zero = True
     else:
-        ckpt_dir = root / RESUME / resume_key(cfg, seed, prepared)
+        ckpt_dir = root / DIFFUSION_RESUME / resume_key(cfg, seed, prepared)
         precision = resolve_precision(cfg.precision, inference_device(p.trainer.accelerator))
         train_set = load_split(prepared, "train")  # images only: the DDPM never sees a label
         trained = train_ddpm(cfg, p.trainer, train_set, seed, ckpt_dir, precision)
@@ -81,17 +78,13 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     metrics["reconstruction"] = {"mse": round(rec.mse, 5), "n_images": len(subset), "n_inv_step": n_inv, "n_gen_step": n_gen}
     if rec.colour_kept is not None:
         metrics["reconstruction"]["colour_kept"] = rec.colour_kept
-    with atomic_dir(root / OUT) as tmp:
+    with atomic_dir(root / DIFFUSION) as tmp:
         save_diffusion(unet, scheduler, tmp)
-    save_grid(samples, root / PLOTS / "samples.png", nrow=8)
+    save_grid(samples, root / PLOTS / "diffusion" / "samples.png", nrow=8)
     pairs = torch.stack([subset[:32], rec.images[:32]], 1).flatten(0, 1)  # original, reconstruction, ...
-    save_grid(pairs, root / PLOTS / "reconstruction.png", nrow=16)
+    save_grid(pairs, root / PLOTS / "diffusion" / "reconstruction.png", nrow=16)
     write_json(root / METRICS / "diffusion.json", metrics)
     if ckpt_dir is not None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     print(f"train_diffusion: {metrics}")
     return metrics
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

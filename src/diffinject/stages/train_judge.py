@@ -24,13 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffinject.config import load_params
 from diffinject.data.manifest import MANIFEST_NAME, read_manifest
 from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
 from diffinject.diffusion.synthetic_quality import to_grey
 from diffinject.fsutil import write_json
-from diffinject.models.training import JudgeConfig, train_classifier
-from diffinject.stages.common import classifier_params, write_training_outputs
+from diffinject.models.configs import JudgeConfig
+from diffinject.stages.common import TrainingData, classifier_params, fit_and_write
 from diffinject.stages.paths import METRICS, PALETTE, PREPARED, model_dir
 
 SECTION = "judge"
@@ -82,9 +81,8 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     sets = judge_sets(root, p.seed)
     num_classes = num_classes_of(read_manifest(root / PREPARED))
     train, valid = sets["label"]
-    result = train_classifier(train, valid, num_classes, p.judge, p.trainer, p.seed, SECTION)
-    out = write_training_outputs(root, SECTION, result, p.judge, p.seed, {"trained_on": sets["how"]},
-                                 model_info={"view": sets["view"]})
+    out = fit_and_write(root, SECTION, p.judge, p, train, TrainingData(train, valid, num_classes),
+                        extra={"trained_on": sets["how"]}, model_info={"view": sets["view"]})
     bias_dir = model_dir(root, BIAS_JUDGE)
     if sets["bias"] is None:  # the folder still exists (a DVC output), with no model.json in it
         bias_dir.mkdir(parents=True, exist_ok=True)
@@ -93,11 +91,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
         return out
     bias_train, bias_valid = sets["bias"]
     n_bias = int(max(bias_train.targets.max(), bias_valid.targets.max())) + 1
-    result = train_classifier(bias_train, bias_valid, n_bias, p.judge, p.trainer, p.seed, BIAS_JUDGE)
-    write_training_outputs(root, BIAS_JUDGE, result, p.judge, p.seed, {"trained_on": sets["how"]})
+    fit_and_write(root, BIAS_JUDGE, p.judge, p, bias_train, TrainingData(bias_train, bias_valid, n_bias),
+                  extra={"trained_on": sets["how"]})
     print(f"train_judge: label judge and bias judge ({n_bias} bias values) on {sets['how']} -> {model_dir(root, SECTION)}, {bias_dir}")
     return out
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

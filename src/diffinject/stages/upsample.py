@@ -12,27 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.config import load_params
-from diffinject.data.tensors import repeat_evenly
-from diffinject.models.training import UpsampleConfig, train_classifier
-from diffinject.stages.common import write_training_outputs
+from diffinject.data.pool import repeat_evenly
+from diffinject.models.configs import UpsampleConfig
+from diffinject.stages.common import fit_and_write, load_training_data
+from diffinject.stages.mixing import mined_rows, mix, mixing_params, resolved_ratio
 from diffinject.stages.paths import CONFLICTS
-from diffinject.stages.mixing import mined_rows, mix, mixing_params, stage_inputs
 
 SECTION = "upsample"
 PARAMS = mixing_params(SECTION, UpsampleConfig)
 
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    inputs = stage_inputs(params, PARAMS, SECTION, root)
-    mined = mined_rows(inputs.data.train, root / CONFLICTS)
-    mixed = mix(inputs.data.train, mined, inputs.ratio, inputs.seed, SECTION, draw=repeat_evenly)
-    result = train_classifier(mixed.data, inputs.data.valid, inputs.data.num_classes, inputs.cfg, inputs.trainer,
-                              inputs.seed, SECTION)
-    extra = {"n_train": mixed.n_original, "n_mined": len(mined), "n_copies": mixed.n_added,
-             "bias_conflict_ratio": inputs.ratio}
-    return write_training_outputs(root, SECTION, result, inputs.cfg, inputs.seed, extra)
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))
+    p = PARAMS.load(params)
+    ratio, data = resolved_ratio(p, SECTION), load_training_data(root)
+    mined = mined_rows(data.train, root / CONFLICTS)
+    mixed = mix(data.train, mined, ratio, p.seed, SECTION, draw=repeat_evenly)
+    extra = {"n_train": mixed.n_original, "n_mined": len(mined), "n_copies": mixed.n_added, "bias_conflict_ratio": ratio}
+    return fit_and_write(root, SECTION, p.upsample, p, mixed.data, data, extra=extra)

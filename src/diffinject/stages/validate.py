@@ -8,21 +8,21 @@ import json
 import sys
 from pathlib import Path
 
-from diffinject.config import StageParams, load_params, slice_of
+from diffinject.config import StageParams, slice_of
 from diffinject.data.manifest import INFO_NAME, read_manifest
 from diffinject.data.prepare import DataConfig
 from diffinject.data.validation import ValidateConfig, validate_prepared
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import write_json
+from diffinject.stages.paths import METRICS, PREPARED
 
-DATA_DIR = Path("data/prepared")
-METRICS = Path("metrics/validation.json")
 # The measured conflict fraction is checked against the one asked for.
 PARAMS = StageParams({"data": slice_of(DataConfig, "conflict_pct"), "validate": ValidateConfig}, seed=False)
 
 
-def run(params: dict, data_dir: Path = DATA_DIR, metrics_path: Path = METRICS) -> dict:
+def run(params: dict, root: Path = Path(".")) -> dict:
     p = PARAMS.load(params)
+    data_dir, metrics_path = root / PREPARED, root / METRICS / "validation.json"
     manifest = read_manifest(data_dir)
     info_path = data_dir / INFO_NAME
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
@@ -41,7 +41,3 @@ def run(params: dict, data_dir: Path = DATA_DIR, metrics_path: Path = METRICS) -
     fractions = result.get("conflict_fraction", {})
     print(f"validate: {len(report.checks)} checks passed; conflict fraction {fractions}")
     return result
-
-
-def main(params_path: str = "params.yaml") -> None:
-    run(load_params(params_path))

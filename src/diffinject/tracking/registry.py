@@ -1,4 +1,4 @@
-"""The model registry: log a classifier as an MLflow model, register a version of `registry.model_name`,
+"""The model registry: register a version of `registry.model_name` (the classifier model_logging.py logged),
 and move the alias `champion` only when the new version beats the current champion on the validation
 metric `registry.metric`; otherwise the version gets the alias `challenger` and the reason is printed.
 
@@ -9,31 +9,27 @@ hand with `python -m diffinject promote VERSION`).
 
 Registering a version and setting its alias are two calls: a run killed between them leaves a version
 without an alias, which the next run with the same model files finishes (`cut_short_version`).
+
+`registry.*` and the comparison rule (what counts as better): registry_config.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import mlflow
-import mlflow.pytorch
-import numpy as np
-import torch
-import torchvision
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
-from torch import nn
 
 from diffinject.errors import DiffinjectError
+from diffinject.tracking.registry_config import RegistryConfig, better, same_measure
 
-SECTION = "registry"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 TAG_METRIC = "diffinject.metric"
@@ -42,110 +38,6 @@ TAG_PROMOTION = "diffinject.promotion"  # why the version got its alias
 # sha256 of the registered models/<model>/ files: how a re-run recognises the version a killed run left
 TAG_FILES = "diffinject.model_sha256"
 TAG_FINISHED_BY = "diffinject.finished_by_run"  # the run that gave a cut-short version its alias
-# The split model selection reads: never the test split.
-SELECTION_SPLIT = "valid"
-MODEL_ARTIFACT = "model"
-SERIALIZATION_FORMATS = ("pickle", "pt2")
-
-
-@dataclass
-class RegistryConfig:
-    """`registry.*`."""
-
-    model_name: str = "diffinject-debiased"  # registered model name in MLflow
-    # <model>.<split>.<metric> of metrics/eval.json; the split must be valid. <model> is the folder under
-    # models/ that is logged and registered.
-    metric: str = "debiased.valid.acc"
-    direction: Literal["maximize", "minimize"] = "maximize"  # maximize accuracies, minimize gaps
-    experiment: str = "diffinject"  # MLflow experiment of pipeline runs and search studies
-    # "pickle": reloads as the network's own class (needs the diffinject package importable);
-    # "pt2": torch.export graph, reloads as a GraphModule without diffinject (MLflow 3's default).
-    serialization_format: Literal["pickle", "pt2"] = "pickle"
-    # models/ folders compared on registry.metric's split and metric (e.g. valid.acc); the best one is
-    # registered. null: only the model registry.metric names.
-    candidates: list[str] | None = field(default_factory=lambda: ["debiased", "debiased_lff", "debiased_disent", "debiased_lc"])  # the DiffInject-based models
-
-    def check(self) -> None:
-        parts = self.metric.split(".")
-        if len(parts) != 3 or not all(parts):
-            raise DiffinjectError(
-                f"params '{SECTION}.metric': got {self.metric!r}, expected <model>.{SELECTION_SPLIT}.<metric> "
-                "from metrics/eval.json, e.g. debiased.valid.acc"
-            )
-        if parts[1] != SELECTION_SPLIT:
-            raise DiffinjectError(
-                f"params '{SECTION}.metric': {self.metric!r} is on the {parts[1]} split; model selection and "
-                f"search use the {SELECTION_SPLIT} split only (e.g. {parts[0]}.{SELECTION_SPLIT}.{parts[2]})"
-            )
-        if not self.model_name.strip():
-            raise DiffinjectError(f"params '{SECTION}.model_name': empty (expected a registered model name)")
-        if not self.experiment.strip():
-            raise DiffinjectError(f"params '{SECTION}.experiment': empty (expected an MLflow experiment name)")
-        if self.candidates is not None:
-            if not self.candidates:
-                raise DiffinjectError(f"params '{SECTION}.candidates': empty (expected model folder names, or null)")
-            for name in self.candidates:
-                if not name or "." in name or "/" in name:
-                    raise DiffinjectError(f"params '{SECTION}.candidates': {name!r} is not a folder name under models/")
-
-    @property
-    def model(self) -> str:
-        """The models/ folder the metric is about (`debiased` for `debiased.valid.acc`)."""
-        return self.metric.split(".")[0]
-
-    @property
-    def measure(self) -> str:
-        """`<split>.<metric>` of registry.metric (valid.acc), what candidates and versions compare on."""
-        return self.metric.split(".", 1)[1]
-
-    def candidate_metrics(self) -> list[str]:
-        """`<candidate>.<split>.<metric>` of every candidate, in order."""
-        return [f"{name}.{self.measure}" for name in (self.candidates or [self.model])]
-
-
-def best_candidate(values: dict[str, float], cfg: RegistryConfig) -> str:
-    """The candidate metric (`<model>.valid.acc`) with the best value; the first listed wins a tie, a NaN
-    never wins."""
-    best: str | None = None
-    for metric in cfg.candidate_metrics():
-        value = values[metric]
-        if not math.isnan(value) and (best is None or better(value, values[best], cfg.direction)):
-            best = metric
-    return best or cfg.candidate_metrics()[0]
-
-
-def same_measure(a: str, b: str) -> bool:
-    """`debiased.valid.acc` and `debiased_lff.valid.acc` measure the same thing of two models."""
-    return a.split(".", 1)[-1] == b.split(".", 1)[-1]
-
-
-def better(new: float, old: float, direction: str) -> bool:
-    """Strictly better: a tie keeps the current champion."""
-    return new > old if direction == "maximize" else new < old
-
-
-def pip_requirements(serialization_format: str) -> list[str]:
-    """Pinned to this environment (without local build tags such as +cpu), so MLflow does not infer them
-    by importing the model in a subprocess (about 15 s per log). A pickled network also needs
-    torchvision, which diffinject.models.networks imports."""
-    reqs = [f"torch=={torch.__version__.split('+')[0]}"]
-    if serialization_format == "pickle":
-        reqs.append(f"torchvision=={torchvision.__version__.split('+')[0]}")
-    return reqs
-
-
-def log_classifier(net: nn.Module, example: np.ndarray, serialization_format: str) -> ModelInfo:
-    """Log `net` (float images in [0, 1], (B, C, H, W) -> logits (B, num_classes)) into the active run.
-    `example` (a few real images, float32) becomes the input example and signature, batch dim free."""
-    if serialization_format not in SERIALIZATION_FORMATS:
-        raise DiffinjectError(f"params '{SECTION}.serialization_format': got {serialization_format!r}, "
-                              f"expected one of {', '.join(SERIALIZATION_FORMATS)}")
-    if example.dtype != np.float32 or example.ndim != 4:
-        raise DiffinjectError(f"input example: got {example.dtype} of shape {example.shape}, expected float32 (B, C, H, W)")
-    return mlflow.pytorch.log_model(
-        net.eval(), name=MODEL_ARTIFACT, input_example=example, serialization_format=serialization_format,
-        pip_requirements=pip_requirements(serialization_format),
-    )
 
 
 def _not_found(exc: MlflowException) -> bool:

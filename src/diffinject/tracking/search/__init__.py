@@ -23,31 +23,27 @@ sampler, trials and seed in `search.*`), optimising the validation metric `regis
 - At the end: metrics/search.json, params.best.yaml, and history / importance / curve plots (also
   artifacts of the study's run).
 
-One module per role, in the order a worker uses them:
+One module per concept, each importing only those above it:
 
-config     `search.*` (SearchConfig) and its checks
-space      the searched keys (SPACE), sampling them, the trial's params (overlay)
-storage    opening the Optuna RDB storage, its loggable label
-study      joining the study: metric check, worker index (or a killed worker's), per-trial sampler seed
-pruning    the validation curve reported epoch by epoch, the Lightning callback that stops a rejected trial
-tracker    the study's MLflow run and its child run per trial
-objective  one trial: folder, linked inputs, pipeline, metric, failure handling (TrialSetup, TRIAL_FAILURES)
-plots      history / intermediate values / importance PNGs
-summary    metrics/search.json, params.best.yaml, the study run's final metrics and artifacts
-runner     run_search: one worker from params to summary
+config     `search.*` (SearchConfig) and its checks; the searched keys (SPACE), sampling them, the trial's
+           params (overlay)
+reporting  the study's MLflow run and its child run per trial; at the end metrics/search.json,
+           params.best.yaml, the history / intermediate values / importance PNGs, the study run's final
+           metrics and artifacts
+objective  one trial: folder, linked inputs, pipeline, metric, failure handling (TrialSetup, TRIAL_FAILURES);
+           the validation curve reported epoch by epoch and the Lightning callback that stops a rejected trial
+study      opening the Optuna RDB storage; joining the study: metric check, worker index (or a killed
+           worker's), per-trial sampler seed, the pruner; run_search: one worker from params to summary
 
 The names below are the package's interface (the search stage, tests and benchmarks import them from
 here); the modules' other names are internals.
 """
 
-from diffinject.tracking.search.config import SECTION, SearchConfig
-from diffinject.tracking.search.objective import TRIAL_FAILURES, Pipeline, TrialFailed, TrialSetup
-from diffinject.tracking.search.pruning import PruneDuringTraining, ValidationCurve
-from diffinject.tracking.search.runner import run_search
-from diffinject.tracking.search.space import SPACE, overlay
-from diffinject.tracking.search.storage import open_storage
-from diffinject.tracking.search.study import METRIC_ATTR, WORKERS_ATTR
-from diffinject.tracking.search.summary import BEST_PARAMS, PLOTS, SEARCH_JSON
+from diffinject.tracking.search.config import SECTION, SPACE, SearchConfig, overlay
+from diffinject.tracking.search.objective import (TRIAL_FAILURES, Pipeline, PruneDuringTraining, TrialFailed, TrialSetup,
+                                                  ValidationCurve)
+from diffinject.tracking.search.reporting import BEST_PARAMS, PLOTS, SEARCH_JSON
+from diffinject.tracking.search.study import METRIC_ATTR, WORKERS_ATTR, open_storage, run_search
 
 __all__ = [
     "BEST_PARAMS", "METRIC_ATTR", "PLOTS", "SEARCH_JSON", "SECTION", "SPACE", "TRIAL_FAILURES", "WORKERS_ATTR",

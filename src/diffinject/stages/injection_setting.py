@@ -1,0 +1,135 @@
+"""How `inject` and `fair_finetune` choose the injection setting of a run: the label rule (params, or the
+probes' metrics/probe.json), the pilot's reference model, and with `injection.auto` the pilot itself
+(diffusion/pilot.py) on the models this repository has trained; with `generator: fair`, the setting
+models/fair's adapter was fine-tuned for. Reads no bias label."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from diffinject.data.tensors import load_split, num_classes_of
+from diffinject.diffusion.injection_params import InjectionParams
+from diffinject.diffusion.lora import attach_adapter, read_adapter
+from diffinject.diffusion.pilot import conflict_trust, run_pilot
+from diffinject.diffusion.pilot_grid import candidate_grid
+from diffinject.diffusion.probes import decide_label_from
+from diffinject.diffusion.sampler import content_features
+from diffinject.diffusion.sites import site_names
+from diffinject.errors import DiffinjectError, first_line
+from diffinject.imaging import save_labelled_rows
+from diffinject.models.checkpoint import load_classifier
+from diffinject.models.classifier import predictor
+from diffinject.stages.paths import FAIR, METRICS, PLOTS, PREPARED, PROBE, model_dir
+
+PILOT_SHOWN = 10  # pilot images per candidate in pilot.png
+# Models the pilot may read a label fidelity from (never the biased one: it is the bias proxy).
+REFERENCES = ("lff", "disent", "lc", "vanilla")
+
+
+def resolve_label_from(root: Path, cfg: InjectionParams) -> dict[str, Any]:
+    """{"label_from": content|style, ...}: as set, or for `auto` the probes' decision and its numbers."""
+    if cfg.label_from != "auto":
+        return {"label_from": cfg.label_from, "decided_by": "params"}
+    if not (root / PROBE).is_file():
+        raise DiffinjectError(f"{root / PROBE}: not found; injection.label_from auto needs the probes (run `python -m diffinject probe`)")
+    try:
+        probe = json.loads((root / PROBE).read_text())
+    except (OSError, ValueError) as exc:
+        raise DiffinjectError(f"{root / PROBE}: not valid JSON ({first_line(exc)}); re-run `python -m diffinject probe`") from exc
+    if not isinstance(probe, dict) or not isinstance(probe.get("curves"), dict):
+        raise DiffinjectError(f"{root / PROBE}: expected a JSON object with the probes' curves; re-run `python -m diffinject probe`")
+    unknown = [site for site in cfg.sites() if site not in probe["curves"]]
+    if unknown:
+        raise DiffinjectError(f"{root / PROBE}: no probe of site {unknown[0]!r} (re-run the probe stage)")
+    try:
+        decision = decide_label_from(probe, cfg.sites(), cfg.operator, cfg.t_edit, cfg.t_max)
+    except ValueError as exc:
+        raise DiffinjectError(f"params 'injection.t_edit' / 'injection.t_max': {exc}") from exc
+    return {**decision, "decided_by": "probe"}
+
+
+def choose_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents, styles, manifest: pd.DataFrame,
+                     originals: torch.Tensor, seed: int, device: torch.device):
+    """`injection.auto`: (the pilot's winner as the injection params, the pilot's report — every
+    candidate's scores; picture metrics/plots/inject/pilot.png —, the contents' features at every site
+    it captured, for the pool to reuse). Reads no bias label: the models are the biased one (bias proxy)
+    and `injection.pilot_reference`; `originals` are the contents' train images."""
+    shape = tuple(styles.x_T.shape[1:])
+    n_classes = num_classes_of(manifest)
+    reference = resolve_reference(root, cfg.pilot_reference)
+    models = {}
+    # the others that exist are scored beside (comparison only: benchmarks/pilot_proxy.py)
+    others = [name for name in REFERENCES if name != reference and (model_dir(root, name) / "model.json").is_file()]
+    for name in ("biased", reference, *others):
+        models[name], _, _ = load_classifier(model_dir(root, name), num_classes=n_classes, image_shape=shape,
+                                             missing_hint=f"injection.auto needs models/{name}: run `dvc repro {name}` "
+                                                          "(or set injection.auto: false)")
+        models[name] = models[name].to(device).eval()
+    known = site_names(unet)  # a smaller UNet has fewer skip sites: its candidates that need more are skipped
+    grid = candidate_grid(cfg.pilot_grid)
+    candidates = [c for c in grid if set(c.sites) <= set(known)]
+    skipped = [c.name for c in grid if c not in candidates]
+    if not candidates:
+        raise DiffinjectError(f"params 'injection.pilot_grid': no candidate injects only at sites of this UNet ({', '.join(known)})")
+    sites = sorted({site for c in candidates for site in c.sites})
+    features = content_features(unet, contents, sites, cfg.batch_size)
+    # how far a miss of the biased model can be read as a conflict: its accuracy on the unbiased valid split
+    predict_biased = predictor(models["biased"], device)
+    valid = load_split(root / PREPARED, "valid", manifest)
+    biased_valid_acc = float((predict_biased(valid.images) == valid.targets.numpy()).mean())
+    trust = conflict_trust(biased_valid_acc, n_classes)
+    progress = tqdm(total=len(candidates), desc="inject: pilot", unit="candidate")
+    result = run_pilot(unet, scheduler, cfg, contents, styles, features, candidates, cfg.pilot_size,
+                       seed, cfg.batch_size, predict_biased, predictor(models[reference], device),
+                       originals, on_candidate=lambda name: progress.update(1),
+                       other_references={name: predictor(models[name], device) for name in others}, trust=trust)
+    progress.close()
+    winner = candidates[result.winner]
+    save_labelled_rows([(f"{row['name']}\nscore {row['score']:.3f} (conflict {row['conflict']:.2f}, fidelity "
+                         f"{row['fidelity']:.2f}, diversity {row['diversity']:.2f})", pool.images[:PILOT_SHOWN])
+                        for row, pool in zip(result.rows, result.pools)], root / PLOTS / "inject" / "pilot.png")
+    scores = ", ".join(f"{row['score']:.3f}" for row in result.rows)
+    print(f"inject: pilot chose {winner.name} (score {result.rows[result.winner]['score']:.3f}; all: {scores}; "
+          f"conflict trust {trust:.2f}, biased valid acc {biased_valid_acc:.3f})")
+    chosen = dataclasses.replace(cfg, **winner.as_params())
+    report = {"reference": reference, "n_per_candidate": cfg.pilot_size, "winner": winner.name,
+              "biased_valid_acc": round(biased_valid_acc, 4), "conflict_trust": round(trust, 4),
+              "candidates": result.rows, **({"skipped": skipped} if skipped else {})}
+    return chosen, report, features
+
+
+def resolve_reference(root: Path, name: str) -> str:
+    """`injection.pilot_reference`, or for `auto` the reference model with the best valid accuracy in
+    metrics/<model>.json (labels only: the valid split's accuracy reads no bias label)."""
+    if name != "auto":
+        return name
+    valid = {}
+    for model in REFERENCES:
+        path = root / METRICS / f"{model}.json"
+        if path.is_file() and (model_dir(root, model) / "model.json").is_file():
+            valid[model] = json.loads(path.read_text()).get("valid", {}).get("acc", float("-inf"))
+    if not valid:
+        raise DiffinjectError(f"params 'injection.pilot_reference': auto needs one of {', '.join(REFERENCES)} trained "
+                              f"(models/<name> and metrics/<name>.json; run `dvc repro lff`)")
+    return max(valid, key=valid.get)  # the first listed wins a tie
+
+
+def use_fair_adapter(root: Path, cfg: InjectionParams, unet, contents):
+    """`injection.generator: fair`: (the injection setting models/fair's adapter was fine-tuned for, the
+    contents' features at its sites from the base UNet, as in fine-tuning), and the adapter attached to
+    `unet`. The adapter learnt that setting's rollouts, so no pilot runs again."""
+    tensors, meta = read_adapter(root / FAIR)
+    try:
+        cfg = dataclasses.replace(cfg, **meta["injection"], label_from=meta["label_from"], auto=False)
+    except (KeyError, TypeError) as exc:
+        raise DiffinjectError(f"{root / FAIR / 'adapter.json'}: lacks the injection setting ({exc}); re-run `python -m diffinject fair_finetune`") from exc
+    features = content_features(unet, contents, cfg.sites(), cfg.batch_size)
+    attach_adapter(unet, tensors, meta)
+    return cfg, features

@@ -1,0 +1,67 @@
+"""The params schemas of the stages that train on the synthetic pool: `debiased.*` and the
+`debiased_<method>.*` sections (a method's own keys plus the pool's). Here, beside the stages, because
+their default pool is a path of the pipeline (stages/paths.py), which the library does not know."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from diffinject.models.configs import TrainConfig, check_ratio
+from diffinject.models.disent import DisEntConfig
+from diffinject.models.lc import LCConfig
+from diffinject.models.lff import LfFConfig
+from diffinject.stages.paths import SYNTHETIC_MANIFEST
+
+
+@dataclass
+class DebiasedConfig(TrainConfig):
+    """`debiased.*`: the original train split plus `bias_conflict_ratio` × |train| pool samples."""
+
+    loss: Literal["ce", "gce"] = "gce"  # the released DiffInject's retraining; 3 seeds: valid 0.743 gce vs 0.732 ce
+    # a manifest of extra images (.parquet/.csv: id, path, target; default: the inject stage's); null = none
+    pool: str | None = str(SYNTHETIC_MANIFEST)
+    bias_conflict_ratio: float = 0.5  # pool samples added, as a fraction of |train| (0.1 / 0.3 / 0.5: valid 0.65 / 0.72 / 0.75)
+
+    def check(self, section: str) -> None:
+        super().check(section)
+        check_ratio(self.bias_conflict_ratio, section)
+
+
+def ratio_or_debiased(ratio: float | None, debiased: DebiasedConfig) -> float:
+    """A section's `bias_conflict_ratio`, null meaning debiased.bias_conflict_ratio (upsample, debiased_lff:
+    so that at one setting they add as many images as train_debiased)."""
+    return debiased.bias_conflict_ratio if ratio is None else ratio
+
+
+@dataclass
+class PoolKeys:
+    """The keys every `debiased_<method>` section adds to its method's: a two-branch method (LfF, DisEnt,
+    LC) on the original train split plus a draw from the synthetic pool. A mixin, listed first
+    (`class DebiasedLfFConfig(PoolKeys, LfFConfig)`): its check runs the method's, then its own."""
+
+    pool: str | None = str(SYNTHETIC_MANIFEST)  # as debiased.pool
+    bias_conflict_ratio: float | None = None  # null: debiased.bias_conflict_ratio
+    # Which rows the biased (GCE) branch trains on: `original` keeps it as biased as the method's own (the
+    # synthetic conflicts would teach it the class); `all` trains it on the mix. The debiased branch
+    # trains on every row either way.
+    biased_sees: Literal["original", "all"] = "original"
+
+    def check(self, section: str) -> None:
+        super().check(section)  # type: ignore[misc]  # the method's config, next in the MRO
+        check_ratio(self.bias_conflict_ratio, section)
+
+
+@dataclass
+class DebiasedLfFConfig(PoolKeys, LfFConfig):
+    """`debiased_lff.*`: LfF on the original train split plus a draw from the synthetic pool."""
+
+
+@dataclass
+class DebiasedDisEntConfig(PoolKeys, DisEntConfig):
+    """`debiased_disent.*`: DisEnt on the original train split plus a draw from the synthetic pool."""
+
+
+@dataclass
+class DebiasedLCConfig(PoolKeys, LCConfig):
+    """`debiased_lc.*`: LC on the original train split plus a draw from the synthetic pool."""
