@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from diffinject.data.colour import nearest_palette_colour
-from diffinject.data.tensors import num_classes_of
 from diffinject.models.classifier import to_unit_float
 
 
@@ -145,10 +144,3 @@ def pool_report(images: torch.Tensor, pool: pd.DataFrame, n_classes: int, colour
         report["frechet_distance"] = frechet_distance(penultimate_features(vanilla, images),
                                                       penultimate_features(vanilla, reference))
     return report
-
-
-def aligned_bias(manifest: pd.DataFrame) -> np.ndarray:
-    """(n_classes,) the bias value each class's aligned train samples carry (evaluation only)."""
-    train = manifest[(manifest["split"] == "train") & manifest["aligned"].fillna(False).astype(bool)]
-    by_class = train.groupby("target")["bias"].agg(lambda b: int(b.mode().iloc[0]))
-    return np.array([by_class.get(c, -1) for c in range(num_classes_of(manifest))])

@@ -42,7 +42,7 @@ from diffinject.diffusion.lora import META, TARGETS, save_adapter
 from diffinject.diffusion.model import DiffusionConfig, load_diffusion, to_uint8
 from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.diffusion.sampler import InjectionSampler, content_features
-from diffinject.diffusion.synthetic_quality import aligned_bias, bias_deviation, to_grey
+from diffinject.diffusion.synthetic_quality import bias_deviation, to_grey
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, atomic_file, write_json
 from diffinject.imaging import save_labelled_rows
@@ -51,6 +51,7 @@ from diffinject.models.classifier import predictor
 from diffinject.models.trainer import TrainerConfig
 from diffinject.stages.injection_setting import choose_injection, resolve_label_from, resolve_reference
 from diffinject.stages.paths import DIFFUSION, FAIR, FAIR_RESUME, INVERSIONS, METRICS, PLOTS, PREPARED, model_dir
+from diffinject.stages.pool_quality import aligned_bias
 
 SHOWN = 12  # pairs in base_vs_fair.png
 # The injection keys an adapter is fine-tuned for; `inject` generates with exactly these.

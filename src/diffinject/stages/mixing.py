@@ -19,7 +19,7 @@ from diffinject.data.tensors import ImageTensors, concat
 from diffinject.models.trainer import TrainerConfig
 from diffinject.models.training import FitResult
 from diffinject.stages.common import fit_and_write, load_training_data, mined_train_rows
-from diffinject.stages.pool_params import DebiasedConfig, ratio_or_debiased
+from diffinject.stages.pool_params import DebiasedConfig
 
 
 @dataclass
@@ -44,8 +44,10 @@ def mixing_params(name: str, config_class: type) -> StageParams:
 
 
 def resolved_ratio(loaded: Any, name: str) -> float:
-    """Section `name`'s bias_conflict_ratio, null meaning debiased's (`mixing_params` reads both)."""
-    return ratio_or_debiased(getattr(loaded, name).bias_conflict_ratio, loaded.debiased)
+    """Section `name`'s bias_conflict_ratio, null meaning debiased's (`mixing_params` reads both), so that
+    at one setting upsample and the debiased_<method> stages add as many images as train_debiased."""
+    ratio = getattr(loaded, name).bias_conflict_ratio
+    return loaded.debiased.bias_conflict_ratio if ratio is None else ratio
 
 
 def mix(train: ImageTensors, extra: ImageTensors, ratio: float, seed: int, section: str,

@@ -28,12 +28,6 @@ class DebiasedConfig(TrainConfig):
         check_ratio(self.bias_conflict_ratio, section)
 
 
-def ratio_or_debiased(ratio: float | None, debiased: DebiasedConfig) -> float:
-    """A section's `bias_conflict_ratio`, null meaning debiased.bias_conflict_ratio (upsample, debiased_lff:
-    so that at one setting they add as many images as train_debiased)."""
-    return debiased.bias_conflict_ratio if ratio is None else ratio
-
-
 @dataclass
 class PoolKeys:
     """The keys every `debiased_<method>` section adds to its method's: a two-branch method (LfF, DisEnt,

@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from diffinject.data.manifest import INFO_NAME
 from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
-from diffinject.diffusion.synthetic_quality import aligned_bias, pool_report, to_grey
+from diffinject.diffusion.synthetic_quality import pool_report, to_grey
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.trainer import TrainerConfig
 from diffinject.models.training import predict_logits
@@ -56,3 +57,11 @@ def quality_report(root: Path, manifest: pd.DataFrame, pool: pd.DataFrame, image
     if notes:
         report["not_measured"] = notes
     return report
+
+
+
+def aligned_bias(manifest: pd.DataFrame) -> np.ndarray:
+    """(n_classes,) the bias value each class's aligned train samples carry (evaluation only: the manifest's bias labels, read here and never in the library)."""
+    train = manifest[(manifest["split"] == "train") & manifest["aligned"].fillna(False).astype(bool)]
+    by_class = train.groupby("target")["bias"].agg(lambda b: int(b.mode().iloc[0]))
+    return np.array([by_class.get(c, -1) for c in range(num_classes_of(manifest))])
