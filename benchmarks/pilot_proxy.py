@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 judge = old["judge_fidelity"]
                 result = {"valid": {"acc": old["valid_acc"]}, "test": {"acc": old["test_acc"]}}
             else:
-                keys = {k: row[k] for k in ("operator", "site", "t_edit", "t_max", "h_gamma", "label_from")}
+                keys = {k: row[k] for k in ("operator", "site", "t_max", "h_gamma", "label_from")}
                 trial = apply_overrides(params, ["injection.auto=false", *(f"injection.{k}={json.dumps(v)}" for k, v in keys.items()),
                                                  "evaluate.models=[debiased_lff]"])
                 judge = inject.run(trial, root).get("label_fidelity")

@@ -131,7 +131,12 @@ def test_a_diffusion_folder_for_other_images_is_a_one_line_error(tmp_path, shape
         load_diffusion(tmp_path / "diffusion", image_shape=shape)
 
 
-def test_inject_refuses_a_window_beyond_the_schedule(tiny_ddpm, prepared_mnist, tmp_path):
+@pytest.mark.parametrize("window, match", [
+    ({"t_edit": 1000, "t_max": None}, r"params 'injection.t_edit': got 1000, expected <= 999"),  # beyond T
+    ({"t_edit": 0, "t_max": 1200}, r"params 'injection.t_max': got 1200, expected <= 999"),
+    ({"t_edit": 950, "t_max": 960}, r"params 'injection': the window t_edit 950 .. t_max 960 holds none"),  # within T, no step
+])
+def test_inject_refuses_a_window_beyond_the_schedule(window, match, tiny_ddpm, prepared_mnist, tmp_path):
     from diffinject.errors import DiffinjectError
     from diffinject.stages import inject
     from tests.conftest import inverted_repo
@@ -139,7 +144,7 @@ def test_inject_refuses_a_window_beyond_the_schedule(tiny_ddpm, prepared_mnist, 
     root = inverted_repo(tmp_path / "repo", prepared_mnist, *tiny_ddpm, 6)
     params = {"trainer": {"accelerator": "cpu", "enable_progress_bar": False},
               "injection": {"auto": False, "n_gen_step": 6, "n_inv_step": 6, "n_samples": 4, "n_samples_ratio": None,
-                            "label_from": "content", "t_edit": 1000, "t_max": None}}
-    with pytest.raises(DiffinjectError, match=r"params 'injection': the window t_edit 1000 .. t_max none holds none"):
+                            "label_from": "content", **window}}
+    with pytest.raises(DiffinjectError, match=match):
         inject.run(params, root)
     assert not (root / "data" / "synthetic").exists()

@@ -233,9 +233,14 @@ def test_a_unet_without_the_shared_encoders_layout_says_so_once():
         InjectionSampler(unet, scheduler, InjectionParams(operator="slerp", site=["h"]), share_encoder=False)
 
 
-@pytest.mark.parametrize("window", [dict(t_edit=1000), dict(t_edit=600, t_max=500), dict(t_edit=2, t_max=3)])
+@pytest.mark.parametrize("window", [dict(t_edit=1000, t_max=None), dict(t_edit=2, t_max=3)])
 def test_a_window_without_a_generation_step_is_refused(window):
-    """t_edit beyond the schedule (or an empty t_edit..t_max window) would inject nothing at all."""
+    """t_edit beyond the schedule (or a t_edit..t_max window between two steps) would inject nothing at all."""
     with pytest.raises(ValueError, match="holds none of the 20 every_step generation steps .* nothing would be injected"):
         plan_steps(InjectionParams(n_gen_step=20, **window), 1000)
     assert not any(s.inject for s in plan_steps(InjectionParams(n_gen_step=20, h_gamma=0.0, **window), 1000))
+
+
+def test_a_window_that_ends_before_it_starts_names_t_max():
+    with pytest.raises(DiffinjectError, match=r"params 'injection.t_max': got 500, expected >= injection.t_edit \(600\)"):
+        plan_steps(InjectionParams(n_gen_step=20, t_edit=600, t_max=500), 1000)

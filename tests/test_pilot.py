@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -29,7 +30,7 @@ def test_a_candidate_without_a_label_rule_is_tried_under_both():
     assert [c.label_from for c in both] == ["content", "style"]
     assert both[0].sites == ("up0", "up1") and both[0].t_max == 300
     (one,) = parse_candidate("operator=slerp,site=h,t_max=null,h_gamma=0.7,label_from=content")
-    assert one.t_max is None and one.as_params()["site"] == ["h"] and one.as_params()["t_edit"] == 0
+    assert one.t_max is None and one.as_params()["site"] == ["h"] and "t_edit" not in one.as_params()
     assert len(candidate_grid(None)) == 2 * len(DEFAULT_GRID)
     # the built-in grid is not re-checked when params are loaded: it is checked here
     assert {c.operator for c in candidate_grid(None)} <= set(OPERATORS)
@@ -195,4 +196,81 @@ def test_auto_without_the_reference_model_is_a_one_line_error(tiny_ddpm, prepare
     root = inverted_repo(tmp_path / "repo", prepared_mnist, *tiny_ddpm, 6)
     with pytest.raises(DiffinjectError, match=r"models/biased/model.pt: model not found \(injection.auto needs models/biased"):
         inject.run(pilot_params(), root)
+    assert not (root / "data" / "synthetic").exists()
+
+
+# --- what the user sets is obeyed ------------------------------------------------------------------
+
+
+def test_restrict_substitutes_the_set_keys_and_drops_duplicates():
+    from diffinject.diffusion.injection_params import restrict
+
+    grid = candidate_grid(["operator=channel_stats,site=up0+up1,t_max=300,h_gamma=1.0",
+                           "operator=slerp,site=h,h_gamma=0.7"])  # 2 settings x 2 label rules
+    assert restrict(grid, {}) == grid
+    gamma = restrict(grid, {"h_gamma": 0.5})
+    assert len(gamma) == 4 and {c.h_gamma for c in gamma} == {0.5}
+    assert [(c.operator, c.sites, c.t_max, c.label_from) for c in gamma] == [(c.operator, c.sites, c.t_max, c.label_from) for c in grid]
+    assert [c.label_from for c in restrict(grid, {"label_from": "style"})] == ["style", "style"]
+    every = restrict(grid, {"label_from": "style", "site": ["up0"], "operator": "channel_mean", "t_max": None, "h_gamma": 1.0})
+    assert every == [pilot.Candidate("channel_mean", ("up0",), None, 1.0, "style")]
+
+
+def test_fixed_lists_only_the_keys_the_params_set():
+    assert InjectionParams().fixed() == {}
+    cfg = InjectionParams(h_gamma=0.2, site="up1", t_max=None)
+    assert cfg.fixed() == {"h_gamma": 0.2, "site": ["up1"], "t_max": None}
+    assert cfg.with_hand_chosen().fixed() == {"operator": "channel_stats", "site": ["up1"], "t_max": None, "h_gamma": 0.2}
+
+
+def test_every_key_set_under_auto_runs_no_pilot_and_reaches_the_pool(tiny_ddpm, prepared_mnist, tmp_path):
+    """No biased or reference model exists here: with nothing left to choose, no pilot runs."""
+    from diffinject.stages import inject
+    from tests.conftest import inverted_repo
+
+    root = inverted_repo(tmp_path / "repo", prepared_mnist, *tiny_ddpm, 6)
+    set_keys = {"operator": "channel_mean", "site": ["up1"], "t_max": 500, "h_gamma": 0.2, "label_from": "content"}
+    params = pilot_params()
+    params["injection"].update(set_keys)
+    report = inject.run(params, root)
+    assert "pilot" not in report and report["chosen_by"] == {key: "params" for key in set_keys}
+    pool = pd.read_parquet(root / "data" / "synthetic" / "manifest.parquet")
+    assert set(pool["h_gamma"]) == {0.2} and set(pool["operator"]) == {"channel_mean"} and set(pool["sites"]) == {"up1"}
+    assert set(pool["t_max"]) == {500} and set(pool["label_from"]) == {"content"}
+
+
+@pytest.mark.slow  # two 1-epoch classifiers and a pilot of 2 x 16 images on the tiny DDPM (~15 s)
+def test_a_set_h_gamma_restricts_the_pilot_and_reaches_the_pool(tiny_ddpm, prepared_mnist, tmp_path):
+    from diffinject.stages import inject, lff, train_biased
+    from tests.conftest import inverted_repo
+
+    root = inverted_repo(tmp_path / "repo", prepared_mnist, *tiny_ddpm, 6)
+    params = pilot_params()
+    train_biased.run(params, root)
+    lff.run(params, root)
+    params["injection"]["h_gamma"] = 0.2
+    report = inject.run(params, root)
+    assert {row["h_gamma"] for row in report["pilot"]["candidates"]} == {0.2}
+    assert report["pilot"]["fixed_by_params"] == ["h_gamma"]
+    assert report["chosen_by"]["h_gamma"] == "params" and report["chosen_by"]["operator"] == "pilot"
+    assert set(pd.read_parquet(root / "data" / "synthetic" / "manifest.parquet")["h_gamma"]) == {0.2}
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("site", "up9", r"params 'injection.site': 'up9' is not a site of this UNet"),
+    ("t_max", 5000, r"params 'injection.t_max': got 5000, expected <= 999"),
+    ("t_edit", 1000, r"params 'injection.t_edit': got 1000, expected <= 999"),
+    ("operator", "add", r"params 'injection.operator': got 'add'"),
+    ("h_gamma", 2.0, r"params 'injection.h_gamma': got 2.0"),
+])
+def test_an_invalid_set_key_under_auto_is_a_one_line_error(key, value, match, tiny_ddpm, prepared_mnist, tmp_path):
+    from diffinject.stages import inject
+    from tests.conftest import inverted_repo
+
+    root = inverted_repo(tmp_path / "repo", prepared_mnist, *tiny_ddpm, 6)
+    params = pilot_params()
+    params["injection"][key] = value
+    with pytest.raises(DiffinjectError, match=match) as caught:
+        inject.run(params, root)
+    assert "\n" not in str(caught.value)
     assert not (root / "data" / "synthetic").exists()

@@ -5,8 +5,9 @@ generated does not re-run the stages that only read a key."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -26,6 +27,14 @@ GENERATION_KEYS = ("h_gamma", "t_edit", "t_max", "t_boost", "dt_lambda", "n_gen_
 
 
 LABEL_RULES = ("content", "style")
+AUTO = "auto"
+# The keys a pilot candidate sets. Each is a value or `auto` in params: the pilot chooses only the keys
+# left `auto` (its grid restricted to the values set, `restrict`).
+PILOT_KEYS = ("operator", "site", "t_max", "h_gamma", "label_from")
+# `auto: false` (no pilot): what a key left `auto` takes, but label_from (the probes decide it). Chosen
+# by hand on Colored MNIST's valid split (docs/injection_operators.md): the content lends its colour
+# through the channel statistics of the 7x7 and 14x14 skips, late in generation.
+HAND_CHOSEN = {"operator": "channel_stats", "site": ["up0", "up1"], "t_max": 300, "h_gamma": 1.0}
 
 
 @dataclass(frozen=True)
@@ -44,8 +53,8 @@ class Candidate:
         return f"{self.operator} {'+'.join(self.sites)} {window} g{self.h_gamma:g} label:{self.label_from}"
 
     def as_params(self) -> dict:
-        """The `injection.*` keys this candidate sets (t_edit 0: the window is [0, t_max])."""
-        return {"operator": self.operator, "site": list(self.sites), "t_edit": 0, "t_max": self.t_max,
+        """The `injection.*` keys this candidate sets (PILOT_KEYS; the window starts at `injection.t_edit`)."""
+        return {"operator": self.operator, "site": list(self.sites), "t_max": self.t_max,
                 "h_gamma": self.h_gamma, "label_from": self.label_from}
 
 
@@ -74,21 +83,21 @@ class InjectionParams:
     """`injection.*`. `invert` reads n_inv_step, styles_per_class and style_easiest_fraction (so a
     change of any other key never re-inverts); `inject` reads the rest."""
 
-    # auto: a pilot (diffusion/pilot.py) chooses operator, site, window, gamma and label rule per dataset,
-    # without bias labels; the keys below are then only the fallback of `auto: false`.
+    # auto: a pilot (diffusion/pilot.py) chooses the keys of PILOT_KEYS left `auto` per dataset, without
+    # bias labels (its grid restricted to the values set); false: no pilot, a key left `auto` takes
+    # HAND_CHOSEN's value (label_from: the probes decide).
     auto: bool = True
     pilot_size: int = 128  # pilot images per candidate
     pilot_grid: list[str] | None = None  # candidates as "operator=..,site=a+b,t_max=..,h_gamma=.."; null = pilot_grid.DEFAULT_GRID
     pilot_reference: str = "lff"  # the model whose prediction measures a pilot image's label fidelity: lff | disent | lc | vanilla | auto (best valid acc)
-    # The sampler's keys. Their defaults were chosen on the valid split (docs/injection_operators.md): the
-    # content lends its colour through the channel statistics of the 7x7 and 14x14 skips, late in generation.
-    h_gamma: float = 1.0  # weight of the content's features: 0 keeps the style, 1 takes the content (DiffInject's slerp of h: 0.7)
-    operator: str = "channel_stats"  # slerp (DiffStyle) | channel_stats (AdaIN-style) | channel_mean (sites.py)
-    site: str | list[str] = field(default_factory=lambda: ["up0", "up1"])  # h (mid block) | up0 | up1 | ..., a list or "a,b"
+    # The sampler's keys; each of PILOT_KEYS may be `auto`.
+    h_gamma: float | Literal["auto"] = AUTO  # weight of the content's features: 0 keeps the style, 1 takes the content (DiffInject's slerp of h: 0.7)
+    operator: str = AUTO  # slerp (DiffStyle) | channel_stats (AdaIN-style) | channel_mean (sites.py)
+    site: str | list[str] = AUTO  # h (mid block) | up0 | up1 | ..., a list or "a,b"
     schedule: str = "every_step"  # every_step | official (InjectFusion's replace steps, sampler.plan_steps)
     replace_steps: int = OFFICIAL_REPLACE_STEPS  # official schedule: points of the replace grid over [0, T-1]
     t_edit: int = 0  # inject at t >= t_edit; 0 = the whole trajectory
-    t_max: int | None = 300  # ... and at t <= t_max; null = no upper bound: colour is set late (t <~ 400) here, shape early
+    t_max: int | None | Literal["auto"] = AUTO  # ... and at t <= t_max; null = no upper bound
     t_boost: int = -1  # eta = 1 at t <= t_boost (Asyrp's quality boost); -1 turns it off (its noise costs shape fidelity here)
     dt_lambda: float = 0.9985  # noise-direction scale at t >= 0.95·T (DiffInject's value)
     clip_x0: bool = False  # clamp predicted x_0 to [-1, 1]; off: an injected trajectory must stay invertible
@@ -96,7 +105,7 @@ class InjectionParams:
     n_gen_step: int = 20  # DDIM generation steps
     n_samples: int = 400  # size of the synthetic pool, unless n_samples_ratio is set
     n_samples_ratio: float | None = 0.5  # the pool size as a fraction of |train| (as many as train_debiased draws)
-    label_from: Literal["content", "style", "auto"] = "auto"  # auto: decided from metrics/probe.json, no bias label read
+    label_from: Literal["content", "style", "auto"] = AUTO  # auto: the pilot's, or with auto: false the probes' (metrics/probe.json)
     batch_size: int = 64
     # base: the DDPM as trained; fair: with the LoRA adapter of stage fair_finetune (models/fair/), on the
     # setting the adapter was fine-tuned for (diffusion/fair.py)
@@ -105,8 +114,14 @@ class InjectionParams:
     style_easiest_fraction: float = 0.5  # styles are drawn from this lowest-loss fraction of each class
 
     def check(self) -> None:
-        if not 0 <= self.h_gamma <= 1:
-            raise DiffinjectError(f"params 'injection.h_gamma': got {self.h_gamma}, expected a weight in [0, 1]")
+        """Every value the params set, whether a pilot runs or not (a set value is obeyed, so it must be
+        valid); the sites against the UNet and the window against T are `check_against_model`'s."""
+        if self.h_gamma != AUTO and not 0 <= self.h_gamma <= 1:
+            raise DiffinjectError(f"params 'injection.h_gamma': got {self.h_gamma}, expected a weight in [0, 1] or auto")
+        if self.t_edit < 0:
+            raise DiffinjectError(f"params 'injection.t_edit': got {self.t_edit}, expected >= 0")
+        if self.t_max not in (AUTO, None) and self.t_max < self.t_edit:
+            raise DiffinjectError(f"params 'injection.t_max': got {self.t_max}, expected >= injection.t_edit ({self.t_edit}), null or auto")
         for key in ("n_inv_step", "n_gen_step"):
             if getattr(self, key) < 2:
                 raise DiffinjectError(f"params 'injection.{key}': got {getattr(self, key)}, expected >= 2")
@@ -116,14 +131,14 @@ class InjectionParams:
             raise DiffinjectError(f"params 'injection.n_samples_ratio': got {self.n_samples_ratio}, expected > 0 or null")
         if self.batch_size < 1 or self.styles_per_class < 1:
             raise DiffinjectError("params 'injection.batch_size' and 'injection.styles_per_class': expected >= 1")
-        if self.operator not in OPERATORS:
-            raise DiffinjectError(f"params 'injection.operator': got {self.operator!r}, expected one of {', '.join(OPERATORS)}")
+        if self.operator != AUTO and self.operator not in OPERATORS:
+            raise DiffinjectError(f"params 'injection.operator': got {self.operator!r}, expected one of {', '.join(OPERATORS)} or auto")
         if self.schedule not in SCHEDULES:
             raise DiffinjectError(f"params 'injection.schedule': got {self.schedule!r}, expected one of {', '.join(SCHEDULES)}")
         if self.label_from not in ("content", "style", "auto"):
             raise DiffinjectError(f"params 'injection.label_from': got {self.label_from!r}, expected content, style or auto")
-        if not self.sites():
-            raise DiffinjectError("params 'injection.site': expected a site (h, up0, up1, ...) or a list of them")
+        if self.site != AUTO and not self.sites():
+            raise DiffinjectError("params 'injection.site': expected a site (h, up0, up1, ...), a list of them or auto")
         if self.generator not in ("base", "fair"):
             raise DiffinjectError(f"params 'injection.generator': got {self.generator!r}, expected base or fair")
         if self.replace_steps < 2:
@@ -144,8 +159,34 @@ class InjectionParams:
             raise DiffinjectError(f"params 'injection.pilot_grid': {exc}") from exc
 
     def sites(self) -> tuple[str, ...]:
+        if self.site == AUTO:
+            raise ValueError("injection.site is still auto: resolve the setting (pilot or with_hand_chosen) first")
         names = self.site.split(",") if isinstance(self.site, str) else list(self.site)
         return tuple(name.strip() for name in names if name.strip())
+
+    def fixed(self) -> dict:
+        """The keys of PILOT_KEYS the params set (not `auto`), as a candidate's `as_params` names them."""
+        return {key: list(self.sites()) if key == "site" else getattr(self, key)
+                for key in PILOT_KEYS if getattr(self, key) != AUTO}
+
+    def with_hand_chosen(self) -> "InjectionParams":
+        """`auto: false`: every key of HAND_CHOSEN left `auto` takes its value (label_from stays: the
+        probes decide it)."""
+        return dataclasses.replace(self, **{k: v for k, v in HAND_CHOSEN.items() if getattr(self, k) == AUTO})
+
+    def check_against_model(self, known_sites: Sequence[str], num_train_timesteps: int) -> None:
+        """A set site must be one of this UNet's, a set window must lie within [0, T - 1]."""
+        if self.site != AUTO:
+            wrong = [site for site in self.sites() if site not in known_sites]
+            if wrong:
+                raise DiffinjectError(f"params 'injection.site': {wrong[0]!r} is not a site of this UNet "
+                                      f"(expected some of {', '.join(known_sites)}, or auto)")
+        last = num_train_timesteps - 1
+        if self.t_edit > last:
+            raise DiffinjectError(f"params 'injection.t_edit': got {self.t_edit}, expected <= {last} (the DDPM's last timestep)")
+        if self.t_max not in (AUTO, None) and self.t_max > last:
+            raise DiffinjectError(f"params 'injection.t_max': got {self.t_max}, expected <= {last} (the DDPM's last "
+                                  "timestep), null or auto")
 
     def generation_record(self) -> dict:
         """The keys that made a pool image, as the synthetic manifest's columns record them."""
@@ -153,3 +194,20 @@ class InjectionParams:
 
     def pool_size(self, n_train: int) -> int:
         return int(np.ceil(self.n_samples_ratio * n_train)) if self.n_samples_ratio is not None else self.n_samples
+
+
+def restrict(candidates: Sequence[Candidate], fixed: dict) -> list[Candidate]:
+    """The pilot's grid with the keys the params set (`InjectionParams.fixed`) taking their set values,
+    duplicates dropped in order: the pilot chooses only what was left to it. A grid that never names the
+    set value still yields candidates (each with the value substituted), so a set h_gamma of 0.5 runs
+    the grid's operators, sites and windows at 0.5."""
+    out: list[Candidate] = []
+    for candidate in candidates:
+        keys = {"operator": candidate.operator, "sites": candidate.sites, "t_max": candidate.t_max,
+                "h_gamma": candidate.h_gamma, "label_from": candidate.label_from}
+        for key, value in fixed.items():
+            keys["sites" if key == "site" else key] = tuple(value) if key == "site" else value
+        restricted = Candidate(**keys)
+        if restricted not in out:
+            out.append(restricted)
+    return out

@@ -83,8 +83,7 @@ def generate_pilot(unet, scheduler, candidate: Candidate, base_config, contents:
     pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed + SEED_OFFSET, candidate.label_from,
                        None if contents.proxy is None else contents.proxy.numpy(),
                        None if styles.proxy is None else styles.proxy.numpy())
-    config = replace(base_config, operator=candidate.operator, site=list(candidate.sites), t_edit=0,
-                     t_max=candidate.t_max, h_gamma=candidate.h_gamma)
+    config = replace(base_config, **candidate.as_params())  # the window starts at the params' t_edit
     device = next(unet.parameters()).device
     chunks = []
     with InjectionSampler(unet, scheduler, config) as sampler:

@@ -44,6 +44,7 @@ class Step:
 
 def plan_steps(config: InjectionParams, num_train_timesteps: int) -> list[Step]:
     """The generation steps, descending, of `config.schedule` (docs/design.md, "The official schedule")."""
+    config = config.with_hand_chosen()
     config.check()
     dt_from = DT_LAMBDA_FROM_FRACTION * num_train_timesteps
     if config.schedule == "every_step":
@@ -96,7 +97,9 @@ class InjectionSampler:
         self.prediction_type = checked_prediction_type(scheduler)
         self.unet = unet
         self.alphas_cumprod = scheduler.alphas_cumprod
-        self.config = config
+        # the stages settle every key first (stages/injection_setting.py); a library caller that leaves
+        # one `auto` gets the hand-chosen value, never in place of a set one
+        self.config = config = config.with_hand_chosen()
         self.sites = config.sites()
         check_sites(self.sites, unet)
         self.steps = plan_steps(config, len(self.alphas_cumprod))

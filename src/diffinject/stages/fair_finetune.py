@@ -49,7 +49,7 @@ from diffinject.imaging import save_labelled_rows
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.classifier import predictor
 from diffinject.models.trainer import TrainerConfig
-from diffinject.stages.injection_setting import choose_injection, resolve_label_from, resolve_reference
+from diffinject.stages.injection_setting import resolve_reference, settle_injection
 from diffinject.stages.paths import DIFFUSION, FAIR, FAIR_RESUME, INVERSIONS, METRICS, PLOTS, PREPARED, model_dir
 from diffinject.stages.pool_quality import aligned_bias
 
@@ -139,17 +139,13 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     unet, scheduler = load_diffusion(root / DIFFUSION, image_shape=shape)
     unet = unet.to(device).eval()
     precision = resolve_precision(p.diffusion.precision, device)
-    pilot_report = features = None
-    if cfg.auto:
-        train = load_split(root / PREPARED, "train", manifest)
-        row_of = {int(i): k for k, i in enumerate(train.ids.tolist())}
-        with autocast(precision, device):
-            cfg, pilot_report, features = choose_injection(root, cfg, unet, scheduler, contents, styles, manifest,
-                                                           train.images[[row_of[int(i)] for i in contents.ids]], seed, device)
-        label_from = cfg.label_from
-    else:
-        label_from = resolve_label_from(root, cfg)["label_from"]
-    features = ({s: features[s] for s in cfg.sites()} if features is not None
+    train = load_split(root / PREPARED, "train", manifest)
+    with autocast(precision, device):
+        # as inject settles it, but for the adapter it is about to train: the base generator's setting
+        settled = settle_injection(root, dataclasses.replace(cfg, generator="base"), unet, scheduler, contents, styles,
+                                   manifest, train, seed, device)
+    cfg, label_from, pilot_report = dataclasses.replace(settled.cfg, generator="fair"), settled.cfg.label_from, settled.pilot_report
+    features = ({s: settled.features[s] for s in cfg.sites()} if settled.features is not None
                 else content_features(unet, contents, cfg.sites(), cfg.batch_size))
     hint = "injection.generator fair needs models/{}: run `dvc repro {}`"
     biased, _, _ = load_classifier(model_dir(root, "biased"), num_classes=n_classes, image_shape=shape,

@@ -1,11 +1,13 @@
 """Stage `inject`: generate the synthetic pool from cached inversions -> data/synthetic/ (PNG +
 manifest.parquet), a content | style | result grid, and the quality report metrics/inject.json.
 
-With `injection.auto` (the default), a pilot first chooses the setting (operator, sites, window, gamma,
-label rule) for this dataset, without a bias label (diffusion/pilot.py; the valid split's labels say how far
-the biased model's misses can be trusted): every candidate's scores go to inject.json, a row of its images
-to metrics/plots/inject/pilot.png. With `auto: false` the params'
-setting is used and `label_from: auto` is decided from the probes (metrics/probe.json).
+The keys of the setting (operator, site, t_max, h_gamma, label_from) are each a value or `auto`; a set
+value is obeyed. With `injection.auto` (the default), a pilot first chooses the keys left `auto` for this
+dataset, without a bias label (diffusion/pilot.py; the valid split's labels say how far the biased
+model's misses can be trusted): every candidate's scores go to inject.json, a row of its images to
+metrics/plots/inject/pilot.png. With `auto: false` a key left `auto` takes the hand-chosen value and
+`label_from: auto` is decided from the probes (metrics/probe.json). inject.json's `chosen_by` says which
+key came from where (stages/injection_setting.py).
 
 The content's features at the injected sites are recomputed once from its inversion path (x_t at
 every step), so any operator, site or schedule reuses the same inversions.
@@ -38,12 +40,11 @@ from diffinject.diffusion.lora import WEIGHTS
 from diffinject.diffusion.model import DiffusionConfig, load_diffusion
 from diffinject.diffusion.precision import autocast, resolve_precision
 from diffinject.diffusion.sampler import InjectionSampler, content_features
-from diffinject.diffusion.sites import site_names
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid
 from diffinject.models.trainer import TrainerConfig
-from diffinject.stages.injection_setting import choose_injection, resolve_label_from, use_fair_adapter
+from diffinject.stages.injection_setting import settle_injection
 from diffinject.stages.paths import DIFFUSION, FAIR, INVERSIONS, METRICS, PLOTS, PREPARED, SYNTHETIC
 from diffinject.stages.pool_quality import quality_report
 
@@ -75,23 +76,9 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     precision = resolve_precision(p.diffusion.precision, device)
     train = load_split(root / PREPARED, "train", manifest)
     row_of = {int(i): k for k, i in enumerate(train.ids.tolist())}
-    pilot_report = pilot_features = None
-    known = site_names(unet)
-    if not cfg.auto and not set(cfg.sites()) <= set(known):  # a typo in the param, not a stale probe
-        wrong = next(site for site in cfg.sites() if site not in known)
-        raise DiffinjectError(f"params 'injection.site': {wrong!r} is not a site of this UNet (expected some of {', '.join(known)})")
-    if cfg.generator == "fair":
-        with autocast(precision, device):
-            cfg, pilot_features = use_fair_adapter(root, cfg, unet, contents)
-        decision = {"label_from": cfg.label_from, "decided_by": "fair adapter (models/fair/adapter.json)"}
-    elif cfg.auto:
-        originals = train.images[[row_of[int(i)] for i in contents.ids]]
-        with autocast(precision, device):
-            cfg, pilot_report, pilot_features = choose_injection(root, cfg, unet, scheduler, contents, styles, manifest,
-                                                                 originals, seed, device)
-        decision = {"label_from": cfg.label_from, "decided_by": "pilot"}
-    else:
-        decision = resolve_label_from(root, cfg)
+    with autocast(precision, device):
+        settled = settle_injection(root, cfg, unet, scheduler, contents, styles, manifest, train, seed, device)
+    cfg, decision, pilot_report, pilot_features = settled.cfg, settled.decision, settled.pilot_report, settled.features
     label_from = decision["label_from"]
     pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed, label_from,
                        None if contents.proxy is None else contents.proxy.numpy(),
@@ -133,6 +120,7 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     if pilot_report is not None:
         report["pilot"] = pilot_report
     report.update(label_rule=decision, operator=cfg.operator, site="+".join(cfg.sites()), schedule=cfg.schedule,
+                  t_edit=cfg.t_edit, t_max=cfg.t_max, h_gamma=cfg.h_gamma, chosen_by=settled.chosen_by,
                   injected_steps=sum(step.inject for step in sampler.steps))
     report.update(seconds=round(seconds, 2), seconds_per_image=round(seconds / max(1, n), 4), precision=precision)
     write_json(root / METRICS / "inject.json", report)

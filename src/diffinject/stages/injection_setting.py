@@ -1,7 +1,9 @@
-"""How `inject` and `fair_finetune` choose the injection setting of a run: the label rule (params, or the
-probes' metrics/probe.json), the pilot's reference model, and with `injection.auto` the pilot itself
-(diffusion/pilot.py) on the models this repository has trained; with `generator: fair`, the setting
-models/fair's adapter was fine-tuned for. Reads no bias label."""
+"""How `inject` and `fair_finetune` choose the injection setting of a run (`settle_injection`): the keys
+the params set are obeyed; with `injection.auto` the pilot (diffusion/pilot.py) chooses the keys left
+`auto` on the models this repository has trained, its grid restricted to the values set; with
+`auto: false` a key left `auto` takes the hand-chosen value and the label rule comes from the probes'
+metrics/probe.json; with `generator: fair`, the setting models/fair's adapter was fine-tuned for.
+Reads no bias label."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from diffinject.data.tensors import load_split, num_classes_of
-from diffinject.diffusion.injection_params import InjectionParams
+from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
+from diffinject.diffusion.injection_params import PILOT_KEYS, Candidate, InjectionParams, restrict
 from diffinject.diffusion.lora import attach_adapter, read_adapter
 from diffinject.diffusion.pilot import conflict_trust, run_pilot
 from diffinject.diffusion.pilot_grid import candidate_grid
@@ -55,12 +57,63 @@ def resolve_label_from(root: Path, cfg: InjectionParams) -> dict[str, Any]:
     return {**decision, "decided_by": "probe"}
 
 
-def choose_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents, styles, manifest: pd.DataFrame,
-                     originals: torch.Tensor, seed: int, device: torch.device):
-    """`injection.auto`: (the pilot's winner as the injection params, the pilot's report — every
-    candidate's scores; picture metrics/plots/inject/pilot.png —, the contents' features at every site
-    it captured, for the pool to reuse). Reads no bias label: the models are the biased one (bias proxy)
-    and `injection.pilot_reference`; `originals` are the contents' train images."""
+@dataclasses.dataclass
+class Settled:
+    """The setting a run injects with, and how each key got its value."""
+
+    cfg: InjectionParams  # every key resolved (none `auto`)
+    decision: dict[str, Any]  # the label rule and what decided it
+    chosen_by: dict[str, str]  # per key of PILOT_KEYS: params | pilot | hand-chosen (auto: false) | probe | fair adapter
+    pilot_report: dict[str, Any] | None = None
+    features: Any = None  # the contents' features at every site the pilot captured, for the pool to reuse
+
+
+def settle_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents, styles, manifest: pd.DataFrame,
+                     train: ImageTensors, seed: int, device: torch.device) -> Settled:
+    """The one place a run's injection setting is decided (inject and fair_finetune). The set keys are
+    checked against this UNet and T first: a typo is an error, pilot or not."""
+    cfg.check_against_model(site_names(unet), int(scheduler.config.num_train_timesteps))
+    fixed = cfg.fixed()
+    if cfg.generator == "fair":
+        cfg, features = use_fair_adapter(root, cfg, unet, contents)
+        return Settled(cfg, {"label_from": cfg.label_from, "decided_by": "fair adapter (models/fair/adapter.json)"},
+                       {key: "fair adapter" for key in PILOT_KEYS}, features=features)
+    if not cfg.auto:
+        cfg = cfg.with_hand_chosen()
+        decision = resolve_label_from(root, cfg)
+        cfg = dataclasses.replace(cfg, label_from=decision["label_from"])
+        return Settled(cfg, decision, {key: "params" if key in fixed else "probe" if key == "label_from"
+                                       else "hand-chosen (auto: false)" for key in PILOT_KEYS})
+    candidates, skipped = pilot_candidates(cfg, site_names(unet))
+    if len(candidates) == 1:  # every key set: nothing left to choose
+        cfg = dataclasses.replace(cfg, **candidates[0].as_params())
+        return Settled(cfg, {"label_from": cfg.label_from, "decided_by": "params"}, {key: "params" for key in PILOT_KEYS})
+    row_of = {int(i): k for k, i in enumerate(train.ids.tolist())}
+    originals = train.images[[row_of[int(i)] for i in contents.ids]]
+    cfg, report, features = choose_injection(root, cfg, candidates, skipped, unet, scheduler, contents, styles, manifest,
+                                             originals, seed, device)
+    report["fixed_by_params"] = sorted(fixed)
+    return Settled(cfg, {"label_from": cfg.label_from, "decided_by": "params" if "label_from" in fixed else "pilot"},
+                   {key: "params" if key in fixed else "pilot" for key in PILOT_KEYS}, report, features)
+
+
+def pilot_candidates(cfg: InjectionParams, known: list[str]) -> tuple[list[Candidate], list[str]]:
+    """(the grid restricted to the keys the params set, the names of those skipped for a site this UNet
+    lacks or a window that ends before `injection.t_edit`); a grid left empty is a one-line error."""
+    grid = restrict(candidate_grid(cfg.pilot_grid), cfg.fixed())
+    candidates = [c for c in grid if set(c.sites) <= set(known) and (c.t_max is None or c.t_max >= cfg.t_edit)]
+    if not candidates:
+        raise DiffinjectError(f"params 'injection.pilot_grid': no candidate injects only at sites of this UNet ({', '.join(known)}) "
+                              f"within a window that ends at or after injection.t_edit ({cfg.t_edit})")
+    return candidates, [c.name for c in grid if c not in candidates]
+
+
+def choose_injection(root: Path, cfg: InjectionParams, candidates: list[Candidate], skipped: list[str], unet, scheduler,
+                     contents, styles, manifest: pd.DataFrame, originals: torch.Tensor, seed: int, device: torch.device):
+    """The pilot: (its winner as the injection params, the pilot's report — every candidate's scores;
+    picture metrics/plots/inject/pilot.png —, the contents' features at every site it captured, for
+    the pool to reuse). Reads no bias label: the models are the biased one (bias proxy) and
+    `injection.pilot_reference`; `originals` are the contents' train images."""
     shape = tuple(styles.x_T.shape[1:])
     n_classes = num_classes_of(manifest)
     reference = resolve_reference(root, cfg.pilot_reference)
@@ -72,12 +125,6 @@ def choose_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents
                                              missing_hint=f"injection.auto needs models/{name}: run `dvc repro {name}` "
                                                           "(or set injection.auto: false)")
         models[name] = models[name].to(device).eval()
-    known = site_names(unet)  # a smaller UNet has fewer skip sites: its candidates that need more are skipped
-    grid = candidate_grid(cfg.pilot_grid)
-    candidates = [c for c in grid if set(c.sites) <= set(known)]
-    skipped = [c.name for c in grid if c not in candidates]
-    if not candidates:
-        raise DiffinjectError(f"params 'injection.pilot_grid': no candidate injects only at sites of this UNet ({', '.join(known)})")
     sites = sorted({site for c in candidates for site in c.sites})
     features = content_features(unet, contents, sites, cfg.batch_size)
     # how far a miss of the biased model can be read as a conflict: its accuracy on the unbiased valid split

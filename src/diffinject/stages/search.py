@@ -75,7 +75,7 @@ def setting_name(keys: dict[str, Any]) -> str:
 def injection_settings(cfg: SearchConfig, root: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
     """(setting name -> its injection keys but h_gamma, the pilot's winning candidate or None): the
     pilot's candidates within `search.pilot_keep` of its best score, else the whole grid."""
-    keys = ("operator", "site", "t_edit", "t_max", "label_from")
+    keys = ("operator", "site", "t_max", "label_from")
     pilot = json.loads((root / INJECT).read_text()).get("pilot") if (root / INJECT).is_file() else None
     if pilot is None:
         known = unet_sites(root / DIFFUSION)
