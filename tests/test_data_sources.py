@@ -58,6 +58,30 @@ def test_idx_source_keeps_official_test_split(tmp_path):
     assert set(m.loc[m["split"] == "test", "id"]) == set(range(200, 250))
 
 
+def test_n_train_keeps_that_many_train_images_per_class_share(tmp_path):
+    src = make_idx_folder(tmp_path / "idx", n_train=400)
+    out = tmp_path / "out"
+    out.mkdir()
+    prepare(DataConfig(source="idx", path=str(src), n_train=200, conflict_pct=5.0), seed=0, out=out)
+    m = read_manifest(out)
+    counts = m["split"].value_counts().to_dict()
+    assert counts == {"train": 200, "valid": 22, "test": 50}  # valid in the train split's proportion (200/360 of 40), test whole
+    assert m.loc[m["split"] == "train", "target"].value_counts().tolist() == [20] * 10
+    assert (m.loc[m["split"] == "train", "aligned"] == False).sum() == 10  # noqa: E712  5 % of what is kept
+    again = tmp_path / "again"
+    again.mkdir()
+    prepare(DataConfig(source="idx", path=str(src), n_train=200, conflict_pct=5.0), seed=0, out=again)
+    pd.testing.assert_frame_equal(m, read_manifest(again))
+
+
+@pytest.mark.parametrize("n_train, match", [(5000, r"params 'data.n_train': got 5000, but the source has 360 train images"),
+                                            (3, r"params 'data.n_train': got 3, expected >= 10")])
+def test_a_bad_n_train_names_the_param(tmp_path, n_train, match):
+    src = make_idx_folder(tmp_path / "idx", n_train=400)
+    with pytest.raises(DiffinjectError, match=match):
+        prepare(DataConfig(source="idx", path=str(src), n_train=n_train), seed=0, out=tmp_path)
+
+
 def test_idx_source_plain_files(tmp_path):
     src = make_idx_folder(tmp_path / "idx", gz=False)
     out = tmp_path / "out"

@@ -1,5 +1,7 @@
 """Mining picks the highest-loss ids per class; bad k is a one-line error naming mine.k."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -54,3 +56,65 @@ def test_histogram_png_is_written(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     loss_histogram_png(LOSSES, None, np.isin(IDS, [11]), 5, out)  # no bias labels
     assert out.stat().st_size > 0
+
+
+# --- mining that scales with the data: the error set -----------------------------------------------
+
+
+def planted_errors(n_per_class: int, error_fraction: float, seed: int = 0):
+    """Two classes; the biased model misses `error_fraction` of each class, and a missed sample has a
+    high loss, but so do a few samples it gets right (CE above log 2 without an error)."""
+    rng = np.random.default_rng(seed)
+    targets = np.repeat([0, 1], n_per_class)
+    errors = rng.random(len(targets)) < error_fraction
+    losses = np.where(errors, 1.0 + rng.random(len(targets)), 0.1 * rng.random(len(targets)))
+    losses[np.flatnonzero(~errors)[:4]] = 5.0  # right, and still the highest losses of all
+    predictions = np.where(errors, 1 - targets, targets)
+    return np.arange(len(targets)), targets, losses, predictions, errors
+
+
+def test_the_error_set_grows_with_the_training_set():
+    from diffinject.models.mining import error_set_per_class
+
+    counts = []
+    for n in (200, 2000, 20000):
+        ids, targets, losses, predictions, errors = planted_errors(n, 0.01)
+        mined = error_set_per_class(ids, targets, losses, predictions, max_fraction=0.05, min_per_class=1)
+        assert set(mined["id"]) == set(ids[errors])  # the errors, not the right samples with a high loss
+        counts.append(len(mined))
+    assert counts[0] < counts[1] < counts[2] and counts[2] > 100
+
+
+def test_the_error_set_is_capped_and_topped_up_per_class():
+    from diffinject.models.mining import error_set_per_class
+
+    ids, targets, losses, predictions, errors = planted_errors(100, 0.3)
+    capped = error_set_per_class(ids, targets, losses, predictions, max_fraction=0.05, min_per_class=1)
+    assert capped.groupby("target").size().tolist() == [5, 5]
+    assert capped.merge(pd.DataFrame({"id": ids, "error": errors}))["error"].all()
+    top = capped.groupby("target")["loss"].min()  # the highest-loss errors of each class
+    for c in (0, 1):
+        assert (losses[errors & (targets == c)] >= top[c]).sum() == 5
+    none = error_set_per_class(ids, targets, losses, targets, max_fraction=0.05, min_per_class=3)  # no error at all
+    pd.testing.assert_frame_equal(none, top_k_per_class(ids, targets, losses, 3))  # topped up by loss
+
+
+def test_mining_errors_reads_no_bias_label(tmp_path, prepared_mnist):
+    """The same conflicts.csv from a manifest with null bias and aligned columns."""
+    from diffinject.stages import mine, train_biased
+    from tests.conftest import make_root, null_bias_copy
+
+    params = {"trainer": {"accelerator": "cpu", "enable_progress_bar": False}, "biased": {"epochs": 1},
+              "mine": {"k": "errors"}}
+    labelled = make_root(tmp_path, prepared_mnist, "labelled")
+    train_biased.run(params, labelled)
+    unlabelled = make_root(tmp_path, prepared_mnist, "unlabelled")
+    (unlabelled / "data" / "prepared").unlink()
+    null_bias_copy(prepared_mnist, unlabelled / "data" / "prepared")
+    (unlabelled / "models").mkdir(exist_ok=True)
+    shutil.copytree(labelled / "models" / "biased", unlabelled / "models" / "biased")
+    report = mine.run(params, labelled)
+    mine.run(params, unlabelled)
+    a, b = (pd.read_csv(r / "data" / "conflicts.csv") for r in (labelled, unlabelled))
+    pd.testing.assert_frame_equal(a, b)
+    assert report["n_mined"] == len(a) >= 30 and 0 <= report["precision"] <= 1

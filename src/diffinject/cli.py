@@ -21,7 +21,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("prepare", "build data/prepared/ (DisEnt layout + manifest) from data.source"),
     "validate": ("validate", "check data/prepared with great-expectations; fail on a broken dataset"),
     "train_biased": ("train_biased", "train the GCE-biased classifier (biased.*) -> models/biased/"),
-    "mine": ("mine", "top mine.k highest-loss train samples per class under the biased model -> data/conflicts.csv"),
+    "mine": ("mine", "top mine.k highest-loss train samples per class (or its errors) under the biased model -> data/conflicts.csv"),
     "vanilla": ("vanilla", "baseline: plain cross-entropy classifier (vanilla.*) -> models/vanilla/"),
     "lff": ("lff", "baseline: Learning from Failure (lff.*) -> models/lff/"),
     "disent": ("disent", "baseline: DisEnt, disentangled features + bias-feature swapping (disent.*) -> models/disent/"),

@@ -71,8 +71,8 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
             raise DiffinjectError(f"{where}: got {value!r}, expected a list")
         item = args[0] if args else Any
         return type(value)(_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(hint):
-        return build_config(hint, value, where)
+    if dataclasses.is_dataclass(hint):  # a nested section: its keys are named section.key.subkey
+        return build_config(hint, value, where.removeprefix("params '").removesuffix("'"))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float) and isinstance(value, bool):

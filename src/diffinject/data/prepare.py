@@ -46,6 +46,7 @@ class DataConfig:
     color_std: float = 0.005  # per-image colour noise, LfF severity 4
     split: SplitFractions = field(default_factory=SplitFractions)
     image_size: int | None = 28  # side length images are resized to; null keeps folder images as they are
+    n_train: int | None = None  # grey sources: keep this many train images (valid in proportion), stratified by class; null: all
 
     def check(self) -> None:
         check_mechanism(self.bias)
@@ -56,6 +57,8 @@ class DataConfig:
         fractions = (self.split.train, self.split.valid, self.split.test)
         if min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
             raise DiffinjectError(f"params 'data.split': got {fractions}, expected three positive fractions summing to 1")
+        if self.n_train is not None and self.n_train < 10:
+            raise DiffinjectError(f"params 'data.n_train': got {self.n_train}, expected >= 10 or null")
         if self.image_size is not None and self.image_size < 8:
             raise DiffinjectError(f"params 'data.image_size': got {self.image_size}, expected >= 8 or null")
 
@@ -93,6 +96,29 @@ def _assign_splits(grey: GreyImages, cfg: DataConfig, rng: np.random.Generator) 
     return splits
 
 
+def subsample_train(splits: np.ndarray, targets: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
+    """`data.n_train`: keep exactly n_train train images, and valid images in the same proportion, each
+    class in its share (seeded); the others get split "unused" and are not written. Test is kept whole."""
+    n_available = int((splits == "train").sum())
+    if cfg.n_train > n_available:
+        raise DiffinjectError(f"params 'data.n_train': got {cfg.n_train}, but the source has {n_available} train images "
+                              f"(expected <= {n_available} or null)")
+    out = splits.copy()
+    fraction = cfg.n_train / n_available
+    for split in ("train", "valid"):
+        rows = np.flatnonzero(splits == split)
+        total = cfg.n_train if split == "train" else int(round(fraction * len(rows)))
+        classes, counts = np.unique(targets[rows], return_counts=True)
+        share = counts * total / len(rows)
+        quota = np.floor(share).astype(int)
+        quota[np.argsort(-(share - quota), kind="stable")[: total - quota.sum()]] += 1  # largest remainders
+        out[rows] = "unused"
+        for label, k in zip(classes, quota):
+            members = rows[targets[rows] == label]
+            out[rng.permutation(members)[:k]] = split
+    return out
+
+
 def resize_grey(images: np.ndarray, size: int | None) -> np.ndarray:
     if size is None or images.shape[1:] == (size, size):
         return images
@@ -111,6 +137,8 @@ def prepare_grey(grey: GreyImages, cfg: DataConfig, seed: int, out: Path) -> lis
         raise DiffinjectError(f"data source has {n_classes} classes; data.bias={cfg.bias!r} has at most {N_BIAS_VALUES} bias values")
     rng = np.random.default_rng(seed)
     splits = _assign_splits(grey, cfg, rng)
+    if cfg.n_train is not None:
+        splits = subsample_train(splits, grey.targets, cfg, rng)
     images = resize_grey(grey.images, cfg.image_size)
     records: list[dict] = []
     jobs: list[tuple[np.ndarray, Path]] = []
@@ -171,6 +199,9 @@ def prepare(cfg: DataConfig, seed: int, out: Path) -> PrepareSummary:
     elif cfg.source == "idx":
         records = prepare_grey(load_idx_folder(cfg.path), cfg, seed, out)
     elif cfg.source == "folder":
+        if cfg.n_train is not None:
+            raise DiffinjectError(f"params 'data.n_train': got {cfg.n_train}, but it applies to mnist5k and idx sources "
+                                  "(a folder keeps its own splits); expected null")
         items, class_names = load_folder(cfg.path, cfg.layout)
         records = prepare_folder(items, cfg, out)
     else:

@@ -23,7 +23,9 @@ from tqdm import tqdm
 
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.inversion_store import InvertedSet
+from diffinject.devices import barrier
 from diffinject.diffusion.model import to_uint8
+from diffinject.diffusion.pool_filter import Verdict
 from diffinject.diffusion.sampler import InjectionSampler
 from diffinject.diffusion.sites import Features
 from diffinject.errors import DiffinjectError
@@ -70,58 +72,107 @@ def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Genera
 def generate_pool(sampler: InjectionSampler, contents: InvertedSet, content_features: Features, styles: InvertedSet,
                   pairs: Pairs, label_from: Literal["content", "style"], batch_size: int, seed: int, work: Path,
                   rank: int = 0, world_size: int = 1,
-                  on_batch: Callable[[int], None] | None = None) -> None:
-    """Generate every batch of pairs whose index ≡ rank (mod world_size) into `work`, skipping batches
+                  on_batch: Callable[[int], None] | None = None,
+                  judge: Callable[[torch.Tensor, np.ndarray], Verdict] | None = None, n_wanted: int | None = None) -> None:
+    """Generate the batches of pairs whose index ≡ rank (mod world_size) into `work`, skipping batches
     already done (their marker file exists); each batch writes its PNGs, then its marker, atomically.
-    content_features: site -> tensors (n_steps, |contents|, ...) on `contents.timesteps`."""
-    device = next(sampler.unet.parameters()).device
+    content_features: site -> tensors (n_steps, |contents|, ...) on `contents.timesteps`.
+
+    With a `judge` (the pool filter) `pairs` are the tries: batches go in rounds of world_size, and a
+    round starts only while the batches before it kept fewer than `n_wanted` images (every rank reads
+    the same markers after a barrier, so all stop at the same round); only kept images are written."""
     n = len(pairs.content)
-    batches = [b for b in range((n + batch_size - 1) // batch_size) if b % world_size == rank]
-    todo = [b for b in batches if not (work / BATCH_DONE.format(b)).is_file()]
-    if len(todo) < len(batches):
-        print(f"inject: resuming, {len(batches) - len(todo)} of {len(batches)} batches already done")
-    for b in tqdm(todo, desc="inject: batches", unit="batch"):
-        rows = np.arange(b * batch_size, min(n, (b + 1) * batch_size))
-        c, s = pairs.content[rows], pairs.style[rows]
-        x_T = styles.x_T[s].to(device)
-        features = {site: tuple(f[:, c].to(device) for f in tensors) for site, tensors in content_features.items()}
-        images = to_uint8(sampler.generate(x_T, features, contents.timesteps, batch_generator(seed, b, device))).cpu()
-        targets = (contents.targets[c] if label_from == "content" else styles.targets[s]).numpy()
-        records = []
-        for k, row in enumerate(rows):
-            rel = f"images/{int(targets[k])}/{int(row)}_{int(targets[k])}.png"
+    n_batches = (n + batch_size - 1) // batch_size
+    if judge is None:
+        batches = [b for b in range(n_batches) if b % world_size == rank]
+        todo = [b for b in batches if not (work / BATCH_DONE.format(b)).is_file()]
+        if len(todo) < len(batches):
+            print(f"inject: resuming, {len(batches) - len(todo)} of {len(batches)} batches already done")
+        for b in tqdm(todo, desc="inject: batches", unit="batch"):
+            _generate_batch(sampler, contents, content_features, styles, pairs, label_from, batch_size, seed, work, b)
+            if on_batch is not None:
+                on_batch(b)
+        return
+    progress = tqdm(total=n_wanted, desc="inject: kept", unit="image")
+    for first in range(0, n_batches, world_size):
+        kept = sum(r["kept"] for r in read_markers(work, first))
+        progress.update(min(kept, n_wanted) - progress.n)
+        if kept >= n_wanted:
+            break
+        b = first + rank
+        if b < n_batches and not (work / BATCH_DONE.format(b)).is_file():
+            _generate_batch(sampler, contents, content_features, styles, pairs, label_from, batch_size, seed, work, b, judge)
+            if on_batch is not None:
+                on_batch(b)
+        barrier()
+    progress.close()
+
+
+def _generate_batch(sampler: InjectionSampler, contents: InvertedSet, content_features: Features, styles: InvertedSet,
+                    pairs: Pairs, label_from: str, batch_size: int, seed: int, work: Path, b: int,
+                    judge: Callable[[torch.Tensor, np.ndarray], Verdict] | None = None) -> None:
+    device = next(sampler.unet.parameters()).device
+    rows = np.arange(b * batch_size, min(len(pairs.content), (b + 1) * batch_size))
+    c, s = pairs.content[rows], pairs.style[rows]
+    x_T = styles.x_T[s].to(device)
+    features = {site: tuple(f[:, c].to(device) for f in tensors) for site, tensors in content_features.items()}
+    images = to_uint8(sampler.generate(x_T, features, contents.timesteps, batch_generator(seed, b, device))).cpu()
+    targets = (contents.targets[c] if label_from == "content" else styles.targets[s]).numpy()
+    verdict = judge(images, targets) if judge is not None else None
+    records = []
+    for k, row in enumerate(rows):
+        rel = f"images/{int(targets[k])}/{int(row)}_{int(targets[k])}.png"
+        record = dict(id=int(row), path=rel, target=int(targets[k]),
+                      content_id=int(contents.ids[c[k]]), style_id=int(styles.ids[s[k]]),
+                      content_target=int(contents.targets[c[k]]), style_target=int(styles.targets[s[k]]),
+                      content_proxy=_proxy(contents, c[k]), style_proxy=_proxy(styles, s[k]))
+        if verdict is not None:
+            record.update(kept=bool(verdict.keep[k]), confidence=round(float(verdict.confidence[k]), 4),
+                          reads_label=bool(verdict.reads_label[k]), biased_pred=int(verdict.biased_pred[k]))
+        if verdict is None or verdict.keep[k]:  # a rejected try leaves only its record
             dest = work / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".tmp-{dest.name}")
             Image.fromarray(images[k].permute(1, 2, 0).numpy()).save(tmp, format="PNG")
             tmp.replace(dest)
-            records.append(dict(id=int(row), path=rel, target=int(targets[k]),
-                                content_id=int(contents.ids[c[k]]), style_id=int(styles.ids[s[k]]),
-                                content_target=int(contents.targets[c[k]]), style_target=int(styles.targets[s[k]]),
-                                content_proxy=_proxy(contents, c[k]), style_proxy=_proxy(styles, s[k])))
-        marker = work / BATCH_DONE.format(b)
-        tmp = marker.with_name(f".tmp-{marker.name}")
-        tmp.write_text(json.dumps(records))
-        tmp.replace(marker)
-        if on_batch is not None:
-            on_batch(b)
+        records.append(record)
+    marker = work / BATCH_DONE.format(b)
+    tmp = marker.with_name(f".tmp-{marker.name}")
+    tmp.write_text(json.dumps(records))
+    tmp.replace(marker)
 
 
-def _proxy(data: InvertedSet, row: int) -> int:
-    return int(data.proxy[row]) if data.proxy is not None else -1
-
-
-def collect_manifest(work: Path, n_batches: int, config: InjectionParams, label_from: str) -> pd.DataFrame:
-    """The synthetic manifest from the batch markers: id, path, target, content_id, style_id, the
-    params that made it."""
+def read_markers(work: Path, n_batches: int) -> list[dict]:
+    """The records of batches 0 .. n_batches - 1 (each must be done)."""
     records = []
     for b in range(n_batches):
         marker = work / BATCH_DONE.format(b)
         if not marker.is_file():
             raise DiffinjectError(f"{marker}: batch {b} was not generated")
         records += json.loads(marker.read_text())
-    table = pd.DataFrame.from_records(records)
+    return records
+
+
+def _proxy(data: InvertedSet, row: int) -> int:
+    return int(data.proxy[row]) if data.proxy is not None else -1
+
+
+def collect_manifest(work: Path, n_batches: int, config: InjectionParams, label_from: str,
+                     n_wanted: int | None = None) -> tuple[pd.DataFrame, list[dict]]:
+    """(the synthetic manifest from the batch markers: id, path, target, content_id, style_id, the
+    params that made it; every try's record). With the filter (`n_wanted`), the batches run until the
+    first one not generated, and the manifest is the first `n_wanted` kept tries."""
+    if n_wanted is None:
+        records = read_markers(work, n_batches)
+        table = pd.DataFrame.from_records(records)
+    else:
+        done = next((b for b in range(n_batches) if not (work / BATCH_DONE.format(b)).is_file()), n_batches)
+        records = read_markers(work, done)
+        table = pd.DataFrame.from_records([r for r in records if r["kept"]][:n_wanted])
+        if table.empty:
+            return table, records
+        table = table.drop(columns=["kept", "reads_label"])
     table["label_from"] = label_from
     for key, value in config.generation_record().items():
         table[key] = value
-    return table.sort_values("id").reset_index(drop=True)
+    return table.sort_values("id").reset_index(drop=True), records

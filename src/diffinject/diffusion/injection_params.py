@@ -6,7 +6,7 @@ generated does not re-run the stages that only read a key."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import numpy as np
@@ -79,6 +79,24 @@ def parse_candidate(text: str) -> list[Candidate]:
 
 
 @dataclass
+class PoolFilter:
+    """`injection.filter`: each generated image passes two checks, neither reading a bias label, before it
+    enters the pool; generation goes on until the pool is full or `max_tries` x the pool size have been
+    tried (diffusion/pool_filter.py)."""
+
+    enabled: bool = False
+    min_confidence: float = 0.5  # the reference model (injection.pilot_reference) gives the synthetic label at least this probability
+    reject_biased: bool = True  # ... and the biased model (the bias proxy) does not predict it (a conflict)
+    max_tries: float = 4.0  # at most this many generated images per pool image
+
+    def check(self, section: str = "injection.filter") -> None:
+        if not 0 <= self.min_confidence < 1:
+            raise DiffinjectError(f"params '{section}.min_confidence': got {self.min_confidence}, expected a probability in [0, 1)")
+        if self.max_tries < 1:
+            raise DiffinjectError(f"params '{section}.max_tries': got {self.max_tries}, expected >= 1 (generated images per pool image)")
+
+
+@dataclass
 class InjectionParams:
     """`injection.*`. `invert` reads n_inv_step, styles_per_class and style_easiest_fraction (so a
     change of any other key never re-inverts); `inject` reads the rest."""
@@ -112,6 +130,7 @@ class InjectionParams:
     generator: Literal["base", "fair"] = "base"
     styles_per_class: int = 20  # style images inverted per class
     style_easiest_fraction: float = 0.5  # styles are drawn from this lowest-loss fraction of each class
+    filter: PoolFilter = field(default_factory=PoolFilter)  # a pool of faithful conflicts only (PoolFilter)
 
     def check(self) -> None:
         """Every value the params set, whether a pilot runs or not (a set value is obeyed, so it must be
@@ -146,6 +165,7 @@ class InjectionParams:
         if not 0 < self.style_easiest_fraction <= 1:
             raise DiffinjectError(f"params 'injection.style_easiest_fraction': got {self.style_easiest_fraction}, expected (0, 1]")
 
+        self.filter.check()
         if self.pilot_size < 1:
             raise DiffinjectError(f"params 'injection.pilot_size': got {self.pilot_size}, expected >= 1")
         if self.pilot_reference not in ("lff", "disent", "lc", "vanilla", "auto"):
@@ -194,6 +214,11 @@ class InjectionParams:
 
     def pool_size(self, n_train: int) -> int:
         return int(np.ceil(self.n_samples_ratio * n_train)) if self.n_samples_ratio is not None else self.n_samples
+
+    def tries(self, n_train: int) -> int:
+        """How many images may be generated for the pool: its size, or with the filter on max_tries x it."""
+        n = self.pool_size(n_train)
+        return int(np.ceil(self.filter.max_tries * n)) if self.filter.enabled else n
 
 
 def restrict(candidates: Sequence[Candidate], fixed: dict) -> list[Candidate]:

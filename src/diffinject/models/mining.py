@@ -44,6 +44,28 @@ def top_k_per_class(ids: np.ndarray, targets: np.ndarray, losses: np.ndarray, k:
     return mined.reset_index(drop=True)[list(CONFLICTS_COLUMNS)]
 
 
+def error_set_per_class(ids: np.ndarray, targets: np.ndarray, losses: np.ndarray, predictions: np.ndarray,
+                        max_fraction: float, min_per_class: int, where: str = "the train split") -> pd.DataFrame:
+    """JTT's error set, per class: the samples the biased model misclassifies, highest loss first, at most
+    ceil(max_fraction x the class's size) of a class and at least `min_per_class` (topped up by loss, so
+    a class the model never misses still lends contents). It grows with the training set; columns as
+    `top_k_per_class`, deterministic (ties: the smaller id)."""
+    check_k(targets, min_per_class, where, "mine.min_per_class")
+    table = pd.DataFrame({"id": np.asarray(ids, dtype=np.int64), "target": np.asarray(targets, dtype=np.int64),
+                          "loss": np.asarray(losses, dtype=np.float64),
+                          "error": np.asarray(predictions) != np.asarray(targets)})
+    table = table.sort_values(["target", "loss", "id"], ascending=[True, False, True], kind="stable")
+    chosen = []
+    for _, group in table.groupby("target", sort=True):
+        cap = max(min_per_class, int(np.ceil(max_fraction * len(group))))
+        errors = group[group["error"]].head(cap)
+        top_up = group[~group["error"]].head(max(0, min_per_class - len(errors)))  # highest-loss correct ones
+        chosen.append(pd.concat([errors, top_up]))
+    mined = pd.concat(chosen).copy()
+    mined["rank"] = mined.groupby("target").cumcount() + 1
+    return mined.reset_index(drop=True)[list(CONFLICTS_COLUMNS)]
+
+
 def mining_report(mined_ids: np.ndarray, train_ids: np.ndarray, conflict: np.ndarray) -> dict[str, float | int]:
     """Precision and recall of the mined ids against the true conflict flags of the train split."""
     conflict_ids = set(np.asarray(train_ids)[np.asarray(conflict, dtype=bool)].tolist())

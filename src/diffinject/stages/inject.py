@@ -20,6 +20,7 @@ The pilot is seeded too: a resumed run repeats it (about a minute) and reaches t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -35,6 +36,7 @@ from diffinject.data.tensors import load_images, load_split
 from diffinject.devices import barrier, inference_device, rank_and_world
 from diffinject.diffusion.injection import collect_manifest, generate_pool, make_pairs
 from diffinject.diffusion.injection_params import InjectionParams
+from diffinject.diffusion.pool_filter import filter_report
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, load_inverted
 from diffinject.diffusion.lora import WEIGHTS
 from diffinject.diffusion.model import DiffusionConfig, load_diffusion
@@ -44,7 +46,7 @@ from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid
 from diffinject.models.trainer import TrainerConfig
-from diffinject.stages.injection_setting import settle_injection
+from diffinject.stages.injection_setting import pool_judge, settle_injection
 from diffinject.stages.paths import DIFFUSION, FAIR, INVERSIONS, METRICS, PLOTS, PREPARED, SYNTHETIC
 from diffinject.stages.pool_quality import quality_report
 
@@ -56,7 +58,7 @@ PARAMS = StageParams({"trainer": TrainerConfig, "diffusion": slice_of(DiffusionC
 def work_dir(root: Path, cfg: InjectionParams, seed: int, precision: str, label_from: str) -> Path:
     """Partial results are only reused by a run with the same params, label rule, precision, seed,
     inversions and (generator fair) adapter."""
-    digest = hashlib.sha256(json.dumps({"cfg": vars(cfg), "seed": seed, "precision": precision, "label_from": label_from},
+    digest = hashlib.sha256(json.dumps({"cfg": dataclasses.asdict(cfg), "seed": seed, "precision": precision, "label_from": label_from},
                                        sort_keys=True).encode())
     for path in (root / INVERSIONS / CONTENT, root / INVERSIONS / STYLE, *([root / FAIR / WEIGHTS] if cfg.generator == "fair" else [])):
         digest.update(path.read_bytes())
@@ -80,7 +82,11 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
         settled = settle_injection(root, cfg, unet, scheduler, contents, styles, manifest, train, seed, device)
     cfg, decision, pilot_report, pilot_features = settled.cfg, settled.decision, settled.pilot_report, settled.features
     label_from = decision["label_from"]
-    pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed, label_from,
+    judge = reference = None
+    if cfg.filter.enabled:
+        judge, reference = pool_judge(root, cfg, manifest, tuple(styles.x_T.shape[1:]), device)
+    # with the filter, the tries: their first n pairs are the unfiltered pool's
+    pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), cfg.tries(len(train)), seed, label_from,
                        None if contents.proxy is None else contents.proxy.numpy(),
                        None if styles.proxy is None else styles.proxy.numpy())
     try:
@@ -96,15 +102,27 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
         features = ({site: pilot_features[site] for site in cfg.sites()} if pilot_features is not None
                     else content_features(unet, contents, cfg.sites(), cfg.batch_size))
         generate_pool(sampler, contents, features, styles, pairs, label_from, cfg.batch_size, seed, work,
-                      rank=rank, world_size=world, on_batch=on_batch)
+                      rank=rank, world_size=world, on_batch=on_batch, judge=judge, n_wanted=n)
     seconds = time.perf_counter() - start
     barrier()  # rank 0 collects every rank's batches: wait for the slowest
     if rank != 0:
         return {}
-    n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
-    pool = collect_manifest(work, n_batches, cfg, label_from)
+    n_batches = (len(pairs.content) + cfg.batch_size - 1) // cfg.batch_size
+    pool, tries = collect_manifest(work, n_batches, cfg, label_from, n if judge is not None else None)
+    filtered = (filter_report(tries, n, cfg.filter) | {"reference": reference}) if judge is not None else None
+    if pool.empty:
+        raise DiffinjectError(f"params 'injection.filter': none of {len(tries)} generated images passed (reference "
+                              f"{reference} read the label of {filtered['reads_label_rate']:.0%} with confidence >= "
+                              f"{cfg.filter.min_confidence}, the biased model missed {filtered['conflict_rate']:.0%}); "
+                              "lower injection.filter.min_confidence or set injection.filter.enabled: false")
+    if filtered is not None and "short_by" in filtered:
+        print(f"inject: the filter kept {filtered['kept']} of the {n} pool images wanted after {len(tries)} tries "
+              f"(injection.filter.max_tries {cfg.filter.max_tries}); the pool is {filtered['short_by']} short and "
+              "train_debiased draws from it with replacement")
     with atomic_dir(root / SYNTHETIC) as tmp:
-        shutil.copytree(work / "images", tmp / "images")
+        for rel in pool["path"]:  # with the filter, kept images past the pool's size stay behind
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(work / rel, tmp / rel)
         pool.to_parquet(tmp / MANIFEST_NAME, index=False)
     shutil.rmtree(work)
     images = load_images(root / SYNTHETIC, list(pool["path"]))
@@ -119,10 +137,12 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     report = quality_report(root, manifest, pool, images, trainer_cfg)
     if pilot_report is not None:
         report["pilot"] = pilot_report
+    if filtered is not None:
+        report["filter"] = filtered
     report.update(label_rule=decision, operator=cfg.operator, site="+".join(cfg.sites()), schedule=cfg.schedule,
                   t_edit=cfg.t_edit, t_max=cfg.t_max, h_gamma=cfg.h_gamma, chosen_by=settled.chosen_by,
                   injected_steps=sum(step.inject for step in sampler.steps))
-    report.update(seconds=round(seconds, 2), seconds_per_image=round(seconds / max(1, n), 4), precision=precision)
+    report.update(seconds=round(seconds, 2), seconds_per_image=round(seconds / max(1, len(pool)), 4), precision=precision)
     write_json(root / METRICS / "inject.json", report)
-    print(f"inject: {n} synthetic samples in {seconds:.1f} s -> {root / SYNTHETIC}; quality {report}")
+    print(f"inject: {len(pool)} synthetic samples in {seconds:.1f} s -> {root / SYNTHETIC}; quality {report}")
     return report

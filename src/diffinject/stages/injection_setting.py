@@ -21,13 +21,14 @@ from diffinject.diffusion.injection_params import PILOT_KEYS, Candidate, Injecti
 from diffinject.diffusion.lora import attach_adapter, read_adapter
 from diffinject.diffusion.pilot import conflict_trust, run_pilot
 from diffinject.diffusion.pilot_grid import candidate_grid
+from diffinject.diffusion.pool_filter import make_judge
 from diffinject.diffusion.probes import decide_label_from
 from diffinject.diffusion.sampler import content_features
 from diffinject.diffusion.sites import site_names
 from diffinject.errors import DiffinjectError, first_line
 from diffinject.imaging import save_labelled_rows
 from diffinject.models.checkpoint import load_classifier
-from diffinject.models.classifier import predictor
+from diffinject.models.classifier import predictor, probabilities
 from diffinject.stages.paths import FAIR, METRICS, PLOTS, PREPARED, PROBE, model_dir
 
 PILOT_SHOWN = 10  # pilot images per candidate in pilot.png
@@ -150,6 +151,19 @@ def choose_injection(root: Path, cfg: InjectionParams, candidates: list[Candidat
               "biased_valid_acc": round(biased_valid_acc, 4), "conflict_trust": round(trust, 4),
               "candidates": result.rows, **({"skipped": skipped} if skipped else {})}
     return chosen, report, features
+
+
+def pool_judge(root: Path, cfg: InjectionParams, manifest: pd.DataFrame, shape: tuple[int, ...], device: torch.device):
+    """`injection.filter`: the judge of each generated image (diffusion/pool_filter.py), on the biased
+    model and `injection.pilot_reference`, the pilot's two models; (judge, the reference's name)."""
+    reference = resolve_reference(root, cfg.pilot_reference)
+    nets = {}
+    for name in ("biased", reference):
+        nets[name], _, _ = load_classifier(model_dir(root, name), num_classes=num_classes_of(manifest), image_shape=shape,
+                                           missing_hint=f"injection.filter needs models/{name}: run `dvc repro {name}` "
+                                                        "(or set injection.filter.enabled: false)")
+        nets[name] = nets[name].to(device).eval()
+    return make_judge(cfg.filter, probabilities(nets[reference], device), predictor(nets["biased"], device)), reference
 
 
 def resolve_reference(root: Path, name: str) -> str:

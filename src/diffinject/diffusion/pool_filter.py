@@ -1,0 +1,59 @@
+"""The pool filter (`injection.filter`): a generated image enters the pool only when it is a faithful
+conflict by two checks that read no bias label:
+
+    reads its label  the reference model (`injection.pilot_reference`, never the biased one) predicts the
+                     synthetic label with probability >= `min_confidence`
+    conflicts        the biased model (the bias proxy) does not predict it (`reject_biased`)
+
+Generation goes on batch by batch until the pool is full or `max_tries` x its size have been generated;
+the pool is the first kept images in generation order, so it does not depend on how many ranks made it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from diffinject.diffusion.injection_params import PoolFilter
+
+Probabilities = Callable[[torch.Tensor], np.ndarray]  # uint8 images -> (n, C) class probabilities
+Predictions = Callable[[torch.Tensor], np.ndarray]  # uint8 images -> (n,) classes
+
+
+@dataclass
+class Verdict:
+    keep: np.ndarray  # (n,) bool
+    confidence: np.ndarray  # (n,) the reference model's probability of the synthetic label
+    reads_label: np.ndarray  # (n,) bool: the reference predicts the label with confidence >= min_confidence
+    biased_pred: np.ndarray  # (n,) the biased model's class
+
+
+def make_judge(cfg: PoolFilter, reference: Probabilities, biased: Predictions) -> Callable[[torch.Tensor, np.ndarray], Verdict]:
+    """images, synthetic labels -> the filter's verdict on each."""
+
+    def judge(images: torch.Tensor, targets: np.ndarray) -> Verdict:
+        proba = reference(images)
+        confidence = proba[np.arange(len(targets)), targets]
+        reads = (proba.argmax(1) == targets) & (confidence >= cfg.min_confidence)
+        biased_pred = biased(images)
+        keep = reads & (biased_pred != targets) if cfg.reject_biased else reads
+        return Verdict(keep, confidence, reads, biased_pred)
+
+    return judge
+
+
+def filter_report(records: list[dict], n_wanted: int, cfg: PoolFilter) -> dict:
+    """What the filter did, from every try's record (kept, reads_label, biased_pred, target)."""
+    tries = len(records)
+    kept = sum(r["kept"] for r in records)
+    report = {"min_confidence": cfg.min_confidence, "reject_biased": cfg.reject_biased, "max_tries": cfg.max_tries,
+              "tried": tries, "kept": min(kept, n_wanted), "kept_fraction": round(kept / max(1, tries), 4),
+              "reads_label_rate": round(sum(r["reads_label"] for r in records) / max(1, tries), 4),
+              "conflict_rate": round(sum(r["biased_pred"] != r["target"] for r in records) / max(1, tries), 4),
+              "mean_confidence": round(float(np.mean([r["confidence"] for r in records])) if records else 0.0, 4)}
+    if kept < n_wanted:
+        report["short_by"] = n_wanted - kept
+    return report
