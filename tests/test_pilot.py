@@ -144,6 +144,70 @@ def test_run_pilot_picks_the_planted_winner(planted, monkeypatch):
     assert [row["name"].split()[0] for row in result.rows] == ["copy", "recolour", "untouched"]
 
 
+# --- near-ties: bootstrap intervals and successive halving ----------------------------------------------
+
+
+def planted_rates(monkeypatch, rates: dict[str, float]):
+    """generate_pilot replaced: candidate `operator` makes images the reference reads right at its rate
+    (drawn per image from the seed, so two candidates of one rate make identical pools) and the biased
+    model always misses; returns the run_pilot arguments that read them."""
+    made = {}
+
+    def generate(unet, sched, candidate, base, contents, styles, features, size, seed, batch_size):
+        rng = np.random.default_rng(seed)
+        images = torch.from_numpy(rng.integers(0, 256, (size, 3, 8, 8), dtype=np.uint8))
+        targets = rng.integers(0, 10, size)
+        right = rng.random(size) < rates[candidate.operator]
+        made[id(images)] = np.where(right, targets, (targets + 1) % 10)
+        return pilot.PilotPool(images, targets)
+
+    monkeypatch.setattr(pilot, "generate_pilot", generate)
+    contents = InvertedSet(x_T=torch.zeros(1), ids=torch.zeros(1), targets=torch.zeros(1))
+    originals = torch.from_numpy(np.random.default_rng(99).integers(0, 256, (16, 3, 8, 8), dtype=np.uint8))
+    reference = lambda images: made[id(images)]  # noqa: E731
+    biased = lambda images: np.full(len(images), -1)  # noqa: E731
+    return contents, biased, reference, originals
+
+
+def test_two_candidates_with_identical_images_tie_and_the_first_wins(monkeypatch):
+    contents, biased, reference, originals = planted_rates(monkeypatch, {"a": 0.5, "b": 0.5})
+    candidates = [pilot.Candidate(name, ("up0",), 300, 1.0, "style") for name in ("a", "b")]
+    result = pilot.run_pilot(None, None, None, contents, contents, {}, candidates, 32, 0, 8, biased, reference, originals,
+                             rungs=2)
+    first, second = result.rows
+    assert first["score"] == second["score"] and (first["score_low"], first["score_high"]) == (second["score_low"], second["score_high"])
+    assert result.winner == 0
+    assert result.rungs == [["a " + candidates[0].name[2:], "b " + candidates[1].name[2:]]] * 3  # tied: every rung spent
+    assert first["n_images"] == second["n_images"] == 32 + 32 + 64
+
+
+def test_a_clearly_better_candidate_wins_at_the_first_rung(monkeypatch):
+    contents, biased, reference, originals = planted_rates(monkeypatch, {"good": 0.95, "bad": 0.05, "worse": 0.0})
+    candidates = [pilot.Candidate(name, ("up0",), 300, 1.0, "style") for name in ("bad", "good", "worse")]
+    result = pilot.run_pilot(None, None, None, contents, contents, {}, candidates, 64, 0, 8, biased, reference, originals,
+                             rungs=2)
+    assert result.winner == 1 and len(result.rungs) == 1
+    assert [row["n_images"] for row in result.rows] == [64, 64, 64]
+    assert result.rows[0]["score_high"] < result.rows[1]["score_low"]
+
+
+def test_a_near_tie_spends_more_images_on_the_tied_candidates_only(monkeypatch):
+    contents, biased, reference, originals = planted_rates(monkeypatch, {"x": 0.55, "y": 0.5, "z": 0.0})
+    candidates = [pilot.Candidate(name, ("up0",), 300, 1.0, "style") for name in ("x", "y", "z")]
+    result = pilot.run_pilot(None, None, None, contents, contents, {}, candidates, 16, 0, 8, biased, reference, originals,
+                             rungs=1)
+    assert [len(names) for names in result.rungs] == [3, 2]  # z is out after the first rung
+    assert [row["n_images"] for row in result.rows] == [32, 32, 16]
+
+
+def test_the_bootstrap_interval_holds_the_mean_and_is_seeded():
+    values = np.random.default_rng(0).random(200)
+    low, high = pilot.bootstrap_interval(values, seed=1)
+    assert low < values.mean() < high and high - low < 0.2
+    assert pilot.bootstrap_interval(values, seed=1) == (low, high)
+    assert pilot.bootstrap_interval(np.full(50, 0.3), seed=1) == pytest.approx((0.3, 0.3))
+
+
 # --- the stage: the pilot reads no bias label ----------------------------------------------------------
 
 GRID = ["operator=channel_stats,site=up0+up1,t_max=300,label_from=style",

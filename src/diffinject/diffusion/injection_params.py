@@ -106,6 +106,7 @@ class InjectionParams:
     # HAND_CHOSEN's value (label_from: the probes decide).
     auto: bool = True
     pilot_size: int = 128  # pilot images per candidate
+    pilot_rungs: int = 2  # successive halving: up to this many more rungs, each doubling the images of the candidates still tied with the best
     pilot_grid: list[str] | None = None  # candidates as "operator=..,site=a+b,t_max=..,h_gamma=.."; null = pilot_grid.DEFAULT_GRID
     pilot_reference: str = "lff"  # the model whose prediction measures a pilot image's label fidelity: lff | disent | lc | vanilla | auto (best valid acc)
     # The sampler's keys; each of PILOT_KEYS may be `auto`.
@@ -168,6 +169,8 @@ class InjectionParams:
         self.filter.check()
         if self.pilot_size < 1:
             raise DiffinjectError(f"params 'injection.pilot_size': got {self.pilot_size}, expected >= 1")
+        if self.pilot_rungs < 0:
+            raise DiffinjectError(f"params 'injection.pilot_rungs': got {self.pilot_rungs}, expected >= 0")
         if self.pilot_reference not in ("lff", "disent", "lc", "vanilla", "auto"):
             raise DiffinjectError(f"params 'injection.pilot_reference': got {self.pilot_reference!r}, expected lff, disent, lc, "
                                   "vanilla or auto (never the biased model: it is the bias proxy)")

@@ -18,6 +18,10 @@ reader more, so trust = 1 - kappa, kappa = (valid_acc - 1/C) / (1 - 1/C) clipped
 docs/injection_pilot.md: a GCE-biased MLP that half reads the digit (corrupted digits) otherwise
 rewards images it cannot read for any reason. The highest score wins; a tie goes to the earlier
 candidate (the grid lists the cheaper ones first).
+
+A score on 128 images is noisy (a gap of 0.013 once decided 17 points of test accuracy), so every
+score carries a bootstrap interval, and candidates whose intervals reach the best one's generate more
+images (successive halving, `injection.pilot_rungs`) until one is ahead or the rungs run out.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from diffinject.diffusion.sites import Features
 
 # Added to the pipeline seed: the pilot's pairs and noise are not the pool's first batch replayed.
 SEED_OFFSET = 104_729
+RUNG_OFFSET = 15_485_863  # times the rung: each rung of successive halving draws new pairs and noise
+BOOTSTRAP_DRAWS = 1000
+INTERVAL_LEVEL = 0.95
 
 
 def nearest_distance(images: torch.Tensor, originals: torch.Tensor, exclude_self: bool = False) -> np.ndarray:
@@ -58,16 +65,38 @@ def conflict_trust(biased_valid_acc: float, n_classes: int) -> float:
     return float(np.clip(1.0 - kappa, 0.0, 1.0))
 
 
-def score_pilot(targets: np.ndarray, biased_pred: np.ndarray, reference_pred: np.ndarray,
-                distance: np.ndarray, reference_distance: float, trust: float = 1.0) -> dict[str, float]:
-    """The pilot's numbers for one candidate (module docstring); all per-sample arrays are (n,)."""
+def image_terms(targets: np.ndarray, biased_pred: np.ndarray, reference_pred: np.ndarray,
+                distance: np.ndarray, reference_distance: float, trust: float = 1.0) -> dict[str, np.ndarray]:
+    """Per image: its contribution to the score and the three terms (module docstring); arrays (n,)."""
     conflict = biased_pred != targets
     fidelity = reference_pred == targets
     diversity = np.minimum(1.0, distance / max(reference_distance, 1e-8))
     weight = (1.0 - trust) + trust * conflict
-    return {"score": float(np.mean(fidelity * diversity * weight)), "conflict": float(conflict.mean()),
-            "fidelity": float(fidelity.mean()), "diversity": float(diversity.mean()),
-            "useful": float(np.mean(conflict & fidelity))}
+    return {"score": fidelity * diversity * weight, "conflict": conflict, "fidelity": fidelity,
+            "diversity": diversity, "useful": conflict & fidelity}
+
+
+def score_pilot(targets: np.ndarray, biased_pred: np.ndarray, reference_pred: np.ndarray,
+                distance: np.ndarray, reference_distance: float, trust: float = 1.0) -> dict[str, float]:
+    """The pilot's numbers for one candidate (module docstring); all per-sample arrays are (n,)."""
+    terms = image_terms(targets, biased_pred, reference_pred, distance, reference_distance, trust)
+    return {key: float(np.mean(values)) for key, values in terms.items()}
+
+
+def bootstrap_interval(values: np.ndarray, seed: int, draws: int = BOOTSTRAP_DRAWS,
+                       level: float = INTERVAL_LEVEL) -> tuple[float, float]:
+    """The percentile bootstrap interval of mean(values) (seeded: the same values give the same interval)."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (draws, len(values)))].mean(1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def still_in_the_race(means: list[float], intervals: list[tuple[float, float]]) -> list[int]:
+    """The candidates whose interval reaches the best candidate's: those the data cannot yet tell from it."""
+    best = int(np.argmax(means))
+    return [k for k, (low, high) in enumerate(intervals) if k == best or high >= intervals[best][0]]
 
 
 @dataclass
@@ -99,9 +128,10 @@ def generate_pilot(unet, scheduler, candidate: Candidate, base_config, contents:
 
 @dataclass
 class PilotResult:
-    rows: list[dict]  # per candidate: name, its injection keys, the scores
+    rows: list[dict]  # per candidate: name, its injection keys, the scores over all its images and their interval
     winner: int  # index into rows
-    pools: list[PilotPool]
+    pools: list[PilotPool]  # each candidate's first rung
+    rungs: list[list[str]]  # the candidates each rung generated for
 
 
 def run_pilot(unet, scheduler, base_config, contents: InvertedSet, styles: InvertedSet, features: Features,
@@ -110,23 +140,51 @@ def run_pilot(unet, scheduler, base_config, contents: InvertedSet, styles: Inver
               predict_reference: Callable[[torch.Tensor], np.ndarray],
               originals: torch.Tensor, on_candidate: Callable[[str], None] | None = None,
               other_references: dict[str, Callable[[torch.Tensor], np.ndarray]] | None = None,
-              trust: float = 1.0) -> PilotResult:
+              trust: float = 1.0, rungs: int = 0) -> PilotResult:
     """Generate and score every candidate; `originals` are the mined images as uint8 (the contents).
     `other_references` (name -> predictor) are scored beside, as `score_<name>`, for comparison only;
-    `trust` weighs the conflict term (`conflict_trust`)."""
+    `trust` weighs the conflict term (`conflict_trust`).
+
+    Successive halving: after each rung, a candidate whose bootstrap interval (95 %) does not reach the
+    best one's is out; while more than one is left and `rungs` remain, the survivors generate as many new
+    images again (new pairs and noise), so a near-tie is decided by more images, not by noise. The
+    winner has the best mean over all its images; a tie goes to the earlier candidate."""
     reference_distance = float(np.median(nearest_distance(originals, originals, exclude_self=True)))
-    rows, pools = [], []
-    for candidate in candidates:
-        pool = generate_pilot(unet, scheduler, candidate, base_config, contents, styles, features, n, seed, batch_size)
-        biased, distance = predict_biased(pool.images), nearest_distance(pool.images, originals)
-        scores = score_pilot(pool.targets, biased, predict_reference(pool.images), distance, reference_distance, trust)
-        row = {"name": candidate.name, **candidate.as_params(), **{k: round(v, 4) for k, v in scores.items()}}
-        for name, predict in (other_references or {}).items():
-            other = score_pilot(pool.targets, biased, predict(pool.images), distance, reference_distance, trust)
-            row[f"score_{name}"], row[f"fidelity_{name}"] = round(other["score"], 4), round(other["fidelity"], 4)
+    terms: list[dict[str, list[np.ndarray]]] = [{} for _ in candidates]
+    pools: list[PilotPool] = []
+    alive, history = list(range(len(candidates))), []
+    for rung in range(rungs + 1):
+        history.append([candidates[k].name for k in alive])
+        for k in alive:
+            size = n if rung == 0 else sum(len(v) for v in terms[k]["score"])
+            pool = generate_pilot(unet, scheduler, candidates[k], base_config, contents, styles, features, size,
+                                  seed + rung * RUNG_OFFSET, batch_size)
+            biased, distance = predict_biased(pool.images), nearest_distance(pool.images, originals)
+            found = image_terms(pool.targets, biased, predict_reference(pool.images), distance, reference_distance, trust)
+            for name, predict in (other_references or {}).items():
+                other = image_terms(pool.targets, biased, predict(pool.images), distance, reference_distance, trust)
+                found[f"score_{name}"], found[f"fidelity_{name}"] = other["score"], other["fidelity"]
+            for key, values in found.items():
+                terms[k].setdefault(key, []).append(values)
+            if rung == 0:
+                pools.append(pool)
+                if on_candidate is not None:
+                    on_candidate(candidates[k].name)
+        means = [float(np.mean(np.concatenate(terms[k]["score"]))) for k in alive]
+        # one seed for all: candidates of equal size are resampled at the same indices (a paired bootstrap)
+        intervals = [bootstrap_interval(np.concatenate(terms[k]["score"]), seed) for k in alive]
+        alive = [alive[i] for i in still_in_the_race(means, intervals)]
+        if len(alive) == 1:
+            break
+    rows = []
+    for k, candidate in enumerate(candidates):
+        scores = np.concatenate(terms[k]["score"])
+        low, high = bootstrap_interval(scores, seed)
+        row = {"name": candidate.name, **candidate.as_params(),
+               **{key: round(float(np.mean(np.concatenate(v))), 4) for key, v in terms[k].items()},
+               "score_low": round(low, 4), "score_high": round(high, 4), "n_images": int(len(scores)),
+               "rungs": sum(candidate.name in names for names in history)}
         rows.append(row)
-        pools.append(pool)
-        if on_candidate is not None:
-            on_candidate(candidate.name)
-    winner = int(np.argmax([row["score"] for row in rows]))  # argmax keeps the first of equal scores
-    return PilotResult(rows, winner, pools)
+    finalists = alive  # in grid order: argmax keeps the first of equal means
+    winner = finalists[int(np.argmax([float(np.mean(np.concatenate(terms[k]["score"]))) for k in finalists]))]
+    return PilotResult(rows, winner, pools, history)

@@ -137,18 +137,22 @@ def choose_injection(root: Path, cfg: InjectionParams, candidates: list[Candidat
     result = run_pilot(unet, scheduler, cfg, contents, styles, features, candidates, cfg.pilot_size,
                        seed, cfg.batch_size, predict_biased, predictor(models[reference], device),
                        originals, on_candidate=lambda name: progress.update(1),
-                       other_references={name: predictor(models[name], device) for name in others}, trust=trust)
+                       other_references={name: predictor(models[name], device) for name in others}, trust=trust,
+                       rungs=cfg.pilot_rungs)
     progress.close()
     winner = candidates[result.winner]
     save_labelled_rows([(f"{row['name']}\nscore {row['score']:.3f} (conflict {row['conflict']:.2f}, fidelity "
                          f"{row['fidelity']:.2f}, diversity {row['diversity']:.2f})", pool.images[:PILOT_SHOWN])
                         for row, pool in zip(result.rows, result.pools)], root / PLOTS / "inject" / "pilot.png")
     scores = ", ".join(f"{row['score']:.3f}" for row in result.rows)
-    print(f"inject: pilot chose {winner.name} (score {result.rows[result.winner]['score']:.3f}; all: {scores}; "
-          f"conflict trust {trust:.2f}, biased valid acc {biased_valid_acc:.3f})")
+    best = result.rows[result.winner]
+    print(f"inject: pilot chose {winner.name} (score {best['score']:.3f} [{best['score_low']:.3f}, {best['score_high']:.3f}] "
+          f"on {best['n_images']} images, {len(result.rungs)} rung(s): {' -> '.join(str(len(r)) for r in result.rungs)} "
+          f"candidates; all: {scores}; conflict trust {trust:.2f}, biased valid acc {biased_valid_acc:.3f})")
     chosen = dataclasses.replace(cfg, **winner.as_params())
     report = {"reference": reference, "n_per_candidate": cfg.pilot_size, "winner": winner.name,
               "biased_valid_acc": round(biased_valid_acc, 4), "conflict_trust": round(trust, 4),
+              "rungs": result.rungs,
               "candidates": result.rows, **({"skipped": skipped} if skipped else {})}
     return chosen, report, features
 
