@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from diffinject.diffusion.injection_params import PoolFilter
+from diffinject.models.classifier import to_unit_float
 
 Probabilities = Callable[[torch.Tensor], np.ndarray]  # uint8 images -> (n, C) class probabilities
 Predictions = Callable[[torch.Tensor], np.ndarray]  # uint8 images -> (n,) classes
@@ -29,6 +30,17 @@ class Verdict:
     confidence: np.ndarray  # (n,) the reference model's probability of the synthetic label
     reads_label: np.ndarray  # (n,) bool: the reference predicts the label with confidence >= min_confidence
     biased_pred: np.ndarray  # (n,) the biased model's class
+
+
+def probabilities(net: torch.nn.Module, device: torch.device, batch_size: int = 1024) -> Probabilities:
+    """uint8 images -> the network's softmax class probabilities, in eval mode and without gradients
+    (models/classifier.py's `predictor`, with the probabilities; here so that no classifier stage
+    re-runs for it)."""
+    @torch.no_grad()
+    def proba(images: torch.Tensor) -> np.ndarray:
+        return torch.cat([net(to_unit_float(images[i:i + batch_size].to(device))).float().softmax(1).cpu()
+                          for i in range(0, len(images), batch_size)]).numpy()
+    return proba
 
 
 def make_judge(cfg: PoolFilter, reference: Probabilities, biased: Predictions) -> Callable[[torch.Tensor, np.ndarray], Verdict]:

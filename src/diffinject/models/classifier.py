@@ -174,15 +174,6 @@ class EpochSelector:
 
 
 
-def probabilities(net: torch.nn.Module, device: torch.device, batch_size: int = 1024):
-    """uint8 images -> the network's softmax class probabilities (numpy, (n, C)), as `predictor`."""
-    @torch.no_grad()
-    def proba(images: torch.Tensor) -> np.ndarray:
-        return torch.cat([net(to_unit_float(images[i:i + batch_size].to(device))).float().softmax(1).cpu()
-                          for i in range(0, len(images), batch_size)]).numpy()
-    return proba
-
-
 def predictor(net: torch.nn.Module, device: torch.device, batch_size: int = 1024):
     """uint8 images -> the network's predicted classes (numpy), in eval mode and without gradients."""
     @torch.no_grad()

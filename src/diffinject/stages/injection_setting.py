@@ -21,14 +21,14 @@ from diffinject.diffusion.injection_params import PILOT_KEYS, Candidate, Injecti
 from diffinject.diffusion.lora import attach_adapter, read_adapter
 from diffinject.diffusion.pilot import conflict_trust, run_pilot
 from diffinject.diffusion.pilot_grid import candidate_grid
-from diffinject.diffusion.pool_filter import make_judge
+from diffinject.diffusion.pool_filter import make_judge, probabilities
 from diffinject.diffusion.probes import decide_label_from
 from diffinject.diffusion.sampler import content_features
 from diffinject.diffusion.sites import site_names
 from diffinject.errors import DiffinjectError, first_line
 from diffinject.imaging import save_labelled_rows
 from diffinject.models.checkpoint import load_classifier
-from diffinject.models.classifier import predictor, probabilities
+from diffinject.models.classifier import predictor
 from diffinject.stages.paths import FAIR, METRICS, PLOTS, PREPARED, PROBE, model_dir
 
 PILOT_SHOWN = 10  # pilot images per candidate in pilot.png
