@@ -200,6 +200,18 @@ def test_a_near_tie_spends_more_images_on_the_tied_candidates_only(monkeypatch):
     assert [row["n_images"] for row in result.rows] == [32, 32, 16]
 
 
+def test_paired_images_tell_a_small_but_consistent_gap_apart():
+    """Candidate b scores 0.02 below a on every one of the same pairs: their own intervals overlap
+    widely, the paired gap does not reach 0, so b is out; an independent c of the same mean stays in."""
+    a = np.random.default_rng(0).random(128)
+    b, c = a - 0.02, np.random.default_rng(1).permutation(a) - 0.02
+    low_a, _ = pilot.bootstrap_interval(a, seed=0)
+    _, high_b = pilot.bootstrap_interval(b, seed=0)
+    assert high_b > low_a  # marginal intervals cannot tell them apart
+    assert pilot.still_in_the_race([a, b], seed=0) == [0]
+    assert pilot.still_in_the_race([a, c], seed=0) == [0, 1]
+
+
 def test_the_bootstrap_interval_holds_the_mean_and_is_seeded():
     values = np.random.default_rng(0).random(200)
     low, high = pilot.bootstrap_interval(values, seed=1)

@@ -93,10 +93,25 @@ def bootstrap_interval(values: np.ndarray, seed: int, draws: int = BOOTSTRAP_DRA
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
-def still_in_the_race(means: list[float], intervals: list[tuple[float, float]]) -> list[int]:
-    """The candidates whose interval reaches the best candidate's: those the data cannot yet tell from it."""
+def still_in_the_race(scores: list[np.ndarray], seed: int, draws: int = BOOTSTRAP_DRAWS,
+                      level: float = INTERVAL_LEVEL) -> list[int]:
+    """The candidates the data cannot yet tell from the best: those whose paired bootstrap interval of
+    (best's score - theirs) reaches 0. `scores` are the per-image contributions, equally many per
+    candidate; image i of two candidates of one label rule comes from the same pair and noise, so the
+    difference is far less noisy than either score (across rules the images are independent, and the
+    same resampled indices still bootstrap the difference)."""
+    means = [float(np.mean(values)) for values in scores]
     best = int(np.argmax(means))
-    return [k for k, (low, high) in enumerate(intervals) if k == best or high >= intervals[best][0]]
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(scores[best]), (draws, len(scores[best])))
+    best_means = scores[best][rows].mean(1)
+    alive = []
+    for k, values in enumerate(scores):
+        own = rows if len(values) == len(scores[best]) else rng.integers(0, len(values), (draws, len(values)))  # unpaired
+        gaps = best_means - values[own].mean(1)
+        if k == best or np.quantile(gaps, (1 - level) / 2) <= 0:
+            alive.append(k)
+    return alive
 
 
 @dataclass
@@ -145,10 +160,11 @@ def run_pilot(unet, scheduler, base_config, contents: InvertedSet, styles: Inver
     `other_references` (name -> predictor) are scored beside, as `score_<name>`, for comparison only;
     `trust` weighs the conflict term (`conflict_trust`).
 
-    Successive halving: after each rung, a candidate whose bootstrap interval (95 %) does not reach the
-    best one's is out; while more than one is left and `rungs` remain, the survivors generate as many new
-    images again (new pairs and noise), so a near-tie is decided by more images, not by noise. The
-    winner has the best mean over all its images; a tie goes to the earlier candidate."""
+    Successive halving: after each rung, a candidate the paired bootstrap tells apart from the best
+    (`still_in_the_race`) is out; while more than one is left and `rungs` remain, the survivors generate
+    as many new images again (new pairs and noise), so a near-tie is decided by more images, not by
+    noise. The winner has the best mean over all its images; a tie goes to the earlier candidate. Each
+    row's `score_low` / `score_high` is its own 95 % bootstrap interval, for the report."""
     reference_distance = float(np.median(nearest_distance(originals, originals, exclude_self=True)))
     terms: list[dict[str, list[np.ndarray]]] = [{} for _ in candidates]
     pools: list[PilotPool] = []
@@ -170,10 +186,7 @@ def run_pilot(unet, scheduler, base_config, contents: InvertedSet, styles: Inver
                 pools.append(pool)
                 if on_candidate is not None:
                     on_candidate(candidates[k].name)
-        means = [float(np.mean(np.concatenate(terms[k]["score"]))) for k in alive]
-        # one seed for all: candidates of equal size are resampled at the same indices (a paired bootstrap)
-        intervals = [bootstrap_interval(np.concatenate(terms[k]["score"]), seed) for k in alive]
-        alive = [alive[i] for i in still_in_the_race(means, intervals)]
+        alive = [alive[i] for i in still_in_the_race([np.concatenate(terms[k]["score"]) for k in alive], seed + rung)]
         if len(alive) == 1:
             break
     rows = []
