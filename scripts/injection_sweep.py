@@ -70,6 +70,8 @@ def link_inputs(root: Path, repo: Path) -> None:
 
 def run_setting(params: dict, setting: dict, repo: Path, train: bool) -> dict:
     params = copy.deepcopy(params)
+    # no pilot: the setting as given, the keys it leaves auto at the hand-chosen values, label_from auto from the probes
+    params.setdefault("injection", {})["auto"] = False
     apply_setting(params, setting)
     params.setdefault("trainer", {})["enable_progress_bar"] = False
     params["evaluate"] = dict(params.get("evaluate", {}), models=["debiased"])
