@@ -69,18 +69,39 @@ def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + batch)
 
 
+def pair_labels(pairs: Pairs, contents: InvertedSet, styles: InvertedSet, label_from: str) -> np.ndarray:
+    """The synthetic label of every pair: the content's class or the style's."""
+    return (contents.targets[pairs.content] if label_from == "content" else styles.targets[pairs.style]).numpy()
+
+
+def class_quota(labels: np.ndarray, n: int) -> dict[int, int]:
+    """How many images of each label the first n pairs make: the filtered pool keeps that class mix."""
+    classes, counts = np.unique(labels[:n], return_counts=True)
+    return {int(c): int(k) for c, k in zip(classes, counts)}
+
+
+def kept_per_class(records: list[dict]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for record in records:
+        if record["kept"]:
+            out[record["target"]] = out.get(record["target"], 0) + 1
+    return out
+
+
 def generate_pool(sampler: InjectionSampler, contents: InvertedSet, content_features: Features, styles: InvertedSet,
                   pairs: Pairs, label_from: Literal["content", "style"], batch_size: int, seed: int, work: Path,
                   rank: int = 0, world_size: int = 1,
                   on_batch: Callable[[int], None] | None = None,
-                  judge: Callable[[torch.Tensor, np.ndarray], Verdict] | None = None, n_wanted: int | None = None) -> None:
+                  judge: Callable[[torch.Tensor, np.ndarray], Verdict] | None = None,
+                  quota: dict[int, int] | None = None) -> None:
     """Generate the batches of pairs whose index ≡ rank (mod world_size) into `work`, skipping batches
     already done (their marker file exists); each batch writes its PNGs, then its marker, atomically.
     content_features: site -> tensors (n_steps, |contents|, ...) on `contents.timesteps`.
 
-    With a `judge` (the pool filter) `pairs` are the tries: batches go in rounds of world_size, and a
-    round starts only while the batches before it kept fewer than `n_wanted` images (every rank reads
-    the same markers after a barrier, so all stop at the same round); only kept images are written."""
+    With a `judge` (the pool filter) `pairs` are the tries and `quota` the images wanted per label:
+    batches go in rounds of world_size; a round starts only while some label has fewer kept images than
+    its quota, and skips the pairs of labels already full (every rank reads the same markers after a
+    barrier, so all decide alike); only kept images are written."""
     n = len(pairs.content)
     n_batches = (n + batch_size - 1) // batch_size
     if judge is None:
@@ -93,15 +114,17 @@ def generate_pool(sampler: InjectionSampler, contents: InvertedSet, content_feat
             if on_batch is not None:
                 on_batch(b)
         return
-    progress = tqdm(total=n_wanted, desc="inject: kept", unit="image")
+    progress = tqdm(total=sum(quota.values()), desc="inject: kept", unit="image")
     for first in range(0, n_batches, world_size):
-        kept = sum(r["kept"] for r in read_markers(work, first))
-        progress.update(min(kept, n_wanted) - progress.n)
-        if kept >= n_wanted:
+        kept = kept_per_class(read_markers(work, first))
+        progress.update(sum(min(kept.get(y, 0), q) for y, q in quota.items()) - progress.n)
+        full = {y for y, q in quota.items() if kept.get(y, 0) >= q}
+        if len(full) == len(quota):
             break
         b = first + rank
         if b < n_batches and not (work / BATCH_DONE.format(b)).is_file():
-            _generate_batch(sampler, contents, content_features, styles, pairs, label_from, batch_size, seed, work, b, judge)
+            _generate_batch(sampler, contents, content_features, styles, pairs, label_from, batch_size, seed, work, b,
+                            judge, skip_labels=full)
             if on_batch is not None:
                 on_batch(b)
         barrier()
@@ -110,9 +133,25 @@ def generate_pool(sampler: InjectionSampler, contents: InvertedSet, content_feat
 
 def _generate_batch(sampler: InjectionSampler, contents: InvertedSet, content_features: Features, styles: InvertedSet,
                     pairs: Pairs, label_from: str, batch_size: int, seed: int, work: Path, b: int,
-                    judge: Callable[[torch.Tensor, np.ndarray], Verdict] | None = None) -> None:
-    device = next(sampler.unet.parameters()).device
+                    judge: Callable[[torch.Tensor, np.ndarray], Verdict] | None = None,
+                    skip_labels: set[int] = frozenset()) -> None:
     rows = np.arange(b * batch_size, min(len(pairs.content), (b + 1) * batch_size))
+    if skip_labels:  # the filter: labels whose quota is full are not tried again
+        rows = rows[~np.isin(pair_labels(Pairs(pairs.content[rows], pairs.style[rows]), contents, styles, label_from),
+                             sorted(skip_labels))]
+    records = _generate_rows(sampler, contents, content_features, styles, pairs, label_from, seed, work, b, rows, judge) \
+        if len(rows) else []
+    marker = work / BATCH_DONE.format(b)
+    tmp = marker.with_name(f".tmp-{marker.name}")
+    tmp.write_text(json.dumps(records))
+    tmp.replace(marker)
+
+
+def _generate_rows(sampler: InjectionSampler, contents: InvertedSet, content_features: Features, styles: InvertedSet,
+                   pairs: Pairs, label_from: str, seed: int, work: Path, b: int, rows: np.ndarray,
+                   judge: Callable[[torch.Tensor, np.ndarray], Verdict] | None) -> list[dict]:
+    """Generate pairs `rows` (batch b's noise), judge them, write the kept images; their records."""
+    device = next(sampler.unet.parameters()).device
     c, s = pairs.content[rows], pairs.style[rows]
     x_T = styles.x_T[s].to(device)
     features = {site: tuple(f[:, c].to(device) for f in tensors) for site, tensors in content_features.items()}
@@ -136,10 +175,7 @@ def _generate_batch(sampler: InjectionSampler, contents: InvertedSet, content_fe
             Image.fromarray(images[k].permute(1, 2, 0).numpy()).save(tmp, format="PNG")
             tmp.replace(dest)
         records.append(record)
-    marker = work / BATCH_DONE.format(b)
-    tmp = marker.with_name(f".tmp-{marker.name}")
-    tmp.write_text(json.dumps(records))
-    tmp.replace(marker)
+    return records
 
 
 def read_markers(work: Path, n_batches: int) -> list[dict]:
@@ -158,19 +194,21 @@ def _proxy(data: InvertedSet, row: int) -> int:
 
 
 def collect_manifest(work: Path, n_batches: int, config: InjectionParams, label_from: str,
-                     n_wanted: int | None = None) -> tuple[pd.DataFrame, list[dict]]:
+                     quota: dict[int, int] | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """(the synthetic manifest from the batch markers: id, path, target, content_id, style_id, the
-    params that made it; every try's record). With the filter (`n_wanted`), the batches run until the
-    first one not generated, and the manifest is the first `n_wanted` kept tries."""
-    if n_wanted is None:
+    params that made it; every try's record). With the filter (`quota`), the batches run until the
+    first one not generated, and the manifest holds each label's first `quota` kept tries."""
+    if quota is None:
         records = read_markers(work, n_batches)
         table = pd.DataFrame.from_records(records)
     else:
         done = next((b for b in range(n_batches) if not (work / BATCH_DONE.format(b)).is_file()), n_batches)
         records = read_markers(work, done)
-        table = pd.DataFrame.from_records([r for r in records if r["kept"]][:n_wanted])
+        table = pd.DataFrame.from_records([r for r in records if r["kept"]])
         if table.empty:
             return table, records
+        table = table.sort_values("id")
+        table = table[table.groupby("target").cumcount() < table["target"].map(quota).fillna(0)]
         table = table.drop(columns=["kept", "reads_label"])
     table["label_from"] = label_from
     for key, value in config.generation_record().items():

@@ -5,8 +5,10 @@ conflict by two checks that read no bias label:
                      synthetic label with probability >= `min_confidence`
     conflicts        the biased model (the bias proxy) does not predict it (`reject_biased`)
 
-Generation goes on batch by batch until the pool is full or `max_tries` x its size have been generated;
-the pool is the first kept images in generation order, so it does not depend on how many ranks made it.
+The pool keeps the unfiltered pool's class mix: each synthetic label has a quota (its count among the
+first pool-size pairs). Generation goes on batch by batch, skipping the pairs of labels already full,
+until every quota is met or `max_tries` x the pool size have been tried; each label keeps its first kept
+images in generation order, so the pool does not depend on how many ranks made it.
 """
 
 from __future__ import annotations
@@ -57,15 +59,21 @@ def make_judge(cfg: PoolFilter, reference: Probabilities, biased: Predictions) -
     return judge
 
 
-def filter_report(records: list[dict], n_wanted: int, cfg: PoolFilter) -> dict:
-    """What the filter did, from every try's record (kept, reads_label, biased_pred, target)."""
+def filter_report(records: list[dict], quota: dict[int, int], cfg: PoolFilter) -> dict:
+    """What the filter did, from every try's record (kept, reads_label, biased_pred, target); `quota`:
+    the images wanted per label."""
     tries = len(records)
-    kept = sum(r["kept"] for r in records)
+    kept: dict[int, int] = {}
+    for record in records:
+        kept[record["target"]] = kept.get(record["target"], 0) + int(record["kept"])
+    in_pool = sum(min(kept.get(y, 0), q) for y, q in quota.items())
     report = {"min_confidence": cfg.min_confidence, "reject_biased": cfg.reject_biased, "max_tries": cfg.max_tries,
-              "tried": tries, "kept": min(kept, n_wanted), "kept_fraction": round(kept / max(1, tries), 4),
+              "tried": tries, "kept": in_pool, "kept_fraction": round(sum(kept.values()) / max(1, tries), 4),
               "reads_label_rate": round(sum(r["reads_label"] for r in records) / max(1, tries), 4),
               "conflict_rate": round(sum(r["biased_pred"] != r["target"] for r in records) / max(1, tries), 4),
               "mean_confidence": round(float(np.mean([r["confidence"] for r in records])) if records else 0.0, 4)}
-    if kept < n_wanted:
-        report["short_by"] = n_wanted - kept
+    short = {y: q - kept.get(y, 0) for y, q in quota.items() if kept.get(y, 0) < q}
+    if short:
+        report["short_by"] = sum(short.values())
+        report["short_classes"] = {str(y): k for y, k in sorted(short.items())}
     return report

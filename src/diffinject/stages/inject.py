@@ -34,7 +34,7 @@ from diffinject.config import StageParams, slice_of
 from diffinject.data.manifest import MANIFEST_NAME, read_manifest
 from diffinject.data.tensors import load_images, load_split
 from diffinject.devices import barrier, inference_device, rank_and_world
-from diffinject.diffusion.injection import collect_manifest, generate_pool, make_pairs
+from diffinject.diffusion.injection import class_quota, collect_manifest, generate_pool, make_pairs, pair_labels
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.pool_filter import filter_report
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, load_inverted
@@ -85,10 +85,11 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     judge = reference = None
     if cfg.filter.enabled:
         judge, reference = pool_judge(root, cfg, manifest, tuple(styles.x_T.shape[1:]), device)
-    # with the filter, the tries: their first n pairs are the unfiltered pool's
+    # with the filter, the tries: their first n pairs are the unfiltered pool's, whose class mix it keeps
     pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), cfg.tries(len(train)), seed, label_from,
                        None if contents.proxy is None else contents.proxy.numpy(),
                        None if styles.proxy is None else styles.proxy.numpy())
+    quota = class_quota(pair_labels(pairs, contents, styles, label_from), n) if judge is not None else None
     try:
         sampler = InjectionSampler(unet, scheduler, cfg)
     except ValueError as exc:
@@ -102,14 +103,14 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
         features = ({site: pilot_features[site] for site in cfg.sites()} if pilot_features is not None
                     else content_features(unet, contents, cfg.sites(), cfg.batch_size))
         generate_pool(sampler, contents, features, styles, pairs, label_from, cfg.batch_size, seed, work,
-                      rank=rank, world_size=world, on_batch=on_batch, judge=judge, n_wanted=n)
+                      rank=rank, world_size=world, on_batch=on_batch, judge=judge, quota=quota)
     seconds = time.perf_counter() - start
     barrier()  # rank 0 collects every rank's batches: wait for the slowest
     if rank != 0:
         return {}
     n_batches = (len(pairs.content) + cfg.batch_size - 1) // cfg.batch_size
-    pool, tries = collect_manifest(work, n_batches, cfg, label_from, n if judge is not None else None)
-    filtered = (filter_report(tries, n, cfg.filter) | {"reference": reference}) if judge is not None else None
+    pool, tries = collect_manifest(work, n_batches, cfg, label_from, quota)
+    filtered = (filter_report(tries, quota, cfg.filter) | {"reference": reference}) if judge is not None else None
     if pool.empty:
         raise DiffinjectError(f"params 'injection.filter': none of {len(tries)} generated images passed (reference "
                               f"{reference} read the label of {filtered['reads_label_rate']:.0%} with confidence >= "
