@@ -25,7 +25,7 @@ from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.inversion_store import InvertedSet
 from diffinject.devices import barrier
 from diffinject.diffusion.model import to_uint8
-from diffinject.diffusion.pool_filter import Verdict
+from diffinject.diffusion.pool_filter import Verdict, kept_per_class
 from diffinject.diffusion.sampler import InjectionSampler
 from diffinject.diffusion.sites import Features
 from diffinject.errors import DiffinjectError
@@ -80,14 +80,6 @@ def class_quota(labels: np.ndarray, n: int) -> dict[int, int]:
     return {int(c): int(k) for c, k in zip(classes, counts)}
 
 
-def kept_per_class(records: list[dict]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for record in records:
-        if record["kept"]:
-            out[record["target"]] = out.get(record["target"], 0) + 1
-    return out
-
-
 def generate_pool(sampler: InjectionSampler, contents: InvertedSet, content_features: Features, styles: InvertedSet,
                   pairs: Pairs, label_from: Literal["content", "style"], batch_size: int, seed: int, work: Path,
                   rank: int = 0, world_size: int = 1,
@@ -115,8 +107,11 @@ def generate_pool(sampler: InjectionSampler, contents: InvertedSet, content_feat
                 on_batch(b)
         return
     progress = tqdm(total=sum(quota.values()), desc="inject: kept", unit="image")
+    kept: dict[int, int] = {}
     for first in range(0, n_batches, world_size):
-        kept = kept_per_class(read_markers(work, first))
+        if first:  # the previous round's markers: every batch before `first` is done after the barrier
+            for label, count in kept_per_class(read_markers(work, first, start=first - world_size)).items():
+                kept[label] = kept.get(label, 0) + count
         progress.update(sum(min(kept.get(y, 0), q) for y, q in quota.items()) - progress.n)
         full = {y for y, q in quota.items() if kept.get(y, 0) >= q}
         if len(full) == len(quota):
@@ -156,7 +151,7 @@ def _generate_rows(sampler: InjectionSampler, contents: InvertedSet, content_fea
     x_T = styles.x_T[s].to(device)
     features = {site: tuple(f[:, c].to(device) for f in tensors) for site, tensors in content_features.items()}
     images = to_uint8(sampler.generate(x_T, features, contents.timesteps, batch_generator(seed, b, device))).cpu()
-    targets = (contents.targets[c] if label_from == "content" else styles.targets[s]).numpy()
+    targets = pair_labels(Pairs(c, s), contents, styles, label_from)
     verdict = judge(images, targets) if judge is not None else None
     records = []
     for k, row in enumerate(rows):
@@ -178,10 +173,10 @@ def _generate_rows(sampler: InjectionSampler, contents: InvertedSet, content_fea
     return records
 
 
-def read_markers(work: Path, n_batches: int) -> list[dict]:
-    """The records of batches 0 .. n_batches - 1 (each must be done)."""
+def read_markers(work: Path, n_batches: int, start: int = 0) -> list[dict]:
+    """The records of batches start .. n_batches - 1 (each must be done)."""
     records = []
-    for b in range(n_batches):
+    for b in range(start, n_batches):
         marker = work / BATCH_DONE.format(b)
         if not marker.is_file():
             raise DiffinjectError(f"{marker}: batch {b} was not generated")

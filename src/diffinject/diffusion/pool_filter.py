@@ -59,13 +59,20 @@ def make_judge(cfg: PoolFilter, reference: Probabilities, biased: Predictions) -
     return judge
 
 
+def kept_per_class(records: list[dict]) -> dict[int, int]:
+    """label -> how many of `records` (tries) the filter kept."""
+    out: dict[int, int] = {}
+    for record in records:
+        if record["kept"]:
+            out[record["target"]] = out.get(record["target"], 0) + 1
+    return out
+
+
 def filter_report(records: list[dict], quota: dict[int, int], cfg: PoolFilter) -> dict:
     """What the filter did, from every try's record (kept, reads_label, biased_pred, target); `quota`:
     the images wanted per label."""
     tries = len(records)
-    kept: dict[int, int] = {}
-    for record in records:
-        kept[record["target"]] = kept.get(record["target"], 0) + int(record["kept"])
+    kept = kept_per_class(records)
     in_pool = sum(min(kept.get(y, 0), q) for y, q in quota.items())
     report = {"min_confidence": cfg.min_confidence, "reject_biased": cfg.reject_biased, "max_tries": cfg.max_tries,
               "tried": tries, "kept": in_pool, "kept_fraction": round(sum(kept.values()) / max(1, tries), 4),

@@ -73,7 +73,8 @@ def settle_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents
                      train: ImageTensors, seed: int, device: torch.device) -> Settled:
     """The one place a run's injection setting is decided (inject and fair_finetune). The set keys are
     checked against this UNet and T first: a typo is an error, pilot or not."""
-    cfg.check_against_model(site_names(unet), int(scheduler.config.num_train_timesteps))
+    known = site_names(unet)
+    cfg.check_against_model(known, int(scheduler.config.num_train_timesteps))
     fixed = cfg.fixed()
     if cfg.generator == "fair":
         cfg, features = use_fair_adapter(root, cfg, unet, contents)
@@ -85,7 +86,7 @@ def settle_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents
         cfg = dataclasses.replace(cfg, label_from=decision["label_from"])
         return Settled(cfg, decision, {key: "params" if key in fixed else "probe" if key == "label_from"
                                        else "hand-chosen (auto: false)" for key in PILOT_KEYS})
-    candidates, skipped = pilot_candidates(cfg, site_names(unet))
+    candidates, skipped = pilot_candidates(cfg, known)
     if len(candidates) == 1:  # every key set: nothing left to choose
         cfg = dataclasses.replace(cfg, **candidates[0].as_params())
         return Settled(cfg, {"label_from": cfg.label_from, "decided_by": "params"}, {key: "params" for key in PILOT_KEYS})
@@ -118,14 +119,9 @@ def choose_injection(root: Path, cfg: InjectionParams, candidates: list[Candidat
     shape = tuple(styles.x_T.shape[1:])
     n_classes = num_classes_of(manifest)
     reference = resolve_reference(root, cfg.pilot_reference)
-    models = {}
     # the others that exist are scored beside (comparison only: benchmarks/pilot_proxy.py)
     others = [name for name in REFERENCES if name != reference and (model_dir(root, name) / "model.json").is_file()]
-    for name in ("biased", reference, *others):
-        models[name], _, _ = load_classifier(model_dir(root, name), num_classes=n_classes, image_shape=shape,
-                                             missing_hint=f"injection.auto needs models/{name}: run `dvc repro {name}` "
-                                                          "(or set injection.auto: false)")
-        models[name] = models[name].to(device).eval()
+    models = load_models(root, ("biased", reference, *others), n_classes, shape, device, "injection.auto", "injection.auto")
     sites = sorted({site for c in candidates for site in c.sites})
     features = content_features(unet, contents, sites, cfg.batch_size)
     # how far a miss of the biased model can be read as a conflict: its accuracy on the unbiased valid split
@@ -161,13 +157,22 @@ def pool_judge(root: Path, cfg: InjectionParams, manifest: pd.DataFrame, shape: 
     """`injection.filter`: the judge of each generated image (diffusion/pool_filter.py), on the biased
     model and `injection.pilot_reference`, the pilot's two models; (judge, the reference's name)."""
     reference = resolve_reference(root, cfg.pilot_reference)
-    nets = {}
-    for name in ("biased", reference):
-        nets[name], _, _ = load_classifier(model_dir(root, name), num_classes=num_classes_of(manifest), image_shape=shape,
-                                           missing_hint=f"injection.filter needs models/{name}: run `dvc repro {name}` "
-                                                        "(or set injection.filter.enabled: false)")
-        nets[name] = nets[name].to(device).eval()
+    nets = load_models(root, ("biased", reference), num_classes_of(manifest), shape, device, "injection.filter",
+                       "injection.filter.enabled")
     return make_judge(cfg.filter, probabilities(nets[reference], device), predictor(nets["biased"], device)), reference
+
+
+def load_models(root: Path, names, n_classes: int, shape: tuple[int, ...], device: torch.device, needed_by: str,
+                switch: str) -> dict:
+    """name -> the trained classifier in models/<name>, in eval mode on `device`; a missing one is a
+    one-line error naming what needs it and the param (`switch`) that turns that off."""
+    models = {}
+    for name in names:
+        models[name], _, _ = load_classifier(model_dir(root, name), num_classes=n_classes, image_shape=shape,
+                                             missing_hint=f"{needed_by} needs models/{name}: run `dvc repro {name}` "
+                                                          f"(or set {switch}: false)")
+        models[name] = models[name].to(device).eval()
+    return models
 
 
 def resolve_reference(root: Path, name: str) -> str:

@@ -67,8 +67,9 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     # Choose from the biased model's losses alone.
     logits = predict_logits(net, train, cfg.batch_size, trainer_cfg)
     losses = F.cross_entropy(logits, train.targets, reduction="none").numpy()
+    predictions = logits.argmax(1).numpy()
     if cfg.k == "errors":
-        mined = error_set_per_class(train.ids.numpy(), train.targets.numpy(), losses, logits.argmax(1).numpy(),
+        mined = error_set_per_class(train.ids.numpy(), train.targets.numpy(), losses, predictions,
                                     cfg.max_fraction, cfg.min_per_class, str(prepared))
         rule = f"the biased model's errors per class (at most {cfg.max_fraction:g} of a class, at least {cfg.min_per_class})"
     else:
@@ -77,7 +78,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
 
     # Report the choice against the true flags, when the manifest has them (rows are in train order).
     metrics: dict[str, Any] = {"k": cfg.k, "n_mined": len(mined), "n_train": len(train),
-                               "n_errors": int((logits.argmax(1) != train.targets).sum())}
+                               "n_errors": int((predictions != train.targets.numpy()).sum())}
     aligned = rows["aligned"]
     conflict = None if aligned.isna().any() else (~aligned.to_numpy(dtype=bool))
     if conflict is not None:
