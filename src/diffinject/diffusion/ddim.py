@@ -20,6 +20,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
+from diffinject.diffusion.conditioning import Guidance, guided_output
 # What the UNet predicts (diffusers' scheduler `prediction_type`); the updates convert to ε.
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -77,13 +78,14 @@ def eps_from_v(v: torch.Tensor, x_t: torch.Tensor, a_t: torch.Tensor) -> torch.T
 
 
 def predict_eps(unet: nn.Module, x: torch.Tensor, timestep: torch.Tensor | int, a_t: torch.Tensor,
-                prediction_type: str) -> torch.Tensor:
+                prediction_type: str, guidance: Guidance | None = None) -> torch.Tensor:
     """ε_θ(x_t, t) in fp32, whatever the UNet predicts: the DDIM and DiffInject updates are written in ε.
     Under bf16/fp16 autocast (diffusion.precision) only the network's own arithmetic is rounded, never
-    the DDIM update. An int timestep is broadcast over the batch."""
+    the DDIM update. An int timestep is broadcast over the batch. `guidance`: the class labels and
+    guidance scale of a class-conditional UNet (diffusion/conditioning.py)."""
     if isinstance(timestep, int):
         timestep = torch.full((x.shape[0],), timestep, device=x.device, dtype=torch.long)
-    out = unet(x, timestep).sample.float()
+    out = guided_output(unet, x, timestep, guidance)
     return out if prediction_type == "epsilon" else eps_from_v(out, x, a_t)
 
 
@@ -98,24 +100,26 @@ class Inversion:
 
 @torch.no_grad()
 def ddim_invert(unet: nn.Module, scheduler: DDPMScheduler, x0: torch.Tensor, n_steps: int,
-                keep_path: bool = False) -> Inversion:
+                keep_path: bool = False, guidance: Guidance | None = None) -> Inversion:
     """Deterministic DDIM inversion (eta 0) from t = 0 up to t = T−1 on `n_steps` timesteps, with the
     noise schedule (`alphas_cumprod`) and `prediction_type` of the UNet's `scheduler`. keep_path keeps
     x_t at every grid timestep, from which any site's features can be recomputed
-    (`sampler.capture_features`)."""
+    (`sampler.capture_features`). A class-conditional UNet inverts under `guidance` (each image's own
+    class, scale 1), else under the null class."""
     alphas_cumprod, prediction_type = scheduler.alphas_cumprod, checked_prediction_type(scheduler)
     grid = timestep_grid(n_steps, len(alphas_cumprod))
     x, xs = x0, [x0.float()]
     for t, t_next in zip(grid[:-1], grid[1:]):
         a_t, a_next = alpha_bar(alphas_cumprod, int(t)).to(x), alpha_bar(alphas_cumprod, int(t_next)).to(x)
-        eps = predict_eps(unet, x, int(t), a_t, prediction_type)
+        eps = predict_eps(unet, x, int(t), a_t, prediction_type, guidance)
         x = ddim_step(x, eps, eps, a_t, a_next)
         xs.append(x)
     return Inversion(x_T=x, timesteps=grid, xs=torch.stack(xs) if keep_path else None)
 
 
 @torch.no_grad()
-def ddim_generate(unet: nn.Module, scheduler: DDPMScheduler, x_T: torch.Tensor, n_steps: int) -> torch.Tensor:
+def ddim_generate(unet: nn.Module, scheduler: DDPMScheduler, x_T: torch.Tensor, n_steps: int,
+                  guidance: Guidance | None = None) -> torch.Tensor:
     """Plain deterministic DDIM (eta 0) from x_T down to x_0 on the rounded `n_steps` grid: the inverse
     of `ddim_invert`, and what the injection sampler does with nothing injected."""
     alphas_cumprod, prediction_type = scheduler.alphas_cumprod, checked_prediction_type(scheduler)
@@ -123,6 +127,6 @@ def ddim_generate(unet: nn.Module, scheduler: DDPMScheduler, x_T: torch.Tensor, 
     x = x_T
     for t, t_next in zip(descending, descending[1:] + [-1]):
         a_t, a_next = alpha_bar(alphas_cumprod, t).to(x), alpha_bar(alphas_cumprod, t_next).to(x)
-        eps = predict_eps(unet, x, t, a_t, prediction_type)
+        eps = predict_eps(unet, x, t, a_t, prediction_type, guidance)
         x = ddim_step(x, eps, eps, a_t, a_next)
     return x

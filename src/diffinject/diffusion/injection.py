@@ -150,8 +150,9 @@ def _generate_rows(sampler: InjectionSampler, contents: InvertedSet, content_fea
     c, s = pairs.content[rows], pairs.style[rows]
     x_T = styles.x_T[s].to(device)
     features = {site: tuple(f[:, c].to(device) for f in tensors) for site, tensors in content_features.items()}
-    images = to_uint8(sampler.generate(x_T, features, contents.timesteps, batch_generator(seed, b, device))).cpu()
     targets = pair_labels(Pairs(c, s), contents, styles, label_from)
+    images = to_uint8(sampler.generate(x_T, features, contents.timesteps, batch_generator(seed, b, device),
+                                       labels=targets)).cpu()
     verdict = judge(images, targets) if judge is not None else None
     records = []
     for k, row in enumerate(rows):

@@ -23,18 +23,22 @@ SCHEDULES = ("every_step", "official")
 OFFICIAL_REPLACE_STEPS = 50
 # The keys that make a pool image, in the order the synthetic manifest records them (its columns).
 GENERATION_KEYS = ("h_gamma", "t_edit", "t_max", "t_boost", "dt_lambda", "n_gen_step", "clip_x0", "operator",
-                   "sites", "schedule", "replace_steps")
+                   "sites", "schedule", "replace_steps", "guidance_scale")
 
 
 LABEL_RULES = ("content", "style")
 AUTO = "auto"
 # The keys a pilot candidate sets. Each is a value or `auto` in params: the pilot chooses only the keys
 # left `auto` (its grid restricted to the values set, `restrict`).
-PILOT_KEYS = ("operator", "site", "t_max", "h_gamma", "label_from")
+PILOT_KEYS = ("operator", "site", "t_max", "h_gamma", "label_from", "guidance_scale")
 # `auto: false` (no pilot): what a key left `auto` takes, but label_from (the probes decide it). Chosen
 # by hand on Colored MNIST's valid split (docs/injection_operators.md): the content lends its colour
 # through the channel statistics of the 7x7 and 14x14 skips, late in generation.
-HAND_CHOSEN = {"operator": "channel_stats", "site": ["up0", "up1"], "t_max": 300, "h_gamma": 1.0}
+# guidance_scale 1: a class-conditional DDPM generates under the plain synthetic label.
+HAND_CHOSEN = {"operator": "channel_stats", "site": ["up0", "up1"], "t_max": 300, "h_gamma": 1.0, "guidance_scale": 1.0}
+# The guidance scales the pilot tries on a class-conditional DDPM (its winner at scale 1, then these):
+# 0 is the unconditional model (the null class), 1 the plain conditional, 3 classifier-free guidance.
+GUIDANCE_GRID = (0.0, 1.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -46,16 +50,18 @@ class Candidate:
     t_max: int | None
     h_gamma: float
     label_from: str  # content | style
+    guidance_scale: float | None = None  # a class-conditional DDPM's; None: an unconditional one
 
     @property
     def name(self) -> str:
         window = "all t" if self.t_max is None else f"t<={self.t_max}"
-        return f"{self.operator} {'+'.join(self.sites)} {window} g{self.h_gamma:g} label:{self.label_from}"
+        guided = "" if self.guidance_scale is None else f" cfg{self.guidance_scale:g}"
+        return f"{self.operator} {'+'.join(self.sites)} {window} g{self.h_gamma:g} label:{self.label_from}{guided}"
 
     def as_params(self) -> dict:
         """The `injection.*` keys this candidate sets (PILOT_KEYS; the window starts at `injection.t_edit`)."""
         return {"operator": self.operator, "site": list(self.sites), "t_max": self.t_max,
-                "h_gamma": self.h_gamma, "label_from": self.label_from}
+                "h_gamma": self.h_gamma, "label_from": self.label_from, "guidance_scale": self.guidance_scale}
 
 
 def parse_candidate(text: str) -> list[Candidate]:
@@ -67,15 +73,16 @@ def parse_candidate(text: str) -> list[Candidate]:
         if not sep:
             raise ValueError(f"{item!r} is not key=value")
         values[key.strip()] = value.strip()
-    unknown = set(values) - {"operator", "site", "t_max", "h_gamma", "label_from"}
+    unknown = set(values) - {"operator", "site", "t_max", "h_gamma", "label_from", "guidance_scale"}
     if unknown or not {"operator", "site"} <= set(values):
-        raise ValueError(f"{text!r}: expected operator=..,site=a+b[,t_max=..][,h_gamma=..][,label_from=..]")
+        raise ValueError(f"{text!r}: expected operator=..,site=a+b[,t_max=..][,h_gamma=..][,label_from=..][,guidance_scale=..]")
     t_max = None if values.get("t_max", "null") in ("null", "none", "None") else int(values["t_max"])
     rules = (values["label_from"],) if "label_from" in values else LABEL_RULES
     if not set(rules) <= set(LABEL_RULES):
         raise ValueError(f"{text!r}: label_from must be content or style")
     sites = tuple(s for s in values["site"].split("+") if s)
-    return [Candidate(values["operator"], sites, t_max, float(values.get("h_gamma", 1.0)), rule) for rule in rules]
+    guidance = float(values["guidance_scale"]) if "guidance_scale" in values else None
+    return [Candidate(values["operator"], sites, t_max, float(values.get("h_gamma", 1.0)), rule, guidance) for rule in rules]
 
 
 @dataclass
@@ -126,6 +133,10 @@ class InjectionParams:
     n_samples: int = 400  # size of the synthetic pool, unless n_samples_ratio is set
     n_samples_ratio: float | None = 0.5  # the pool size as a fraction of |train| (as many as train_debiased draws)
     label_from: Literal["content", "style", "auto"] = AUTO  # auto: the pilot's, or with auto: false the probes' (metrics/probe.json)
+    # A class-conditional DDPM (diffusion.class_conditional) generates under the synthetic label with this
+    # classifier-free guidance scale: 0 the null class, 1 the plain label, > 1 guided; auto: the pilot's
+    # (GUIDANCE_GRID). An unconditional DDPM takes no scale (auto or null).
+    guidance_scale: float | None | Literal["auto"] = AUTO
     batch_size: int = 64
     # base: the DDPM as trained; fair: with the LoRA adapter of stage fair_finetune (models/fair/), on the
     # setting the adapter was fine-tuned for (diffusion/fair.py)
@@ -139,6 +150,8 @@ class InjectionParams:
         valid); the sites against the UNet and the window against T are `check_against_model`'s."""
         if self.h_gamma != AUTO and not 0 <= self.h_gamma <= 1:
             raise DiffinjectError(f"params 'injection.h_gamma': got {self.h_gamma}, expected a weight in [0, 1] or auto")
+        if self.guidance_scale not in (AUTO, None) and not self.guidance_scale >= 0:
+            raise DiffinjectError(f"params 'injection.guidance_scale': got {self.guidance_scale}, expected >= 0, null or auto")
         if self.t_edit < 0:
             raise DiffinjectError(f"params 'injection.t_edit': got {self.t_edit}, expected >= 0")
         if self.t_max not in (AUTO, None) and self.t_max < self.t_edit:
@@ -198,8 +211,13 @@ class InjectionParams:
         probes decide it)."""
         return dataclasses.replace(self, **{k: v for k, v in HAND_CHOSEN.items() if getattr(self, k) == AUTO})
 
-    def check_against_model(self, known_sites: Sequence[str], num_train_timesteps: int) -> None:
-        """A set site must be one of this UNet's, a set window must lie within [0, T - 1]."""
+    def check_against_model(self, known_sites: Sequence[str], num_train_timesteps: int,
+                            class_conditional: bool = False) -> None:
+        """A set site must be one of this UNet's, a set window must lie within [0, T - 1], a set guidance
+        scale needs a class-conditional UNet."""
+        if self.guidance_scale not in (AUTO, None) and not class_conditional:
+            raise DiffinjectError(f"params 'injection.guidance_scale': got {self.guidance_scale}, but the DDPM is not class-"
+                                  "conditional (set diffusion.class_conditional: true, or leave guidance_scale auto)")
         if self.site != AUTO:
             wrong = [site for site in self.sites() if site not in known_sites]
             if wrong:
@@ -214,7 +232,10 @@ class InjectionParams:
 
     def generation_record(self) -> dict:
         """The keys that made a pool image, as the synthetic manifest's columns record them."""
-        return {key: "+".join(self.sites()) if key == "sites" else getattr(self, key) for key in GENERATION_KEYS}
+        record = {key: "+".join(self.sites()) if key == "sites" else getattr(self, key) for key in GENERATION_KEYS}
+        if record["guidance_scale"] is None:  # an unconditional DDPM: no column
+            del record["guidance_scale"]
+        return record
 
     def pool_size(self, n_train: int) -> int:
         return int(np.ceil(self.n_samples_ratio * n_train)) if self.n_samples_ratio is not None else self.n_samples
@@ -233,7 +254,8 @@ def restrict(candidates: Sequence[Candidate], fixed: dict) -> list[Candidate]:
     out: list[Candidate] = []
     for candidate in candidates:
         keys = {"operator": candidate.operator, "sites": candidate.sites, "t_max": candidate.t_max,
-                "h_gamma": candidate.h_gamma, "label_from": candidate.label_from}
+                "h_gamma": candidate.h_gamma, "label_from": candidate.label_from,
+                "guidance_scale": candidate.guidance_scale}
         for key, value in fixed.items():
             keys["sites" if key == "site" else key] = tuple(value) if key == "site" else value
         restricted = Candidate(**keys)

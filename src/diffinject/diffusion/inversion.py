@@ -11,6 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from diffinject.data.tensors import ImageTensors
+from diffinject.diffusion.conditioning import Guidance
 from diffinject.diffusion.ddim import ddim_invert
 from diffinject.diffusion.inversion_store import InvertedSet
 from diffinject.diffusion.model import to_model_range
@@ -35,13 +36,14 @@ def invert_rows(unet: nn.Module, scheduler: DDPMScheduler, data: ImageTensors, r
                 keep_path: bool, batch_size: int, device: torch.device, proxy: np.ndarray | None = None) -> InvertedSet:
     """DDIM inversions of `data`'s `rows` in batches of `batch_size` (each image's inversion is
     independent of its batch); keep_path keeps x_t at every grid timestep (contents). `proxy`: a label
-    per row of `data` stored beside each inversion (the biased model's prediction)."""
+    per row of `data` stored beside each inversion (the biased model's prediction). A class-conditional
+    UNet inverts each image under its own class."""
     x_Ts, paths, timesteps = [], [], None
     kind = "content" if keep_path else "style"
     for start in tqdm(range(0, len(rows), batch_size), desc=f"invert: {kind} batches", unit="batch"):
         chunk = torch.as_tensor(rows[start:start + batch_size])
         inv = ddim_invert(unet, scheduler, to_model_range(data.images[chunk]).to(device), n_steps,
-                          keep_path=keep_path)
+                          keep_path=keep_path, guidance=Guidance(data.targets[chunk]))
         x_Ts.append(inv.x_T.cpu())
         if keep_path:
             paths.append(inv.xs.cpu())  # (n_steps, B, C, H, W)

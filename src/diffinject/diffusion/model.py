@@ -12,6 +12,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils import is_accelerate_available
 from safetensors import SafetensorError
 
+from diffinject.diffusion.conditioning import default_to_null_class
 from diffinject.diffusion.ddim import PREDICTION_TYPES, checked_prediction_type
 from diffinject.diffusion.precision import check_precision
 from diffinject.errors import DiffinjectError, first_line
@@ -41,6 +42,11 @@ class DiffusionConfig:
     sample_grid: int = 64  # images generated from noise for the sample-grid plot
     sample_steps: int = 1000  # ancestral DDPM steps of that grid (fewer: faster, blurrier)
     precision: str = "auto"  # DDPM training and inference: auto | 32-true | bf16-mixed | 16-mixed (precision.py)
+    # The class label as a condition (diffusion/conditioning.py): one embedding per class plus a null
+    # class, which stands in for the label with probability label_dropout in training (classifier-free
+    # guidance, `injection.guidance_scale`). Class labels only, never a bias label.
+    class_conditional: bool = False
+    label_dropout: float = 0.1
 
     def check(self) -> None:
         for c in self.block_out_channels:
@@ -51,23 +57,29 @@ class DiffusionConfig:
         if self.prediction_type not in PREDICTION_TYPES:
             raise DiffinjectError(
                 f"params 'diffusion.prediction_type': got {self.prediction_type!r}, expected one of {', '.join(PREDICTION_TYPES)}")
+        if not 0 <= self.label_dropout < 1:
+            raise DiffinjectError(f"params 'diffusion.label_dropout': got {self.label_dropout}, expected a probability in [0, 1)")
         if self.train_steps < 1 or self.batch_size < 1:
             raise DiffinjectError("params 'diffusion.train_steps' and 'diffusion.batch_size': expected positive integers")
 
 
-def build_unet(cfg: DiffusionConfig, image_size: int, channels: int) -> UNet2DModel:
-    """A UNet2DModel without attention (cheap on CPU); h-space is the output of its `mid_block`."""
+def build_unet(cfg: DiffusionConfig, image_size: int, channels: int, n_classes: int | None = None) -> UNet2DModel:
+    """A UNet2DModel without attention (cheap on CPU); h-space is the output of its `mid_block`. With
+    `diffusion.class_conditional`, `n_classes` class embeddings plus the null class's."""
     cfg.check()
+    if cfg.class_conditional and not n_classes:
+        raise ValueError("build_unet: a class-conditional UNet needs n_classes")
     n = len(cfg.block_out_channels)
     if image_size % (2 ** (n - 1)):
         raise DiffinjectError(
             f"params 'diffusion.block_out_channels': {n} levels halve the image {n - 1} times; {image_size} px is not divisible by {2 ** (n - 1)}")
-    return UNet2DModel(
+    return default_to_null_class(UNet2DModel(
         sample_size=image_size, in_channels=channels, out_channels=channels,
         block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
         down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n,
         add_attention=False, norm_num_groups=cfg.norm_num_groups,
-    )
+        num_class_embeds=n_classes + 1 if cfg.class_conditional else None,
+    ))
 
 
 def build_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
@@ -101,6 +113,7 @@ def load_diffusion(path: str | Path, default_scheduler: DDPMScheduler | None = N
         raise DiffinjectError(f"{unet_dir}: the UNet has no mid block, so it has no h-space to inject into")
     if image_shape is not None:
         check_fits(unet, tuple(image_shape), unet_dir)
+    default_to_null_class(unet)
     if (path / SCHEDULER_DIR / "scheduler_config.json").is_file():
         try:
             scheduler = DDPMScheduler.from_pretrained(path / SCHEDULER_DIR)

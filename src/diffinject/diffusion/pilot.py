@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from diffinject.diffusion.injection import batch_generator, make_pairs
+from diffinject.diffusion.injection import batch_generator, make_pairs, pair_labels
 from diffinject.diffusion.inversion_store import InvertedSet
 from diffinject.diffusion.model import to_uint8
 from diffinject.diffusion.injection_params import Candidate
@@ -129,16 +129,16 @@ def generate_pilot(unet, scheduler, candidate: Candidate, base_config, contents:
                        None if styles.proxy is None else styles.proxy.numpy())
     config = replace(base_config, **candidate.as_params())  # the window starts at the params' t_edit
     device = next(unet.parameters()).device
+    labels = pair_labels(pairs, contents, styles, candidate.label_from)
     chunks = []
     with InjectionSampler(unet, scheduler, config) as sampler:
         for b, start in enumerate(range(0, n, batch_size)):
             c, s = pairs.content[start:start + batch_size], pairs.style[start:start + batch_size]
             site_features = {site: tuple(f[:, c].to(device) for f in features[site]) for site in candidate.sites}
             x = sampler.generate(styles.x_T[s].to(device), site_features, contents.timesteps,
-                                 batch_generator(seed + SEED_OFFSET, b, device))
+                                 batch_generator(seed + SEED_OFFSET, b, device), labels=labels[start:start + batch_size])
             chunks.append(to_uint8(x).cpu())
-    source = contents.targets[pairs.content] if candidate.label_from == "content" else styles.targets[pairs.style]
-    return PilotPool(torch.cat(chunks), source.numpy())
+    return PilotPool(torch.cat(chunks), labels)
 
 
 @dataclass

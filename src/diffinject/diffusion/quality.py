@@ -11,6 +11,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from diffinject.data.colour import nearest_palette_colour
+from diffinject.diffusion.conditioning import Guidance
 from diffinject.diffusion.ddim import ddim_generate, ddim_invert
 from diffinject.diffusion.model import to_model_range, to_uint8
 
@@ -38,10 +39,13 @@ class Reconstruction:
 
 @torch.no_grad()
 def reconstruct(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tensor, n_inv_step: int,
-                n_gen_step: int) -> Reconstruction:
-    """DDIM-invert uint8 images to x_T and generate them back (h_gamma 0, eta 0)."""
+                n_gen_step: int, labels: torch.Tensor | None = None) -> Reconstruction:
+    """DDIM-invert uint8 images to x_T and generate them back (h_gamma 0, eta 0); a class-conditional
+    UNet both ways under the images' `labels` (the null class without)."""
     x0 = to_model_range(images)
-    x_rec = ddim_generate(unet, scheduler, ddim_invert(unet, scheduler, x0, n_inv_step).x_T, n_gen_step)
+    guidance = None if labels is None else Guidance(labels)
+    x_T = ddim_invert(unet, scheduler, x0, n_inv_step, guidance=guidance).x_T
+    x_rec = ddim_generate(unet, scheduler, x_T, n_gen_step, guidance=guidance)
     rec = to_uint8(x_rec)
     mse = float((x_rec.clamp(-1, 1) - x0).pow(2).mean())
     colour_kept = None

@@ -20,6 +20,7 @@ from diffusers import DDPMScheduler
 from torch import nn
 from tqdm import tqdm
 
+from diffinject.diffusion.conditioning import Guidance, guided_output, is_class_conditional
 from diffinject.diffusion.ddim import alpha_bar, checked_prediction_type, ddim_step, predict_eps, timestep_grid
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.shared_encoder import SharedEncoder
@@ -90,6 +91,9 @@ class InjectionSampler:
     sites are in the decoder, so the replay still sees them injected. A network without UNet2DModel's
     encoder layout runs two full passes, and says so once.
 
+    A class-conditional UNet generates under the synthetic labels with guidance scale
+    `injection.guidance_scale` (diffusion/conditioning.py), in (1) and (2) alike.
+
     A context manager: the site hooks are on the UNet only inside `with InjectionSampler(...) as s:`.
     """
 
@@ -120,22 +124,34 @@ class InjectionSampler:
             self.hook.remove()
         self.hook = self.encoder = None
 
+    def guidance(self, labels: torch.Tensor | np.ndarray | None) -> Guidance | None:
+        """The synthetic labels as the condition of a class-conditional UNet (None: the null class)."""
+        if labels is None:
+            return None
+        scale = self.config.guidance_scale
+        return Guidance(torch.as_tensor(labels, dtype=torch.long), 1.0 if scale is None else float(scale))
+
     def _eps_pair(self, x: torch.Tensor, timestep: torch.Tensor, a_t: torch.Tensor,
-                  content_here: Features) -> tuple[torch.Tensor, torch.Tensor]:
+                  content_here: Features, guidance: Guidance | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(1) ε and (2) ε̃ at one injected step; the second pass replays the first's encoder."""
         cfg = self.config
+        if guidance is not None and guidance.doubles_batch and is_class_conditional(self.unet):
+            # the conditional and null halves run as one batch: each half gets the same content
+            content_here = {site: tuple(torch.cat([f, f]) for f in tensors) for site, tensors in content_here.items()}
         with self.encoder.record() if self.encoder else contextlib.nullcontext():
-            eps = predict_eps(self.unet, x, timestep, a_t, self.prediction_type)
+            eps = predict_eps(self.unet, x, timestep, a_t, self.prediction_type, guidance)
         with self.encoder.replay() if self.encoder else contextlib.nullcontext(), \
                 self.hook.inject(content_here, cfg.operator, cfg.h_gamma):
-            eps_inj = predict_eps(self.unet, x, timestep, a_t, self.prediction_type)
+            eps_inj = predict_eps(self.unet, x, timestep, a_t, self.prediction_type, guidance)
         return eps, eps_inj
 
     @torch.no_grad()
     def generate(self, x_T: torch.Tensor, content: Features | torch.Tensor | None, content_timesteps: np.ndarray | None,
-                 generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+                 generator: torch.Generator | None = None, progress: bool = False,
+                 labels: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
         """x_T: (B, C, H, W) style latents; content: site -> tensors of shape (n_inv, B, ...) on the
-        inversion grid `content_timesteps` (a bare tensor is h), or None for plain DDIM."""
+        inversion grid `content_timesteps` (a bare tensor is h), or None for plain DDIM; labels (B,): the
+        synthetic labels, the condition of a class-conditional UNet."""
         if self.hook is None:
             raise RuntimeError("InjectionSampler.generate: use it inside `with InjectionSampler(...) as sampler:`")
         if isinstance(content, torch.Tensor):
@@ -145,13 +161,14 @@ class InjectionSampler:
             if missing:
                 raise ValueError(f"content features lack site {missing[0]!r} (have {', '.join(content)})")
             content = {site: content[site] for site in self.sites}
-        x = x_T
+        x, guidance = x_T, self.guidance(labels)
         for step in tqdm(self.steps, desc="inject: DDIM steps", disable=not progress, leave=False):
-            x = self.step(x, step, content, content_timesteps, generator)
+            x = self.step(x, step, content, content_timesteps, generator, guidance=guidance)
         return x
 
     def step(self, x: torch.Tensor, step: Step, content: Features | None, content_timesteps: np.ndarray | None,
-             generator: torch.Generator | None = None, eps_grad_scale: float | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, eps_grad_scale: float | None = None,
+             guidance: Guidance | None = None) -> torch.Tensor:
         """One step of the plan, x_t -> x_{t_next}, (1)-(3). With `eps_grad_scale` (the fair generator's
         adjusted direct fine-tuning, diffusion/fair.py) the UNet sees x_t detached, so the gradient
         reaches x_t only through the update's linear terms, and the gradient of ε and ε̃ is scaled."""
@@ -160,9 +177,9 @@ class InjectionSampler:
         a_t, a_next = alpha_bar(self.alphas_cumprod, step.t).to(x), alpha_bar(self.alphas_cumprod, step.t_next).to(x)
         if content is not None and step.inject:
             here = _content_at(content, int(np.abs(content_timesteps - step.t).argmin()))
-            eps, eps_inj = self._eps_pair(x_in, timestep, a_t, here)  # (1), (2)
+            eps, eps_inj = self._eps_pair(x_in, timestep, a_t, here, guidance)  # (1), (2)
         else:
-            eps = eps_inj = predict_eps(self.unet, x_in, timestep, a_t, self.prediction_type)  # (1); ε̃ = ε
+            eps = eps_inj = predict_eps(self.unet, x_in, timestep, a_t, self.prediction_type, guidance)  # (1); ε̃ = ε
         if eps_grad_scale is not None and eps.requires_grad:
             scale = float(eps_grad_scale)
             eps.register_hook(lambda grad: grad * scale)
@@ -178,9 +195,10 @@ class InjectionSampler:
 
 @torch.no_grad()
 def capture_features(unet: nn.Module, xs: torch.Tensor, timesteps: np.ndarray, sites: Sequence[str],
-                     batch_size: int = 256) -> Features:
+                     batch_size: int = 256, labels: torch.Tensor | None = None) -> Features:
     """The features at `sites` of images on their inversion path: xs (n_steps, N, C, H, W) is x_t at each
-    of `timesteps` -> site -> tensors of shape (n_steps, N, ...) in fp32, on the CPU."""
+    of `timesteps` -> site -> tensors of shape (n_steps, N, ...) in fp32, on the CPU. A class-conditional
+    UNet sees the images' `labels` (N,), the classes they were inverted under (else the null class)."""
     check_sites(sites, unet)
     hook = SiteHook(unet)
     per_step: list[Features] = []
@@ -189,8 +207,10 @@ def capture_features(unet: nn.Module, xs: torch.Tensor, timesteps: np.ndarray, s
             chunks: list[Features] = []
             for start in range(0, xs.shape[1], batch_size):
                 x = xs[i, start:start + batch_size].to(next(unet.parameters()).device)
+                timestep = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+                guidance = None if labels is None else Guidance(labels[start:start + batch_size])
                 with hook.capture(sites):
-                    unet(x, torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long))
+                    guided_output(unet, x, timestep, guidance)
                 chunks.append({s: tuple(f.cpu() for f in hook.captured[s]) for s in sites})
             per_step.append({s: tuple(torch.cat([c[s][k] for c in chunks]) for k in range(len(chunks[0][s]))) for s in sites})
     finally:
@@ -204,4 +224,4 @@ def content_features(unet, contents, sites, batch_size: int):
         if contents.hs is not None and tuple(sites) == ("h",):
             return {"h": (contents.hs,)}  # an older cache: h only
         raise DiffinjectError("data/inversions/content.safetensors has no inversion path (xs); re-run `python -m diffinject invert`")
-    return capture_features(unet, contents.xs, contents.timesteps, sites, batch_size)
+    return capture_features(unet, contents.xs, contents.timesteps, sites, batch_size, labels=contents.targets)

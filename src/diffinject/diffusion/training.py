@@ -21,18 +21,21 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from diffinject.data.loaders import make_loader
 from diffinject.data.resumable import resumable_loader
 from diffinject.data.tensors import ImageTensors
+from diffinject.diffusion.conditioning import drop_labels, is_class_conditional, null_class
 from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet, to_model_range
 from diffinject.errors import DiffinjectError, first_line
 from diffinject.models.trainer import TrainerConfig, build_trainer
 
 
 class DiffusionModule(lightning.LightningModule):
-    """Trains `unet` to predict the noise added by `scheduler`; batches are (images uint8, ...)."""
+    """Trains `unet` to predict the noise added by `scheduler`; batches are (images uint8, targets, ...).
+    A class-conditional UNet sees each image's class, or the null class with probability `label_dropout`."""
 
     def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, lr: float, warmup_steps: int,
-                 total_steps: int, ema_decay: float):
+                 total_steps: int, ema_decay: float, label_dropout: float = 0.0):
         super().__init__()
         self.unet = unet
+        self.label_dropout = label_dropout
         self.noise_scheduler = scheduler
         self.lr, self.warmup_steps, self.total_steps = lr, warmup_steps, total_steps
         self.ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True)
@@ -49,7 +52,12 @@ class DiffusionModule(lightning.LightningModule):
             target = self.noise_scheduler.get_velocity(x0, noise, t)  # √ᾱ_t·ε − √(1−ᾱ_t)·x0
         else:
             target = noise
-        loss = F.mse_loss(self.unet(x_t, t).sample, target)
+        if is_class_conditional(self.unet):
+            labels = drop_labels(batch[1].long(), self.label_dropout, null_class(self.unet))
+            prediction = self.unet(x_t, t, class_labels=labels).sample
+        else:
+            prediction = self.unet(x_t, t).sample
+        loss = F.mse_loss(prediction, target)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
@@ -110,15 +118,19 @@ class TrainedDDPM:
 
 
 def train_ddpm(cfg: DiffusionConfig, trainer_cfg: TrainerConfig, train_set: ImageTensors, seed: int,
-               ckpt_dir: Path, precision: str) -> TrainedDDPM:
-    """Train the DDPM on `train_set`'s images (never its labels) for cfg.train_steps, checkpointing every
+               ckpt_dir: Path, precision: str, n_classes: int | None = None) -> TrainedDDPM:
+    """Train the DDPM on `train_set`'s images (and with diffusion.class_conditional their class labels;
+    never a bias label) for cfg.train_steps, checkpointing every
     cfg.checkpoint_every steps to `ckpt_dir` and resuming from its last.ckpt when one is there."""
     lightning.seed_everything(seed, workers=True, verbose=False)
     c, h, w = train_set.shape
     if h != w:
         raise DiffinjectError(f"{train_set.source}: the DDPM needs square images, got {h}x{w}")
-    unet, scheduler = build_unet(cfg, h, c), build_scheduler(cfg)
-    module = DiffusionModule(unet, scheduler, cfg.lr, cfg.warmup_steps, cfg.train_steps, cfg.ema_decay)
+    if cfg.class_conditional and n_classes is None:
+        n_classes = int(train_set.targets.max()) + 1
+    unet, scheduler = build_unet(cfg, h, c, n_classes if cfg.class_conditional else None), build_scheduler(cfg)
+    module = DiffusionModule(unet, scheduler, cfg.lr, cfg.warmup_steps, cfg.train_steps, cfg.ema_decay,
+                             cfg.label_dropout if cfg.class_conditional else 0.0)
     last = ckpt_dir / "last.ckpt"
     start_step = checkpoint_step(last) if last.is_file() else 0
     checkpoints = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=0)

@@ -17,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
-from diffinject.diffusion.injection_params import PILOT_KEYS, Candidate, InjectionParams, restrict
+from diffinject.diffusion.conditioning import is_class_conditional
+from diffinject.diffusion.injection_params import AUTO, GUIDANCE_GRID, PILOT_KEYS, Candidate, InjectionParams, restrict
 from diffinject.diffusion.lora import attach_adapter, read_adapter
 from diffinject.diffusion.pilot import conflict_trust, run_pilot
 from diffinject.diffusion.pilot_grid import candidate_grid
@@ -74,8 +75,20 @@ def settle_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents
     """The one place a run's injection setting is decided (inject and fair_finetune). The set keys are
     checked against this UNet and T first: a typo is an error, pilot or not."""
     known = site_names(unet)
-    cfg.check_against_model(known, int(scheduler.config.num_train_timesteps))
+    conditional = is_class_conditional(unet)
+    cfg.check_against_model(known, int(scheduler.config.num_train_timesteps), conditional)
     fixed = cfg.fixed()
+    unguided = not conditional and cfg.guidance_scale == AUTO
+    if unguided:  # an unconditional DDPM: no guidance scale to choose
+        cfg = dataclasses.replace(cfg, guidance_scale=None)
+    settled = _settle(root, cfg, fixed, known, conditional, unet, scheduler, contents, styles, manifest, train, seed, device)
+    if unguided and cfg.generator != "fair":
+        settled.chosen_by["guidance_scale"] = "unconditional DDPM"
+    return settled
+
+
+def _settle(root: Path, cfg: InjectionParams, fixed: dict, known: list[str], conditional: bool, unet, scheduler,
+            contents, styles, manifest: pd.DataFrame, train: ImageTensors, seed: int, device: torch.device) -> Settled:
     if cfg.generator == "fair":
         cfg, features = use_fair_adapter(root, cfg, unet, contents)
         return Settled(cfg, {"label_from": cfg.label_from, "decided_by": "fair adapter (models/fair/adapter.json)"},
@@ -86,8 +99,8 @@ def settle_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents
         cfg = dataclasses.replace(cfg, label_from=decision["label_from"])
         return Settled(cfg, decision, {key: "params" if key in fixed else "probe" if key == "label_from"
                                        else "hand-chosen (auto: false)" for key in PILOT_KEYS})
-    candidates, skipped = pilot_candidates(cfg, known)
-    if len(candidates) == 1:  # every key set: nothing left to choose
+    candidates, skipped = pilot_candidates(cfg, known, conditional)
+    if len(candidates) == 1 and not (conditional and "guidance_scale" not in fixed):  # every key set: nothing to choose
         cfg = dataclasses.replace(cfg, **candidates[0].as_params())
         return Settled(cfg, {"label_from": cfg.label_from, "decided_by": "params"}, {key: "params" for key in PILOT_KEYS})
     row_of = {int(i): k for k, i in enumerate(train.ids.tolist())}
@@ -99,10 +112,14 @@ def settle_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents
                    {key: "params" if key in fixed else "pilot" for key in PILOT_KEYS}, report, features)
 
 
-def pilot_candidates(cfg: InjectionParams, known: list[str]) -> tuple[list[Candidate], list[str]]:
+def pilot_candidates(cfg: InjectionParams, known: list[str], conditional: bool = False) -> tuple[list[Candidate], list[str]]:
     """(the grid restricted to the keys the params set, the names of those skipped for a site this UNet
-    lacks or a window that ends before `injection.t_edit`); a grid left empty is a one-line error."""
-    grid = restrict(candidate_grid(cfg.pilot_grid), cfg.fixed())
+    lacks or a window that ends before `injection.t_edit`); a grid left empty is a one-line error. On a
+    class-conditional UNet a guidance scale left `auto` is 1 in this grid (the guidance round varies it)."""
+    grid = candidate_grid(cfg.pilot_grid)
+    if conditional and cfg.guidance_scale == AUTO:
+        grid = [dataclasses.replace(c, guidance_scale=1.0 if c.guidance_scale is None else c.guidance_scale) for c in grid]
+    grid = restrict(grid, cfg.fixed())
     candidates = [c for c in grid if set(c.sites) <= set(known) and (c.t_max is None or c.t_max >= cfg.t_edit)]
     if not candidates:
         raise DiffinjectError(f"params 'injection.pilot_grid': no candidate injects only at sites of this UNet ({', '.join(known)}) "
@@ -129,14 +146,28 @@ def choose_injection(root: Path, cfg: InjectionParams, candidates: list[Candidat
     valid = load_split(root / PREPARED, "valid", manifest)
     biased_valid_acc = float((predict_biased(valid.images) == valid.targets.numpy()).mean())
     trust = conflict_trust(biased_valid_acc, n_classes)
-    progress = tqdm(total=len(candidates), desc="inject: pilot", unit="candidate")
-    result = run_pilot(unet, scheduler, cfg, contents, styles, features, candidates, cfg.pilot_size,
-                       seed, cfg.batch_size, predict_biased, predictor(models[reference], device),
-                       originals, on_candidate=lambda name: progress.update(1),
-                       other_references={name: predictor(models[name], device) for name in others}, trust=trust,
-                       rungs=cfg.pilot_rungs)
-    progress.close()
+    others = {name: predictor(models[name], device) for name in others}
+
+    def pilot(candidates: list[Candidate], desc: str):
+        progress = tqdm(total=len(candidates), desc=desc, unit="candidate")
+        result = run_pilot(unet, scheduler, cfg, contents, styles, features, candidates, cfg.pilot_size,
+                           seed, cfg.batch_size, predict_biased, predictor(models[reference], device),
+                           originals, on_candidate=lambda name: progress.update(1), other_references=others,
+                           trust=trust, rungs=cfg.pilot_rungs)
+        progress.close()
+        return result
+
+    result = pilot(candidates, "inject: pilot")
     winner = candidates[result.winner]
+    guidance = None
+    if is_class_conditional(unet) and cfg.guidance_scale == AUTO:
+        # the guidance round: the winner's setting at every scale of GUIDANCE_GRID (1 was the first round's)
+        scales = [dataclasses.replace(winner, guidance_scale=g) for g in GUIDANCE_GRID]
+        guided = pilot(scales, "inject: pilot, guidance scales")
+        guidance = {"winner": scales[guided.winner].name, "rungs": guided.rungs, "candidates": guided.rows}
+        print(f"inject: guidance round chose scale {scales[guided.winner].guidance_scale:g} for {winner.name} ("
+              + ", ".join(f"{row['guidance_scale']:g}: {row['score']:.3f}" for row in guided.rows) + ")")
+        winner = scales[guided.winner]
     save_labelled_rows([(f"{row['name']}\nscore {row['score']:.3f} (conflict {row['conflict']:.2f}, fidelity "
                          f"{row['fidelity']:.2f}, diversity {row['diversity']:.2f})", pool.images[:PILOT_SHOWN])
                         for row, pool in zip(result.rows, result.pools)], root / PLOTS / "inject" / "pilot.png")
@@ -149,7 +180,8 @@ def choose_injection(root: Path, cfg: InjectionParams, candidates: list[Candidat
     report = {"reference": reference, "n_per_candidate": cfg.pilot_size, "winner": winner.name,
               "biased_valid_acc": round(biased_valid_acc, 4), "conflict_trust": round(trust, 4),
               "rungs": result.rungs,
-              "candidates": result.rows, **({"skipped": skipped} if skipped else {})}
+              "candidates": result.rows, **({"skipped": skipped} if skipped else {}),
+              **({"guidance": guidance} if guidance is not None else {})}
     return chosen, report, features
 
 

@@ -1,4 +1,5 @@
-"""Stage `train_diffusion`: train the DDPM on the prepared train images (no labels) or load a user's
+"""Stage `train_diffusion`: train the DDPM on the prepared train images (with
+`diffusion.class_conditional`, and their class labels; never a bias label) or load a user's
 diffusers UNet folder -> models/diffusion/ (save_pretrained), a sample grid and metrics/diffusion.json
 with DDIM reconstruction fidelity on valid images.
 
@@ -19,7 +20,7 @@ import torch
 
 from diffinject.config import StageParams, slice_of
 from diffinject.data.manifest import MANIFEST_NAME, read_manifest
-from diffinject.data.tensors import load_split
+from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.devices import inference_device
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.model import DiffusionConfig, build_scheduler, load_diffusion, save_diffusion
@@ -58,8 +59,10 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     else:
         ckpt_dir = root / DIFFUSION_RESUME / resume_key(cfg, seed, prepared)
         precision = resolve_precision(cfg.precision, inference_device(p.trainer.accelerator))
-        train_set = load_split(prepared, "train")  # images only: the DDPM never sees a label
-        trained = train_ddpm(cfg, p.trainer, train_set, seed, ckpt_dir, precision)
+        manifest = read_manifest(prepared)
+        # images, and with diffusion.class_conditional their class labels: never a bias label
+        train_set = load_split(prepared, "train", manifest)
+        trained = train_ddpm(cfg, p.trainer, train_set, seed, ckpt_dir, precision, num_classes_of(manifest))
         unet, scheduler, is_zero = trained.unet, trained.scheduler, trained.is_global_zero
         metrics.update(train_steps=cfg.train_steps, train_seconds=round(trained.seconds, 1))
     if not is_zero:
@@ -71,9 +74,10 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     n_inv, n_gen = p.injection.n_inv_step, p.injection.n_gen_step
     valid = load_split(prepared, "valid", read_manifest(prepared))
     generator = torch.Generator().manual_seed(seed)
-    subset = valid.images[torch.randperm(len(valid), generator=generator)[:N_RECONSTRUCT]]
+    chosen = torch.randperm(len(valid), generator=generator)[:N_RECONSTRUCT]
+    subset = valid.images[chosen]
     with autocast(precision, torch.device("cpu")):
-        rec = reconstruct(unet, scheduler, subset, n_inv, n_gen)
+        rec = reconstruct(unet, scheduler, subset, n_inv, n_gen, valid.targets[chosen])
         samples = sample_from_noise(unet, scheduler, cfg.sample_grid, cfg.sample_steps, generator)
     metrics["reconstruction"] = {"mse": round(rec.mse, 5), "n_images": len(subset), "n_inv_step": n_inv, "n_gen_step": n_gen}
     if rec.colour_kept is not None:
