@@ -296,7 +296,8 @@ def test_fixed_lists_only_the_keys_the_params_set():
     assert InjectionParams().fixed() == {}
     cfg = InjectionParams(h_gamma=0.2, site="up1", t_max=None)
     assert cfg.fixed() == {"h_gamma": 0.2, "site": ["up1"], "t_max": None}
-    assert cfg.with_hand_chosen().fixed() == {"operator": "channel_stats", "site": ["up1"], "t_max": None, "h_gamma": 0.2}
+    assert cfg.with_hand_chosen().fixed() == {"operator": "channel_stats", "site": ["up1"], "t_max": None, "h_gamma": 0.2,
+                                              "guidance_scale": 1.0, "window_guidance_scale": None}
 
 
 def test_every_key_set_under_auto_runs_no_pilot_and_reaches_the_pool(tiny_ddpm, prepared_mnist, tmp_path):
@@ -309,7 +310,9 @@ def test_every_key_set_under_auto_runs_no_pilot_and_reaches_the_pool(tiny_ddpm, 
     params = pilot_params()
     params["injection"].update(set_keys)
     report = inject.run(params, root)
-    assert "pilot" not in report and report["chosen_by"] == {key: "params" for key in set_keys}
+    assert "pilot" not in report
+    assert report["chosen_by"] == {**{key: "params" for key in set_keys}, "guidance_scale": "unconditional DDPM",
+                                   "window_guidance_scale": "unconditional DDPM"}
     pool = pd.read_parquet(root / "data" / "synthetic" / "manifest.parquet")
     assert set(pool["h_gamma"]) == {0.2} and set(pool["operator"]) == {"channel_mean"} and set(pool["sites"]) == {"up1"}
     assert set(pool["t_max"]) == {500} and set(pool["label_from"]) == {"content"}

@@ -23,22 +23,28 @@ SCHEDULES = ("every_step", "official")
 OFFICIAL_REPLACE_STEPS = 50
 # The keys that make a pool image, in the order the synthetic manifest records them (its columns).
 GENERATION_KEYS = ("h_gamma", "t_edit", "t_max", "t_boost", "dt_lambda", "n_gen_step", "clip_x0", "operator",
-                   "sites", "schedule", "replace_steps", "guidance_scale")
+                   "sites", "schedule", "replace_steps", "guidance_scale", "window_guidance_scale")
 
 
 LABEL_RULES = ("content", "style")
 AUTO = "auto"
+# The keys of a class-conditional DDPM's guidance (diffusion/conditioning.py).
+GUIDANCE_KEYS = ("guidance_scale", "window_guidance_scale")
 # The keys a pilot candidate sets. Each is a value or `auto` in params: the pilot chooses only the keys
 # left `auto` (its grid restricted to the values set, `restrict`).
-PILOT_KEYS = ("operator", "site", "t_max", "h_gamma", "label_from", "guidance_scale")
+PILOT_KEYS = ("operator", "site", "t_max", "h_gamma", "label_from", "guidance_scale", "window_guidance_scale")
 # `auto: false` (no pilot): what a key left `auto` takes, but label_from (the probes decide it). Chosen
 # by hand on Colored MNIST's valid split (docs/injection_operators.md): the content lends its colour
 # through the channel statistics of the 7x7 and 14x14 skips, late in generation.
-# guidance_scale 1: a class-conditional DDPM generates under the plain synthetic label.
-HAND_CHOSEN = {"operator": "channel_stats", "site": ["up0", "up1"], "t_max": 300, "h_gamma": 1.0, "guidance_scale": 1.0}
-# The guidance scales the pilot tries on a class-conditional DDPM (its winner at scale 1, then these):
-# 0 is the unconditional model (the null class), 1 the plain conditional, 3 classifier-free guidance.
-GUIDANCE_GRID = (0.0, 1.0, 3.0)
+# guidance 1 everywhere: a class-conditional DDPM generates under the plain synthetic label.
+HAND_CHOSEN = {"operator": "channel_stats", "site": ["up0", "up1"], "t_max": 300, "h_gamma": 1.0, "guidance_scale": 1.0,
+               "window_guidance_scale": None}
+# The (guidance_scale, window_guidance_scale) pairs the pilot's guidance round tries on a class-conditional
+# DDPM, around the first round's winner (run at 1 everywhere): 0 is the null class, 1 the plain label, 3
+# classifier-free guidance; a window scale of 0 drops the label where the content's features are
+# injected, so that the label's own bias (a class embedding learnt on biased data carries the class's
+# usual colour) does not pull the injected bias back (docs/label_in_generator.md).
+GUIDANCE_GRID = ((0.0, None), (1.0, None), (3.0, None), (1.0, 0.0), (3.0, 0.0))
 
 
 @dataclass(frozen=True)
@@ -51,17 +57,21 @@ class Candidate:
     h_gamma: float
     label_from: str  # content | style
     guidance_scale: float | None = None  # a class-conditional DDPM's; None: an unconditional one
+    window_guidance_scale: float | None = None  # on the injected steps; None: guidance_scale's
 
     @property
     def name(self) -> str:
         window = "all t" if self.t_max is None else f"t<={self.t_max}"
         guided = "" if self.guidance_scale is None else f" cfg{self.guidance_scale:g}"
+        if self.window_guidance_scale is not None:
+            guided += f"/{self.window_guidance_scale:g} in window"
         return f"{self.operator} {'+'.join(self.sites)} {window} g{self.h_gamma:g} label:{self.label_from}{guided}"
 
     def as_params(self) -> dict:
         """The `injection.*` keys this candidate sets (PILOT_KEYS; the window starts at `injection.t_edit`)."""
         return {"operator": self.operator, "site": list(self.sites), "t_max": self.t_max,
-                "h_gamma": self.h_gamma, "label_from": self.label_from, "guidance_scale": self.guidance_scale}
+                "h_gamma": self.h_gamma, "label_from": self.label_from, "guidance_scale": self.guidance_scale,
+                "window_guidance_scale": self.window_guidance_scale}
 
 
 def parse_candidate(text: str) -> list[Candidate]:
@@ -73,16 +83,18 @@ def parse_candidate(text: str) -> list[Candidate]:
         if not sep:
             raise ValueError(f"{item!r} is not key=value")
         values[key.strip()] = value.strip()
-    unknown = set(values) - {"operator", "site", "t_max", "h_gamma", "label_from", "guidance_scale"}
+    unknown = set(values) - {"operator", "site", "t_max", "h_gamma", "label_from", "guidance_scale", "window_guidance_scale"}
     if unknown or not {"operator", "site"} <= set(values):
-        raise ValueError(f"{text!r}: expected operator=..,site=a+b[,t_max=..][,h_gamma=..][,label_from=..][,guidance_scale=..]")
+        raise ValueError(f"{text!r}: expected operator=..,site=a+b[,t_max=..][,h_gamma=..][,label_from=..]"
+                         "[,guidance_scale=..][,window_guidance_scale=..]")
     t_max = None if values.get("t_max", "null") in ("null", "none", "None") else int(values["t_max"])
     rules = (values["label_from"],) if "label_from" in values else LABEL_RULES
     if not set(rules) <= set(LABEL_RULES):
         raise ValueError(f"{text!r}: label_from must be content or style")
     sites = tuple(s for s in values["site"].split("+") if s)
-    guidance = float(values["guidance_scale"]) if "guidance_scale" in values else None
-    return [Candidate(values["operator"], sites, t_max, float(values.get("h_gamma", 1.0)), rule, guidance) for rule in rules]
+    guidance, window = (float(values[key]) if key in values else None for key in ("guidance_scale", "window_guidance_scale"))
+    return [Candidate(values["operator"], sites, t_max, float(values.get("h_gamma", 1.0)), rule, guidance, window)
+            for rule in rules]
 
 
 @dataclass
@@ -137,6 +149,9 @@ class InjectionParams:
     # classifier-free guidance scale: 0 the null class, 1 the plain label, > 1 guided; auto: the pilot's
     # (GUIDANCE_GRID). An unconditional DDPM takes no scale (auto or null).
     guidance_scale: float | None | Literal["auto"] = AUTO
+    # ... and on the injected steps (the window), where the content's features decide the bias; null:
+    # guidance_scale's; auto: the pilot's (GUIDANCE_GRID)
+    window_guidance_scale: float | None | Literal["auto"] = AUTO
     batch_size: int = 64
     # base: the DDPM as trained; fair: with the LoRA adapter of stage fair_finetune (models/fair/), on the
     # setting the adapter was fine-tuned for (diffusion/fair.py)
@@ -150,8 +165,9 @@ class InjectionParams:
         valid); the sites against the UNet and the window against T are `check_against_model`'s."""
         if self.h_gamma != AUTO and not 0 <= self.h_gamma <= 1:
             raise DiffinjectError(f"params 'injection.h_gamma': got {self.h_gamma}, expected a weight in [0, 1] or auto")
-        if self.guidance_scale not in (AUTO, None) and not self.guidance_scale >= 0:
-            raise DiffinjectError(f"params 'injection.guidance_scale': got {self.guidance_scale}, expected >= 0, null or auto")
+        for key in ("guidance_scale", "window_guidance_scale"):
+            if getattr(self, key) not in (AUTO, None) and not getattr(self, key) >= 0:
+                raise DiffinjectError(f"params 'injection.{key}': got {getattr(self, key)}, expected >= 0, null or auto")
         if self.t_edit < 0:
             raise DiffinjectError(f"params 'injection.t_edit': got {self.t_edit}, expected >= 0")
         if self.t_max not in (AUTO, None) and self.t_max < self.t_edit:
@@ -215,9 +231,10 @@ class InjectionParams:
                             class_conditional: bool = False) -> None:
         """A set site must be one of this UNet's, a set window must lie within [0, T - 1], a set guidance
         scale needs a class-conditional UNet."""
-        if self.guidance_scale not in (AUTO, None) and not class_conditional:
-            raise DiffinjectError(f"params 'injection.guidance_scale': got {self.guidance_scale}, but the DDPM is not class-"
-                                  "conditional (set diffusion.class_conditional: true, or leave guidance_scale auto)")
+        for key in GUIDANCE_KEYS:
+            if getattr(self, key) not in (AUTO, None) and not class_conditional:
+                raise DiffinjectError(f"params 'injection.{key}': got {getattr(self, key)}, but the DDPM is not class-"
+                                      f"conditional (set diffusion.class_conditional: true, or leave {key} auto)")
         if self.site != AUTO:
             wrong = [site for site in self.sites() if site not in known_sites]
             if wrong:
@@ -233,8 +250,9 @@ class InjectionParams:
     def generation_record(self) -> dict:
         """The keys that made a pool image, as the synthetic manifest's columns record them."""
         record = {key: "+".join(self.sites()) if key == "sites" else getattr(self, key) for key in GENERATION_KEYS}
-        if record["guidance_scale"] is None:  # an unconditional DDPM: no column
-            del record["guidance_scale"]
+        for key in GUIDANCE_KEYS:  # None: an unconditional DDPM (or no window scale): no column
+            if record[key] is None:
+                del record[key]
         return record
 
     def pool_size(self, n_train: int) -> int:
@@ -255,7 +273,7 @@ def restrict(candidates: Sequence[Candidate], fixed: dict) -> list[Candidate]:
     for candidate in candidates:
         keys = {"operator": candidate.operator, "sites": candidate.sites, "t_max": candidate.t_max,
                 "h_gamma": candidate.h_gamma, "label_from": candidate.label_from,
-                "guidance_scale": candidate.guidance_scale}
+                "guidance_scale": candidate.guidance_scale, "window_guidance_scale": candidate.window_guidance_scale}
         for key, value in fixed.items():
             keys["sites" if key == "site" else key] = tuple(value) if key == "site" else value
         restricted = Candidate(**keys)

@@ -92,7 +92,8 @@ class InjectionSampler:
     encoder layout runs two full passes, and says so once.
 
     A class-conditional UNet generates under the synthetic labels with guidance scale
-    `injection.guidance_scale` (diffusion/conditioning.py), in (1) and (2) alike.
+    `injection.guidance_scale` (diffusion/conditioning.py), in (1) and (2) alike, and on injected steps
+    with `injection.window_guidance_scale` where that is set.
 
     A context manager: the site hooks are on the UNet only inside `with InjectionSampler(...) as s:`.
     """
@@ -124,11 +125,14 @@ class InjectionSampler:
             self.hook.remove()
         self.hook = self.encoder = None
 
-    def guidance(self, labels: torch.Tensor | np.ndarray | None) -> Guidance | None:
-        """The synthetic labels as the condition of a class-conditional UNet (None: the null class)."""
+    def guidance(self, labels: torch.Tensor | np.ndarray | None, injected: bool = False) -> Guidance | None:
+        """The synthetic labels as the condition of a class-conditional UNet (None: the null class), on
+        an injected step or another."""
         if labels is None:
             return None
         scale = self.config.guidance_scale
+        if injected and self.config.window_guidance_scale is not None:
+            scale = self.config.window_guidance_scale
         return Guidance(torch.as_tensor(labels, dtype=torch.long), 1.0 if scale is None else float(scale))
 
     def _eps_pair(self, x: torch.Tensor, timestep: torch.Tensor, a_t: torch.Tensor,
@@ -161,9 +165,9 @@ class InjectionSampler:
             if missing:
                 raise ValueError(f"content features lack site {missing[0]!r} (have {', '.join(content)})")
             content = {site: content[site] for site in self.sites}
-        x, guidance = x_T, self.guidance(labels)
+        x, guidance = x_T, {injected: self.guidance(labels, injected) for injected in (False, True)}
         for step in tqdm(self.steps, desc="inject: DDIM steps", disable=not progress, leave=False):
-            x = self.step(x, step, content, content_timesteps, generator, guidance=guidance)
+            x = self.step(x, step, content, content_timesteps, generator, guidance=guidance[step.inject and content is not None])
         return x
 
     def step(self, x: torch.Tensor, step: Step, content: Features | None, content_timesteps: np.ndarray | None,

@@ -1,11 +1,11 @@
 """Stage `inject`: generate the synthetic pool from cached inversions -> data/synthetic/ (PNG +
 manifest.parquet), a content | style | result grid, and the quality report metrics/inject.json.
 
-The keys of the setting (operator, site, t_max, h_gamma, label_from) are each a value or `auto`; a set
-value is obeyed. With `injection.auto` (the default), a pilot first chooses the keys left `auto` for this
-dataset, without a bias label (diffusion/pilot.py; the valid split's labels say how far the biased
-model's misses can be trusted): every candidate's scores go to inject.json, a row of its images to
-metrics/plots/inject/pilot.png. With `auto: false` a key left `auto` takes the hand-chosen value and
+The keys of the setting (operator, site, t_max, h_gamma, label_from, and on a class-conditional DDPM
+guidance_scale) are each a value or `auto`; a set value is obeyed. With `injection.auto` (the
+default), a pilot first chooses the keys left `auto` for this dataset, without a bias label
+(diffusion/pilot.py; the valid split's labels say how far the biased model's misses can be trusted):
+every candidate's scores go to inject.json, a row of its images to metrics/plots/inject/pilot.png. With `auto: false` a key left `auto` takes the hand-chosen value and
 `label_from: auto` is decided from the probes (metrics/probe.json). inject.json's `chosen_by` says which
 key came from where (stages/injection_setting.py).
 
@@ -141,7 +141,9 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     if filtered is not None:
         report["filter"] = filtered
     report.update(label_rule=decision, operator=cfg.operator, site="+".join(cfg.sites()), schedule=cfg.schedule,
-                  t_edit=cfg.t_edit, t_max=cfg.t_max, h_gamma=cfg.h_gamma, chosen_by=settled.chosen_by,
+                  t_edit=cfg.t_edit, t_max=cfg.t_max, h_gamma=cfg.h_gamma, guidance_scale=cfg.guidance_scale,
+                  window_guidance_scale=cfg.window_guidance_scale,
+                  chosen_by=settled.chosen_by,
                   injected_steps=sum(step.inject for step in sampler.steps))
     report.update(seconds=round(seconds, 2), seconds_per_image=round(seconds / max(1, len(pool)), 4), precision=precision)
     write_json(root / METRICS / "inject.json", report)

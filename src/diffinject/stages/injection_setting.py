@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from diffinject.data.tensors import ImageTensors, load_split, num_classes_of
 from diffinject.diffusion.conditioning import is_class_conditional
-from diffinject.diffusion.injection_params import AUTO, GUIDANCE_GRID, PILOT_KEYS, Candidate, InjectionParams, restrict
+from diffinject.diffusion.injection_params import (AUTO, GUIDANCE_GRID, GUIDANCE_KEYS, PILOT_KEYS, Candidate, InjectionParams,
+                                                   restrict)
 from diffinject.diffusion.lora import attach_adapter, read_adapter
 from diffinject.diffusion.pilot import conflict_trust, run_pilot
 from diffinject.diffusion.pilot_grid import candidate_grid
@@ -78,12 +79,11 @@ def settle_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents
     conditional = is_class_conditional(unet)
     cfg.check_against_model(known, int(scheduler.config.num_train_timesteps), conditional)
     fixed = cfg.fixed()
-    unguided = not conditional and cfg.guidance_scale == AUTO
-    if unguided:  # an unconditional DDPM: no guidance scale to choose
-        cfg = dataclasses.replace(cfg, guidance_scale=None)
+    unguided = [] if conditional else [key for key in GUIDANCE_KEYS if getattr(cfg, key) == AUTO]
+    cfg = dataclasses.replace(cfg, **{key: None for key in unguided})  # an unconditional DDPM: no guidance to choose
     settled = _settle(root, cfg, fixed, known, conditional, unet, scheduler, contents, styles, manifest, train, seed, device)
-    if unguided and cfg.generator != "fair":
-        settled.chosen_by["guidance_scale"] = "unconditional DDPM"
+    if cfg.generator != "fair":
+        settled.chosen_by.update({key: "unconditional DDPM" for key in unguided})
     return settled
 
 
@@ -100,7 +100,7 @@ def _settle(root: Path, cfg: InjectionParams, fixed: dict, known: list[str], con
         return Settled(cfg, decision, {key: "params" if key in fixed else "probe" if key == "label_from"
                                        else "hand-chosen (auto: false)" for key in PILOT_KEYS})
     candidates, skipped = pilot_candidates(cfg, known, conditional)
-    if len(candidates) == 1 and not (conditional and "guidance_scale" not in fixed):  # every key set: nothing to choose
+    if len(candidates) == 1 and not guidance_left(cfg, conditional):  # every key set: nothing left to choose
         cfg = dataclasses.replace(cfg, **candidates[0].as_params())
         return Settled(cfg, {"label_from": cfg.label_from, "decided_by": "params"}, {key: "params" for key in PILOT_KEYS})
     row_of = {int(i): k for k, i in enumerate(train.ids.tolist())}
@@ -112,12 +112,23 @@ def _settle(root: Path, cfg: InjectionParams, fixed: dict, known: list[str], con
                    {key: "params" if key in fixed else "pilot" for key in PILOT_KEYS}, report, features)
 
 
+def guidance_left(cfg: InjectionParams, conditional: bool) -> bool:
+    """Whether a class-conditional DDPM's guidance keys are (partly) left to the pilot's guidance round."""
+    return conditional and any(getattr(cfg, key) == AUTO for key in GUIDANCE_KEYS)
+
+
+def guidance_candidates(winner: Candidate, fixed: dict) -> list[Candidate]:
+    """The guidance round: the first round's winner at each (scale, window scale) of GUIDANCE_GRID,
+    the keys the params set taking their values."""
+    return restrict([dataclasses.replace(winner, guidance_scale=g, window_guidance_scale=w) for g, w in GUIDANCE_GRID], fixed)
+
+
 def pilot_candidates(cfg: InjectionParams, known: list[str], conditional: bool = False) -> tuple[list[Candidate], list[str]]:
     """(the grid restricted to the keys the params set, the names of those skipped for a site this UNet
     lacks or a window that ends before `injection.t_edit`); a grid left empty is a one-line error. On a
     class-conditional UNet a guidance scale left `auto` is 1 in this grid (the guidance round varies it)."""
     grid = candidate_grid(cfg.pilot_grid)
-    if conditional and cfg.guidance_scale == AUTO:
+    if conditional:
         grid = [dataclasses.replace(c, guidance_scale=1.0 if c.guidance_scale is None else c.guidance_scale) for c in grid]
     grid = restrict(grid, cfg.fixed())
     candidates = [c for c in grid if set(c.sites) <= set(known) and (c.t_max is None or c.t_max >= cfg.t_edit)]
@@ -160,13 +171,12 @@ def choose_injection(root: Path, cfg: InjectionParams, candidates: list[Candidat
     result = pilot(candidates, "inject: pilot")
     winner = candidates[result.winner]
     guidance = None
-    if is_class_conditional(unet) and cfg.guidance_scale == AUTO:
-        # the guidance round: the winner's setting at every scale of GUIDANCE_GRID (1 was the first round's)
-        scales = [dataclasses.replace(winner, guidance_scale=g) for g in GUIDANCE_GRID]
-        guided = pilot(scales, "inject: pilot, guidance scales")
+    scales = guidance_candidates(winner, cfg.fixed()) if guidance_left(cfg, is_class_conditional(unet)) else []
+    if len(scales) > 1:  # the guidance round, around the first round's winner
+        guided = pilot(scales, "inject: pilot, guidance")
         guidance = {"winner": scales[guided.winner].name, "rungs": guided.rungs, "candidates": guided.rows}
-        print(f"inject: guidance round chose scale {scales[guided.winner].guidance_scale:g} for {winner.name} ("
-              + ", ".join(f"{row['guidance_scale']:g}: {row['score']:.3f}" for row in guided.rows) + ")")
+        print(f"inject: the guidance round chose {scales[guided.winner].name} ("
+              + ", ".join(f"{row['name'].rpartition(' label:')[2]}: {row['score']:.3f}" for row in guided.rows) + ")")
         winner = scales[guided.winner]
     save_labelled_rows([(f"{row['name']}\nscore {row['score']:.3f} (conflict {row['conflict']:.2f}, fidelity "
                          f"{row['fidelity']:.2f}, diversity {row['diversity']:.2f})", pool.images[:PILOT_SHOWN])
