@@ -256,3 +256,25 @@ def test_a_guidance_scale_left_auto_is_the_guidance_rounds_choice(prepared_mnist
     pool = pd.read_parquet(root / "data" / "synthetic" / "manifest.parquet")
     assert set(pool["guidance_scale"]) == {chosen["guidance_scale"]}
     assert report["window_guidance_scale"] == chosen["window_guidance_scale"]
+
+
+def test_the_fair_generator_refuses_a_conditional_ddpm_in_one_line(prepared_mnist, tmp_path):
+    from tests.conftest import inverted_repo
+
+    root = inverted_repo(tmp_path / "repo", prepared_mnist, *conditional_unet(), 6)
+    with pytest.raises(DiffinjectError, match=r"params 'injection.generator': fair does not support a class-conditional") as caught:
+        _inject(root, generator="fair")
+    assert "\n" not in str(caught.value) and not (root / "data" / "synthetic").exists()
+
+
+def test_each_label_rule_gets_its_own_guidance_round():
+    """The first round's best finalist per rule: an eliminated candidate's lucky score does not lead."""
+    from diffinject.diffusion.injection_params import Candidate
+    from diffinject.stages.injection_setting import rule_leaders
+
+    candidates = [Candidate("channel_stats", ("up0",), t, 1.0, rule, 1.0) for t in (300, 500) for rule in ("content", "style")]
+    rows = [{"score": 0.30, "rungs": 3}, {"score": 0.20, "rungs": 3},  # t 300: content, style
+            {"score": 0.50, "rungs": 1}, {"score": 0.25, "rungs": 3}]  # t 500: content out at rung 1
+    leaders = rule_leaders(candidates, rows)
+    assert [(c.label_from, c.t_max) for c in leaders] == [("content", 300), ("style", 500)]
+    assert rule_leaders(candidates[1::2], rows[1::2]) == [candidates[3]], "label_from set: one rule, one leader"

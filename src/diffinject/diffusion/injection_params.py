@@ -40,7 +40,7 @@ PILOT_KEYS = ("operator", "site", "t_max", "h_gamma", "label_from", "guidance_sc
 HAND_CHOSEN = {"operator": "channel_stats", "site": ["up0", "up1"], "t_max": 300, "h_gamma": 1.0, "guidance_scale": 1.0,
                "window_guidance_scale": None}
 # The (guidance_scale, window_guidance_scale) pairs the pilot's guidance round tries on a class-conditional
-# DDPM, around the first round's winner (run at 1 everywhere): 0 is the null class, 1 the plain label, 3
+# DDPM, around each label rule's best setting of the first round (run at 1 everywhere): 0 is the null class, 1 the plain label, 3
 # classifier-free guidance; a window scale of 0 drops the label where the content's features are
 # injected, so that the label's own bias (a class embedding learnt on biased data carries the class's
 # usual colour) does not pull the injected bias back (docs/label_in_generator.md).
@@ -165,7 +165,7 @@ class InjectionParams:
         valid); the sites against the UNet and the window against T are `check_against_model`'s."""
         if self.h_gamma != AUTO and not 0 <= self.h_gamma <= 1:
             raise DiffinjectError(f"params 'injection.h_gamma': got {self.h_gamma}, expected a weight in [0, 1] or auto")
-        for key in ("guidance_scale", "window_guidance_scale"):
+        for key in GUIDANCE_KEYS:
             if getattr(self, key) not in (AUTO, None) and not getattr(self, key) >= 0:
                 raise DiffinjectError(f"params 'injection.{key}': got {getattr(self, key)}, expected >= 0, null or auto")
         if self.t_edit < 0:

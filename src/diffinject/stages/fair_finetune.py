@@ -49,7 +49,7 @@ from diffinject.imaging import save_labelled_rows
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.classifier import predictor
 from diffinject.models.trainer import TrainerConfig
-from diffinject.stages.injection_setting import resolve_reference, settle_injection
+from diffinject.stages.injection_setting import check_fair_supported, resolve_reference, settle_injection
 from diffinject.stages.paths import DIFFUSION, FAIR, FAIR_RESUME, INVERSIONS, METRICS, PLOTS, PREPARED, model_dir
 from diffinject.stages.pool_quality import aligned_bias
 
@@ -138,6 +138,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     n_classes, shape = num_classes_of(manifest), tuple(styles.x_T.shape[1:])
     unet, scheduler = load_diffusion(root / DIFFUSION, image_shape=shape)
     unet = unet.to(device).eval()
+    check_fair_supported(unet)
     precision = resolve_precision(p.diffusion.precision, device)
     train = load_split(root / PREPARED, "train", manifest)
     with autocast(precision, device):

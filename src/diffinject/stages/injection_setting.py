@@ -90,6 +90,7 @@ def settle_injection(root: Path, cfg: InjectionParams, unet, scheduler, contents
 def _settle(root: Path, cfg: InjectionParams, fixed: dict, known: list[str], conditional: bool, unet, scheduler,
             contents, styles, manifest: pd.DataFrame, train: ImageTensors, seed: int, device: torch.device) -> Settled:
     if cfg.generator == "fair":
+        check_fair_supported(unet)
         cfg, features = use_fair_adapter(root, cfg, unet, contents)
         return Settled(cfg, {"label_from": cfg.label_from, "decided_by": "fair adapter (models/fair/adapter.json)"},
                        {key: "fair adapter" for key in PILOT_KEYS}, features=features)
@@ -117,8 +118,21 @@ def guidance_left(cfg: InjectionParams, conditional: bool) -> bool:
     return conditional and any(getattr(cfg, key) == AUTO for key in GUIDANCE_KEYS)
 
 
+def rule_leaders(candidates: list[Candidate], rows: list[dict]) -> list[Candidate]:
+    """Per label rule, in grid order, the first round's best candidate among those that reached its last
+    rung: the label condition interacts with the rule (under label:style it is the class the style was
+    inverted under, under label:content another), so each rule's best gets its own guidance round."""
+    leaders = []
+    for rule in dict.fromkeys(c.label_from for c in candidates):
+        of_rule = [k for k, c in enumerate(candidates) if c.label_from == rule]
+        deepest = max(rows[k]["rungs"] for k in of_rule)
+        finalists = [k for k in of_rule if rows[k]["rungs"] == deepest]
+        leaders.append(candidates[max(finalists, key=lambda k: rows[k]["score"])])  # max keeps the first of equals
+    return leaders
+
+
 def guidance_candidates(winner: Candidate, fixed: dict) -> list[Candidate]:
-    """The guidance round: the first round's winner at each (scale, window scale) of GUIDANCE_GRID,
+    """The guidance round for one setting: it at each (scale, window scale) of GUIDANCE_GRID,
     the keys the params set taking their values."""
     return restrict([dataclasses.replace(winner, guidance_scale=g, window_guidance_scale=w) for g, w in GUIDANCE_GRID], fixed)
 
@@ -169,20 +183,22 @@ def choose_injection(root: Path, cfg: InjectionParams, candidates: list[Candidat
         return result
 
     result = pilot(candidates, "inject: pilot")
-    winner = candidates[result.winner]
+    winner, best = candidates[result.winner], result.rows[result.winner]
     guidance = None
-    scales = guidance_candidates(winner, cfg.fixed()) if guidance_left(cfg, is_class_conditional(unet)) else []
-    if len(scales) > 1:  # the guidance round, around the first round's winner
+    scales = []
+    if guidance_left(cfg, is_class_conditional(unet)):
+        for leader in rule_leaders(candidates, result.rows):
+            scales += [c for c in guidance_candidates(leader, cfg.fixed()) if c not in scales]
+    if len(scales) > 1:  # the guidance round, around each label rule's best setting
         guided = pilot(scales, "inject: pilot, guidance")
         guidance = {"winner": scales[guided.winner].name, "rungs": guided.rungs, "candidates": guided.rows}
         print(f"inject: the guidance round chose {scales[guided.winner].name} ("
               + ", ".join(f"{row['name'].rpartition(' label:')[2]}: {row['score']:.3f}" for row in guided.rows) + ")")
-        winner = scales[guided.winner]
+        winner, best = scales[guided.winner], guided.rows[guided.winner]
     save_labelled_rows([(f"{row['name']}\nscore {row['score']:.3f} (conflict {row['conflict']:.2f}, fidelity "
                          f"{row['fidelity']:.2f}, diversity {row['diversity']:.2f})", pool.images[:PILOT_SHOWN])
                         for row, pool in zip(result.rows, result.pools)], root / PLOTS / "inject" / "pilot.png")
     scores = ", ".join(f"{row['score']:.3f}" for row in result.rows)
-    best = result.rows[result.winner]
     print(f"inject: pilot chose {winner.name} (score {best['score']:.3f} [{best['score_low']:.3f}, {best['score_high']:.3f}] "
           f"on {best['n_images']} images, {len(result.rungs)} rung(s): {' -> '.join(str(len(r)) for r in result.rungs)} "
           f"candidates; all: {scores}; conflict trust {trust:.2f}, biased valid acc {biased_valid_acc:.3f})")
@@ -231,6 +247,14 @@ def resolve_reference(root: Path, name: str) -> str:
         raise DiffinjectError(f"params 'injection.pilot_reference': auto needs one of {', '.join(REFERENCES)} trained "
                               f"(models/<name> and metrics/<name>.json; run `dvc repro lff`)")
     return max(valid, key=valid.get)  # the first listed wins a tie
+
+
+def check_fair_supported(unet) -> None:
+    """The fair generator fine-tunes and generates unconditional rollouts: a class-conditional DDPM's
+    guidance is not part of them yet, so the pair is refused rather than mixed."""
+    if is_class_conditional(unet):
+        raise DiffinjectError("params 'injection.generator': fair does not support a class-conditional DDPM yet "
+                              "(set diffusion.class_conditional: false, or injection.generator: base)")
 
 
 def use_fair_adapter(root: Path, cfg: InjectionParams, unet, contents):
