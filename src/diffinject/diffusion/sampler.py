@@ -108,6 +108,7 @@ class InjectionSampler:
         self.sites = config.sites()
         check_sites(self.sites, unet)
         self.steps = plan_steps(config, len(self.alphas_cumprod))
+        self.conditional = is_class_conditional(unet)
         self.share_encoder = share_encoder and SharedEncoder.fits(unet)
         if share_encoder and not self.share_encoder:
             warnings.warn(f"{type(unet).__name__} lacks UNet2DModel's conv_in / down_blocks / mid_block: each injected "
@@ -139,7 +140,7 @@ class InjectionSampler:
                   content_here: Features, guidance: Guidance | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(1) ε and (2) ε̃ at one injected step; the second pass replays the first's encoder."""
         cfg = self.config
-        if guidance is not None and guidance.doubles_batch and is_class_conditional(self.unet):
+        if guidance is not None and guidance.doubles_batch and self.conditional:
             # the conditional and null halves run as one batch: each half gets the same content
             content_here = {site: tuple(torch.cat([f, f]) for f in tensors) for site, tensors in content_here.items()}
         with self.encoder.record() if self.encoder else contextlib.nullcontext():

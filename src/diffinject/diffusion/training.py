@@ -126,11 +126,8 @@ def train_ddpm(cfg: DiffusionConfig, trainer_cfg: TrainerConfig, train_set: Imag
     c, h, w = train_set.shape
     if h != w:
         raise DiffinjectError(f"{train_set.source}: the DDPM needs square images, got {h}x{w}")
-    if cfg.class_conditional and n_classes is None:
-        n_classes = int(train_set.targets.max()) + 1
-    unet, scheduler = build_unet(cfg, h, c, n_classes if cfg.class_conditional else None), build_scheduler(cfg)
-    module = DiffusionModule(unet, scheduler, cfg.lr, cfg.warmup_steps, cfg.train_steps, cfg.ema_decay,
-                             cfg.label_dropout if cfg.class_conditional else 0.0)
+    unet, scheduler = build_unet(cfg, h, c, n_classes), build_scheduler(cfg)
+    module = DiffusionModule(unet, scheduler, cfg.lr, cfg.warmup_steps, cfg.train_steps, cfg.ema_decay, cfg.label_dropout)
     last = ckpt_dir / "last.ckpt"
     start_step = checkpoint_step(last) if last.is_file() else 0
     checkpoints = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=0)

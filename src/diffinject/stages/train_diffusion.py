@@ -49,6 +49,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     p = PARAMS.load(params)
     cfg, seed = p.diffusion, p.seed
     prepared = root / PREPARED
+    manifest = read_manifest(prepared)
     metrics: dict[str, Any] = {}
     ckpt_dir = None
     if cfg.pretrained:
@@ -59,7 +60,6 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     else:
         ckpt_dir = root / DIFFUSION_RESUME / resume_key(cfg, seed, prepared)
         precision = resolve_precision(cfg.precision, inference_device(p.trainer.accelerator))
-        manifest = read_manifest(prepared)
         # images, and with diffusion.class_conditional their class labels: never a bias label
         train_set = load_split(prepared, "train", manifest)
         trained = train_ddpm(cfg, p.trainer, train_set, seed, ckpt_dir, precision, num_classes_of(manifest))
@@ -72,7 +72,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     metrics.update(parameters=sum(w.numel() for w in unet.parameters()), precision=precision)
     # Fidelity of inversion -> reconstruction on valid images, with the injection's step counts.
     n_inv, n_gen = p.injection.n_inv_step, p.injection.n_gen_step
-    valid = load_split(prepared, "valid", read_manifest(prepared))
+    valid = load_split(prepared, "valid", manifest)
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(valid), generator=generator)[:N_RECONSTRUCT]
     subset = valid.images[chosen]
