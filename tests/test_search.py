@@ -472,5 +472,7 @@ def test_the_search_optimises_the_registered_candidate_from_the_pilots_choice(tm
     assert setup.first_trial == {"injection.setting": "channel_stats up1 all t label:style", "injection.h_gamma": 0.7,
                                  "debiased.bias_conflict_ratio": 0.5, "debiased_lff.lr": 2e-3}  # ratio clipped to the range
     assert setup.fixed["debiased_lff.pool"] == "data/synthetic/manifest.parquet"
+    params["debiased"]["bias_conflict_ratio"] = [0.1, 0.3, 0.5]  # a list: its middle starts the search
+    assert search_stage.setup_for(params, root)[0].first_trial["debiased.bias_conflict_ratio"] == 0.3
     params["search"]["model"] = "debiased_lc"
     assert search_stage.setup_for(params, root)[1] == "debiased_lc.valid.acc"

@@ -103,12 +103,18 @@ def classifier_params(name: str, config_class: type = TrainConfig) -> StageParam
     return StageParams({"trainer": TrainerConfig, name: config_class})
 
 
+def fit(root: Path, name: str, cfg: Any, loaded: Any, train: ImageTensors, data: TrainingData,
+        train_fn: Callable[..., FitResult] = train_classifier, section: str | None = None, **fit_kwargs: Any) -> FitResult:
+    """`train_fn` (train_classifier, train_lff, ...) on `train`, selected on `data.valid`, with the
+    stage's section `cfg` and its `loaded` trainer and seed. `section` names the params section in
+    messages (default `name`); `fit_kwargs` go to `train_fn` (biased_rows, callbacks)."""
+    return train_fn(train, data.valid, data.num_classes, cfg, loaded.trainer, loaded.seed, section or name, **fit_kwargs)
+
+
 def fit_and_write(root: Path, name: str, cfg: Any, loaded: Any, train: ImageTensors, data: TrainingData,
-                  fit: Callable[..., FitResult] = train_classifier, extra: dict[str, Any] | None = None,
+                  train_fn: Callable[..., FitResult] = train_classifier, extra: dict[str, Any] | None = None,
                   model_info: dict[str, Any] | None = None, section: str | None = None, **fit_kwargs: Any) -> dict[str, Any]:
-    """The one last step of every classifier stage: `fit` (train_classifier, train_lff, ...) on `train`,
-    selected on `data.valid`, with the stage's section `cfg` and its `loaded` trainer and seed, then
-    models/<name>/, metrics/<name>.json and the curve. `section` names the params section in messages
-    (default `name`); `fit_kwargs` go to `fit` (biased_rows, callbacks)."""
-    result = fit(train, data.valid, data.num_classes, cfg, loaded.trainer, loaded.seed, section or name, **fit_kwargs)
+    """The one last step of every classifier stage: `fit`, then models/<name>/, metrics/<name>.json and
+    the curve."""
+    result = fit(root, name, cfg, loaded, train, data, train_fn, section, **fit_kwargs)
     return write_training_outputs(root, name, result, cfg, loaded.seed, extra, model_info)

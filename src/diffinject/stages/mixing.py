@@ -3,6 +3,11 @@
 
 All three add round(ratio × |train|) images, so at one `bias_conflict_ratio` the only difference
 between them is where the added images come from. Only targets are read: no bias label.
+
+`bias_conflict_ratio` is a number, or a list of numbers: the stage then trains once at each and keeps
+the model with the best valid accuracy (ties: the earlier ratio), the ratio chosen per dataset the
+way every other model choice is, on the valid split and without a bias label. Its metrics say which
+ratio won and what each scored (`ratio_valid_acc`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from diffinject.data.pool import PoolDraw, draw_from_pool, load_pool, repeat_eve
 from diffinject.data.tensors import ImageTensors, concat
 from diffinject.models.trainer import TrainerConfig
 from diffinject.models.training import FitResult
-from diffinject.stages.common import fit_and_write, load_training_data, mined_train_rows
+from diffinject.stages.common import fit, load_training_data, mined_train_rows, write_training_outputs
 from diffinject.stages.pool_params import DebiasedConfig
 
 
@@ -43,11 +48,44 @@ def mixing_params(name: str, config_class: type) -> StageParams:
                         "debiased": slice_of(DebiasedConfig, "bias_conflict_ratio")})
 
 
-def resolved_ratio(loaded: Any, name: str) -> float:
+def resolved_ratio(loaded: Any, name: str) -> float | list[float]:
     """Section `name`'s bias_conflict_ratio, null meaning debiased's (`mixing_params` reads both), so that
     at one setting upsample and the debiased_<method> stages add as many images as train_debiased."""
     ratio = getattr(loaded, name).bias_conflict_ratio
     return loaded.debiased.bias_conflict_ratio if ratio is None else ratio
+
+
+@dataclass
+class RatioChoice:
+    ratio: float
+    mixed: MixedTrainSet
+    result: FitResult
+    report: dict[str, Any]  # the metrics keys that say how the ratio was chosen (empty for a set number)
+
+
+def fit_best_ratio(setting: float | list[float], build: Callable[[float], MixedTrainSet],
+                   train_on: Callable[[MixedTrainSet], FitResult], section: str, pool: str | None = "") -> RatioChoice:
+    """`train_on(build(ratio))`: at the one ratio set, or at each ratio of a list, keeping the best valid
+    accuracy of the selected epochs (ties: the earlier ratio; module docstring). With no `pool` (null)
+    every ratio trains on the same rows, so a list trains once."""
+    ratios = [float(r) for r in setting] if isinstance(setting, (list, tuple)) else [float(setting)]
+    if pool is None:
+        ratios = ratios[:1]
+    best: RatioChoice | None = None
+    scores: dict[str, float] = {}
+    for ratio in ratios:
+        mixed = build(ratio)
+        result = train_on(mixed)
+        scores[f"{ratio:g}"] = round(float(result.selected["valid/acc"]), 4)
+        if best is None or result.selected["valid/acc"] > best.result.selected["valid/acc"]:
+            best = RatioChoice(ratio, mixed, result, {})
+    assert best is not None  # check_ratio refuses an empty list
+    if len(ratios) > 1:
+        print(f"{section}: bias_conflict_ratio {best.ratio:g} chosen on valid accuracy "
+              f"({', '.join(f'{r}: {a:.4f}' for r, a in scores.items())})")
+        best.report = {"bias_conflict_ratio": best.ratio, "ratio_chosen_by": "valid accuracy",
+                       "ratio_valid_acc": scores}
+    return best
 
 
 def mix(train: ImageTensors, extra: ImageTensors, ratio: float, seed: int, section: str,
@@ -86,13 +124,19 @@ def pool_stage(params: dict[str, Any], stage: StageParams, name: str, root: Path
     train split plus the pool draw of section `name`; `<name>.biased_sees` chooses the rows its biased
     branch trains on (`original`: the train split's only). `callbacks` join the Trainer (the search's pruner)."""
     p = stage.load(params)
-    cfg, ratio, data = getattr(p, name), resolved_ratio(p, name), load_training_data(root)
-    mixed = with_pool(data.train, cfg.pool, root, data.num_classes, ratio, p.seed, name)
-    biased_rows = mixed.is_original if cfg.biased_sees == "original" else None
-    extra = {"n_train": mixed.n_original, "n_pool": mixed.n_added, "bias_conflict_ratio": ratio,
-             "biased_rows": int(mixed.n_original if biased_rows is not None else len(mixed.data))}
-    return fit_and_write(root, name, cfg, p, mixed.data, data, train, extra, model_info,
-                         biased_rows=biased_rows, callbacks=callbacks)
+    cfg, data = getattr(p, name), load_training_data(root)
+
+    def biased_rows(mixed: MixedTrainSet) -> torch.Tensor | None:
+        return mixed.is_original if cfg.biased_sees == "original" else None
+
+    choice = fit_best_ratio(
+        resolved_ratio(p, name), lambda r: with_pool(data.train, cfg.pool, root, data.num_classes, r, p.seed, name),
+        lambda mixed: fit(root, name, cfg, p, mixed.data, data, train, biased_rows=biased_rows(mixed), callbacks=callbacks),
+        name, cfg.pool)
+    mixed, rows = choice.mixed, biased_rows(choice.mixed)
+    extra = {"n_train": mixed.n_original, "n_pool": mixed.n_added, "bias_conflict_ratio": choice.ratio,
+             "biased_rows": int(mixed.n_original if rows is not None else len(mixed.data)), **choice.report}
+    return write_training_outputs(root, name, choice.result, cfg, p.seed, extra, model_info)
 
 
 def mined_rows(train: ImageTensors, conflicts_csv: Path) -> ImageTensors:

@@ -4,7 +4,7 @@ their default pool is a path of the pipeline (stages/paths.py), which the librar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from diffinject.models.configs import TrainConfig, check_ratio
@@ -21,7 +21,8 @@ class DebiasedConfig(TrainConfig):
     loss: Literal["ce", "gce"] = "gce"  # the released DiffInject's retraining; 3 seeds: valid 0.743 gce vs 0.732 ce
     # a manifest of extra images (.parquet/.csv: id, path, target; default: the inject stage's); null = none
     pool: str | None = str(SYNTHETIC_MANIFEST)
-    bias_conflict_ratio: float = 0.5  # pool samples added, as a fraction of |train| (0.1 / 0.3 / 0.5: valid 0.65 / 0.72 / 0.75)
+    # pool samples added, as a fraction of |train|; a list: train at each, keep the best on valid (stages/mixing.py)
+    bias_conflict_ratio: float | list[float] = field(default_factory=lambda: [0.1, 0.5])
 
     def check(self, section: str) -> None:
         super().check(section)
@@ -35,7 +36,7 @@ class PoolKeys:
     (`class DebiasedLfFConfig(PoolKeys, LfFConfig)`): its check runs the method's, then its own."""
 
     pool: str | None = str(SYNTHETIC_MANIFEST)  # as debiased.pool
-    bias_conflict_ratio: float | None = None  # null: debiased.bias_conflict_ratio
+    bias_conflict_ratio: float | list[float] | None = None  # null: debiased.bias_conflict_ratio
     # Which rows the biased (GCE) branch trains on: `original` keeps it as biased as the method's own (the
     # synthetic conflicts would teach it the class); `all` trains it on the mix. The debiased branch
     # trains on every row either way.

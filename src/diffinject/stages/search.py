@@ -21,6 +21,7 @@ child run per trial.
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,9 @@ def first_trial(cfg: SearchConfig, params: dict[str, Any], model: str, winner: d
     """The pilot's choice (with its gamma) and the params' ratio and lr, clipped into the ranges."""
     if winner is None:
         return None
+    ratio = params.get("debiased", {}).get("bias_conflict_ratio", 0.5)
     current = {"h_gamma": winner["h_gamma"],
-               "bias_conflict_ratio": params.get("debiased", {}).get("bias_conflict_ratio", 0.5),
+               "bias_conflict_ratio": float(statistics.median(ratio)) if isinstance(ratio, list) else ratio,  # a list: its middle
                "lr": params.get(model, {}).get("lr", 1e-3)}
     out: dict[str, Any] = {SETTING: setting_name(winner)}
     for key, (target, _) in float_keys(model).items():

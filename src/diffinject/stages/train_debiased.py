@@ -1,6 +1,7 @@
 """Stage `train_debiased`: the classifier trained on every original train sample plus
 `debiased.bias_conflict_ratio` × |train| samples drawn (seeded) from a pool of extra images
-(params `debiased.*`), with `debiased.loss` (ce | gce).
+(params `debiased.*`), with `debiased.loss` (ce | gce). A list of ratios trains at each and keeps the
+best on valid (stages/mixing.py).
 
 The pool (`debiased.pool`) is any manifest of images — .parquet or .csv with columns id, path, target,
 paths relative to the manifest's folder — such as the synthetic set of the `inject` stage. With no
@@ -17,8 +18,8 @@ from typing import Any
 
 import lightning
 
-from diffinject.stages.common import classifier_params, fit_and_write, load_training_data
-from diffinject.stages.mixing import with_pool
+from diffinject.stages.common import classifier_params, fit, load_training_data, write_training_outputs
+from diffinject.stages.mixing import fit_best_ratio, with_pool
 from diffinject.stages.pool_params import DebiasedConfig
 
 SECTION = "debiased"
@@ -29,6 +30,9 @@ def run(params: dict[str, Any], root: Path = Path("."), callbacks: list[lightnin
     """`callbacks` join the training's Trainer (the search's pruning callback)."""
     p = PARAMS.load(params)
     data = load_training_data(root)
-    mixed = with_pool(data.train, p.debiased.pool, root, data.num_classes, p.debiased.bias_conflict_ratio, p.seed, SECTION)
-    extra = {"n_train": mixed.n_original, "n_pool": mixed.n_added}
-    return fit_and_write(root, SECTION, p.debiased, p, mixed.data, data, extra=extra, callbacks=callbacks)
+    choice = fit_best_ratio(
+        p.debiased.bias_conflict_ratio,
+        lambda r: with_pool(data.train, p.debiased.pool, root, data.num_classes, r, p.seed, SECTION),
+        lambda mixed: fit(root, SECTION, p.debiased, p, mixed.data, data, callbacks=callbacks), SECTION, p.debiased.pool)
+    extra = {"n_train": choice.mixed.n_original, "n_pool": choice.mixed.n_added, **choice.report}
+    return write_training_outputs(root, SECTION, choice.result, p.debiased, p.seed, extra)

@@ -3,7 +3,8 @@ plus copies of the mined conflict images of data/conflicts.csv, as many as `trai
 the synthetic pool (round(ratio × |train|), each mined image repeated evenly), with plain CE. Against
 `train_debiased` at the same ratio, the only difference is generated vs copied images.
 
-params `upsample.*` (`bias_conflict_ratio: null` follows `debiased.bias_conflict_ratio`).
+params `upsample.*` (`bias_conflict_ratio: null` follows `debiased.bias_conflict_ratio`; a list of
+ratios is chosen on valid as train_debiased's is, so the control gets the same choice).
 data/prepared + data/conflicts.csv -> models/upsample/, metrics/upsample.json, metrics/plots/train/upsample.csv.
 """
 
@@ -14,8 +15,8 @@ from typing import Any
 
 from diffinject.data.pool import repeat_evenly
 from diffinject.models.configs import UpsampleConfig
-from diffinject.stages.common import fit_and_write, load_training_data
-from diffinject.stages.mixing import mined_rows, mix, mixing_params, resolved_ratio
+from diffinject.stages.common import fit, load_training_data, write_training_outputs
+from diffinject.stages.mixing import fit_best_ratio, mined_rows, mix, mixing_params, resolved_ratio
 from diffinject.stages.paths import CONFLICTS
 
 SECTION = "upsample"
@@ -24,8 +25,11 @@ PARAMS = mixing_params(SECTION, UpsampleConfig)
 
 def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     p = PARAMS.load(params)
-    ratio, data = resolved_ratio(p, SECTION), load_training_data(root)
+    data = load_training_data(root)
     mined = mined_rows(data.train, root / CONFLICTS)
-    mixed = mix(data.train, mined, ratio, p.seed, SECTION, draw=repeat_evenly)
-    extra = {"n_train": mixed.n_original, "n_mined": len(mined), "n_copies": mixed.n_added, "bias_conflict_ratio": ratio}
-    return fit_and_write(root, SECTION, p.upsample, p, mixed.data, data, extra=extra)
+    choice = fit_best_ratio(resolved_ratio(p, SECTION),
+                            lambda r: mix(data.train, mined, r, p.seed, SECTION, draw=repeat_evenly),
+                            lambda mixed: fit(root, SECTION, p.upsample, p, mixed.data, data), SECTION)
+    extra = {"n_train": choice.mixed.n_original, "n_mined": len(mined), "n_copies": choice.mixed.n_added,
+             "bias_conflict_ratio": choice.ratio, **choice.report}
+    return write_training_outputs(root, SECTION, choice.result, p.upsample, p.seed, extra)
