@@ -152,6 +152,11 @@ class InjectionParams:
     # ... and on the injected steps (the window), where the content's features decide the bias; null:
     # guidance_scale's; auto: the pilot's (GUIDANCE_GRID)
     window_guidance_scale: float | None | Literal["auto"] = AUTO
+    # Label-reader guidance (diffusion/reader_guidance.py): the late generation steps (t <= reader_t_max)
+    # move the denoised estimate up the log-probability that `pilot_reference` reads the synthetic label
+    # in it, with this scale; 0 = off. Any DDPM, conditional or not; reads no bias label.
+    reader_guidance: float = 0.0
+    reader_t_max: int = 300
     batch_size: int = 64
     # base: the DDPM as trained; fair: with the LoRA adapter of stage fair_finetune (models/fair/), on the
     # setting the adapter was fine-tuned for (diffusion/fair.py)
@@ -170,6 +175,9 @@ class InjectionParams:
                 raise DiffinjectError(f"params 'injection.{key}': got {getattr(self, key)}, expected >= 0, null or auto")
         if self.t_edit < 0:
             raise DiffinjectError(f"params 'injection.t_edit': got {self.t_edit}, expected >= 0")
+        if self.reader_guidance < 0 or self.reader_t_max < 0:
+            raise DiffinjectError(f"params 'injection.reader_guidance' / 'injection.reader_t_max': got {self.reader_guidance} / "
+                                  f"{self.reader_t_max}, expected >= 0")
         if self.t_max not in (AUTO, None) and self.t_max < self.t_edit:
             raise DiffinjectError(f"params 'injection.t_max': got {self.t_max}, expected >= injection.t_edit ({self.t_edit}), null or auto")
         for key in ("n_inv_step", "n_gen_step"):

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from diffinject.diffusion.conditioning import Guidance, guided_output, is_class_conditional
 from diffinject.diffusion.ddim import alpha_bar, checked_prediction_type, ddim_step, predict_eps, timestep_grid
 from diffinject.diffusion.injection_params import InjectionParams
+from diffinject.diffusion.reader_guidance import ReaderGuidance
 from diffinject.diffusion.shared_encoder import SharedEncoder
 from diffinject.diffusion.sites import H_SITE, Features, SiteHook, check_sites
 from diffinject.errors import DiffinjectError
@@ -91,6 +92,9 @@ class InjectionSampler:
     sites are in the decoder, so the replay still sees them injected. A network without UNet2DModel's
     encoder layout runs two full passes, and says so once.
 
+    With a `reader` (ReaderGuidance), both ε and ε̃ of the late generation steps are moved up a label
+    reader's log p(y | x̂_0), y the synthetic label.
+
     A class-conditional UNet generates under the synthetic labels with guidance scale
     `injection.guidance_scale` (diffusion/conditioning.py), in (1) and (2) alike, and on injected steps
     with `injection.window_guidance_scale` where that is set.
@@ -98,9 +102,11 @@ class InjectionSampler:
     A context manager: the site hooks are on the UNet only inside `with InjectionSampler(...) as s:`.
     """
 
-    def __init__(self, unet: nn.Module, scheduler: DDPMScheduler, config: InjectionParams, share_encoder: bool = True):
+    def __init__(self, unet: nn.Module, scheduler: DDPMScheduler, config: InjectionParams, share_encoder: bool = True,
+                 reader: ReaderGuidance | None = None):
         self.prediction_type = checked_prediction_type(scheduler)
         self.unet = unet
+        self.reader = reader  # label-reader guidance on the late steps (diffusion/reader_guidance.py)
         self.alphas_cumprod = scheduler.alphas_cumprod
         # the stages settle every key first (stages/injection_setting.py); a library caller that leaves
         # one `auto` gets the hand-chosen value, never in place of a set one
@@ -185,6 +191,9 @@ class InjectionSampler:
             eps, eps_inj = self._eps_pair(x_in, timestep, a_t, here, guidance)  # (1), (2)
         else:
             eps = eps_inj = predict_eps(self.unet, x_in, timestep, a_t, self.prediction_type, guidance)  # (1); ε̃ = ε
+        if self.reader is not None and guidance is not None and a_next > a_t and self.reader.applies(step.t):
+            shift = self.reader.eps_shift(x_in, eps_inj, a_t, guidance.labels)  # generation steps only
+            eps, eps_inj = (eps - shift, eps_inj - shift) if eps_inj is not eps else (eps - shift,) * 2
         if eps_grad_scale is not None and eps.requires_grad:
             scale = float(eps_grad_scale)
             eps.register_hook(lambda grad: grad * scale)

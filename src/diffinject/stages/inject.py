@@ -46,9 +46,10 @@ from diffinject.diffusion.sampler import InjectionSampler, content_features
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid
+from diffinject.models.checkpoint import WEIGHTS_NAME
 from diffinject.models.trainer import TrainerConfig
-from diffinject.stages.injection_setting import pool_judge, settle_injection
-from diffinject.stages.paths import DIFFUSION, FAIR, INVERSIONS, METRICS, PLOTS, PREPARED, SYNTHETIC
+from diffinject.stages.injection_setting import pool_judge, reader_guidance, resolve_reference, settle_injection
+from diffinject.stages.paths import DIFFUSION, FAIR, INVERSIONS, METRICS, PLOTS, PREPARED, SYNTHETIC, model_dir
 from diffinject.stages.pool_quality import quality_report
 
 GRID_ROWS = 16
@@ -58,10 +59,12 @@ PARAMS = StageParams({"trainer": TrainerConfig, "diffusion": slice_of(DiffusionC
 
 def work_dir(root: Path, cfg: InjectionParams, seed: int, precision: str, label_from: str) -> Path:
     """Partial results are only reused by a run with the same params, label rule, precision, seed,
-    inversions and (generator fair) adapter."""
+    inversions, (generator fair) adapter and (reader guidance) reader."""
     digest = hashlib.sha256(json.dumps({"cfg": dataclasses.asdict(cfg), "seed": seed, "precision": precision, "label_from": label_from},
                                        sort_keys=True).encode())
-    for path in (root / INVERSIONS / CONTENT, root / INVERSIONS / STYLE, *([root / FAIR / WEIGHTS] if cfg.generator == "fair" else [])):
+    reader = [model_dir(root, resolve_reference(root, cfg.pilot_reference)) / WEIGHTS_NAME] if cfg.reader_guidance else []
+    for path in (root / INVERSIONS / CONTENT, root / INVERSIONS / STYLE, *([root / FAIR / WEIGHTS] if cfg.generator == "fair" else []),
+                 *reader):
         digest.update(path.read_bytes())
     return root / "data" / f".synthetic-partial-{digest.hexdigest()[:16]}"
 
@@ -91,8 +94,9 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
                        None if contents.proxy is None else contents.proxy.numpy(),
                        None if styles.proxy is None else styles.proxy.numpy())
     quota = class_quota(pair_labels(pairs, contents, styles, label_from), n) if judge is not None else None
+    reader, reader_report = reader_guidance(root, cfg, manifest, tuple(styles.x_T.shape[1:]), device)
     try:
-        sampler = InjectionSampler(unet, scheduler, cfg)
+        sampler = InjectionSampler(unet, scheduler, cfg, reader=reader)
     except ValueError as exc:
         raise DiffinjectError(f"params 'injection': {exc}") from exc
     work = work_dir(root, cfg, seed, precision, label_from)
@@ -141,6 +145,8 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
         report["pilot"] = pilot_report
     if filtered is not None:
         report["filter"] = filtered
+    if reader_report is not None:
+        report["reader_guidance"] = reader_report
     report.update(label_rule=decision, operator=cfg.operator, site="+".join(cfg.sites()), schedule=cfg.schedule,
                   t_edit=cfg.t_edit, t_max=cfg.t_max, h_gamma=cfg.h_gamma, guidance_scale=cfg.guidance_scale,
                   window_guidance_scale=cfg.window_guidance_scale,

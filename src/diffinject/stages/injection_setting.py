@@ -25,6 +25,7 @@ from diffinject.diffusion.pilot import conflict_trust, run_pilot
 from diffinject.diffusion.pilot_grid import candidate_grid
 from diffinject.diffusion.pool_filter import make_judge, probabilities
 from diffinject.diffusion.probes import decide_label_from
+from diffinject.diffusion.reader_guidance import ReaderGuidance
 from diffinject.diffusion.sampler import content_features
 from diffinject.diffusion.sites import site_names
 from diffinject.errors import DiffinjectError, first_line
@@ -221,16 +222,31 @@ def pool_judge(root: Path, cfg: InjectionParams, manifest: pd.DataFrame, shape: 
 
 
 def load_models(root: Path, names, n_classes: int, shape: tuple[int, ...], device: torch.device, needed_by: str,
-                switch: str) -> dict:
+                switch: str, off: str = "false") -> dict:
     """name -> the trained classifier in models/<name>, in eval mode on `device`; a missing one is a
-    one-line error naming what needs it and the param (`switch`) that turns that off."""
+    one-line error naming what needs it and the param (`switch`) and value (`off`) that turn that off."""
     models = {}
     for name in names:
         models[name], _, _ = load_classifier(model_dir(root, name), num_classes=n_classes, image_shape=shape,
                                              missing_hint=f"{needed_by} needs models/{name}: run `dvc repro {name}` "
-                                                          f"(or set {switch}: false)")
+                                                          f"(or set {switch}: {off})")
         models[name] = models[name].to(device).eval()
     return models
+
+
+def reader_guidance(root: Path, cfg: InjectionParams, manifest: pd.DataFrame, shape: tuple[int, ...],
+                    device: torch.device) -> tuple[ReaderGuidance | None, dict[str, Any] | None]:
+    """`injection.reader_guidance`'s guide — the reference model (`pilot_reference`) as the label
+    reader — and what metrics/inject.json says of it; (None, None) when the scale is 0."""
+    if cfg.reader_guidance == 0:
+        return None, None
+    reference = resolve_reference(root, cfg.pilot_reference)
+    reader = load_models(root, (reference,), num_classes_of(manifest), shape, device, "injection.reader_guidance",
+                         "injection.reader_guidance", off="0")[reference]
+    for weight in reader.parameters():
+        weight.requires_grad_(False)  # only the image gets a gradient
+    return (ReaderGuidance(reader, cfg.reader_guidance, cfg.reader_t_max),
+            {"scale": cfg.reader_guidance, "t_max": cfg.reader_t_max, "reader": reference})
 
 
 def resolve_reference(root: Path, name: str) -> str:
