@@ -67,7 +67,7 @@ def test_a_set_ratio_trains_once_and_reports_nothing_new():
 
 def test_without_a_pool_a_list_trains_once():
     build, fit, fitted = planted({0.1: 0.6, 0.5: 0.7})
-    assert fit_best_ratio([0.1, 0.5], build, fit, "debiased", pool=None).report == {} and fitted == [0.1]
+    assert fit_best_ratio([0.1, 0.5], build, fit, "debiased", has_pool=False).report == {} and fitted == [0.1]
 
 
 @pytest.mark.parametrize("ratio, expected", [([], "got [], expected a number >= 0 or a non-empty list of them"),

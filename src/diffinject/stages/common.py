@@ -103,7 +103,7 @@ def classifier_params(name: str, config_class: type = TrainConfig) -> StageParam
     return StageParams({"trainer": TrainerConfig, name: config_class})
 
 
-def fit(root: Path, name: str, cfg: Any, loaded: Any, train: ImageTensors, data: TrainingData,
+def fit(name: str, cfg: Any, loaded: Any, train: ImageTensors, data: TrainingData,
         train_fn: Callable[..., FitResult] = train_classifier, section: str | None = None, **fit_kwargs: Any) -> FitResult:
     """`train_fn` (train_classifier, train_lff, ...) on `train`, selected on `data.valid`, with the
     stage's section `cfg` and its `loaded` trainer and seed. `section` names the params section in
@@ -116,5 +116,5 @@ def fit_and_write(root: Path, name: str, cfg: Any, loaded: Any, train: ImageTens
                   model_info: dict[str, Any] | None = None, section: str | None = None, **fit_kwargs: Any) -> dict[str, Any]:
     """The one last step of every classifier stage: `fit`, then models/<name>/, metrics/<name>.json and
     the curve."""
-    result = fit(root, name, cfg, loaded, train, data, train_fn, section, **fit_kwargs)
+    result = fit(name, cfg, loaded, train, data, train_fn, section, **fit_kwargs)
     return write_training_outputs(root, name, result, cfg, loaded.seed, extra, model_info)

@@ -48,7 +48,7 @@ from diffinject.fsutil import atomic_dir, write_json
 from diffinject.imaging import save_grid
 from diffinject.models.checkpoint import WEIGHTS_NAME
 from diffinject.models.trainer import TrainerConfig
-from diffinject.stages.injection_setting import pool_judge, reader_guidance, resolve_reference, settle_injection
+from diffinject.stages.injection_setting import pool_judge, reader_guidance, settle_injection
 from diffinject.stages.paths import DIFFUSION, FAIR, INVERSIONS, METRICS, PLOTS, PREPARED, SYNTHETIC, model_dir
 from diffinject.stages.pool_quality import quality_report
 
@@ -57,14 +57,14 @@ PARAMS = StageParams({"trainer": TrainerConfig, "diffusion": slice_of(DiffusionC
                       "injection": InjectionParams})
 
 
-def work_dir(root: Path, cfg: InjectionParams, seed: int, precision: str, label_from: str) -> Path:
+def work_dir(root: Path, cfg: InjectionParams, seed: int, precision: str, label_from: str,
+             reader: str | None = None) -> Path:
     """Partial results are only reused by a run with the same params, label rule, precision, seed,
     inversions, (generator fair) adapter and (reader guidance) reader."""
     digest = hashlib.sha256(json.dumps({"cfg": dataclasses.asdict(cfg), "seed": seed, "precision": precision, "label_from": label_from},
                                        sort_keys=True).encode())
-    reader = [model_dir(root, resolve_reference(root, cfg.pilot_reference)) / WEIGHTS_NAME] if cfg.reader_guidance else []
     for path in (root / INVERSIONS / CONTENT, root / INVERSIONS / STYLE, *([root / FAIR / WEIGHTS] if cfg.generator == "fair" else []),
-                 *reader):
+                 *([model_dir(root, reader) / WEIGHTS_NAME] if reader else [])):
         digest.update(path.read_bytes())
     return root / "data" / f".synthetic-partial-{digest.hexdigest()[:16]}"
 
@@ -99,7 +99,7 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
         sampler = InjectionSampler(unet, scheduler, cfg, reader=reader)
     except ValueError as exc:
         raise DiffinjectError(f"params 'injection': {exc}") from exc
-    work = work_dir(root, cfg, seed, precision, label_from)
+    work = work_dir(root, cfg, seed, precision, label_from, None if reader_report is None else reader_report["reader"])
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rank, world = rank_and_world()

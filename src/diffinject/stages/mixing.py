@@ -64,12 +64,12 @@ class RatioChoice:
 
 
 def fit_best_ratio(setting: float | list[float], build: Callable[[float], MixedTrainSet],
-                   train_on: Callable[[MixedTrainSet], FitResult], section: str, pool: str | None = "") -> RatioChoice:
+                   train_on: Callable[[MixedTrainSet], FitResult], section: str, has_pool: bool = True) -> RatioChoice:
     """`train_on(build(ratio))`: at the one ratio set, or at each ratio of a list, keeping the best valid
-    accuracy of the selected epochs (ties: the earlier ratio; module docstring). With no `pool` (null)
-    every ratio trains on the same rows, so a list trains once."""
+    accuracy of the selected epochs (ties: the earlier ratio; module docstring). Without a pool every
+    ratio trains on the same rows, so a list trains once."""
     ratios = [float(r) for r in setting] if isinstance(setting, (list, tuple)) else [float(setting)]
-    if pool is None:
+    if not has_pool:
         ratios = ratios[:1]
     best: RatioChoice | None = None
     scores: dict[str, float] = {}
@@ -131,8 +131,8 @@ def pool_stage(params: dict[str, Any], stage: StageParams, name: str, root: Path
 
     choice = fit_best_ratio(
         resolved_ratio(p, name), lambda r: with_pool(data.train, cfg.pool, root, data.num_classes, r, p.seed, name),
-        lambda mixed: fit(root, name, cfg, p, mixed.data, data, train, biased_rows=biased_rows(mixed), callbacks=callbacks),
-        name, cfg.pool)
+        lambda mixed: fit(name, cfg, p, mixed.data, data, train, biased_rows=biased_rows(mixed), callbacks=callbacks),
+        name, has_pool=cfg.pool is not None)
     mixed, rows = choice.mixed, biased_rows(choice.mixed)
     extra = {"n_train": mixed.n_original, "n_pool": mixed.n_added, "bias_conflict_ratio": choice.ratio,
              "biased_rows": int(mixed.n_original if rows is not None else len(mixed.data)), **choice.report}

@@ -33,6 +33,7 @@ def run(params: dict[str, Any], root: Path = Path("."), callbacks: list[lightnin
     choice = fit_best_ratio(
         p.debiased.bias_conflict_ratio,
         lambda r: with_pool(data.train, p.debiased.pool, root, data.num_classes, r, p.seed, SECTION),
-        lambda mixed: fit(root, SECTION, p.debiased, p, mixed.data, data, callbacks=callbacks), SECTION, p.debiased.pool)
+        lambda mixed: fit(SECTION, p.debiased, p, mixed.data, data, callbacks=callbacks), SECTION,
+        has_pool=p.debiased.pool is not None)
     extra = {"n_train": choice.mixed.n_original, "n_pool": choice.mixed.n_added, **choice.report}
     return write_training_outputs(root, SECTION, choice.result, p.debiased, p.seed, extra)

@@ -29,7 +29,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     mined = mined_rows(data.train, root / CONFLICTS)
     choice = fit_best_ratio(resolved_ratio(p, SECTION),
                             lambda r: mix(data.train, mined, r, p.seed, SECTION, draw=repeat_evenly),
-                            lambda mixed: fit(root, SECTION, p.upsample, p, mixed.data, data), SECTION)
+                            lambda mixed: fit(SECTION, p.upsample, p, mixed.data, data), SECTION)
     extra = {"n_train": choice.mixed.n_original, "n_mined": len(mined), "n_copies": choice.mixed.n_added,
              "bias_conflict_ratio": choice.ratio, **choice.report}
     return write_training_outputs(root, SECTION, choice.result, p.upsample, p.seed, extra)
