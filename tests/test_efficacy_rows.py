@@ -95,8 +95,11 @@ def test_upsample_stage_follows_the_debiased_ratio(root):
     write_conflicts(root, train_ids[:3])
     out = upsample.run(params(), root)
     assert (out["n_mined"], out["n_copies"], out["bias_conflict_ratio"]) == (3, 200, 0.05)  # round(0.05 x 4000)
-    out = upsample.run(params(upsample={"bias_conflict_ratio": 0.01}), root)
+    out = upsample.run(params(debiased={"bias_conflict_ratio": 0.01}), root)
     assert out["n_copies"] == 40
+    # the ratio has one home: the old per-stage key says where it went
+    with pytest.raises(DiffinjectError, match=r"params 'upsample.bias_conflict_ratio': no longer a key here; .*debiased.bias_conflict_ratio"):
+        upsample.run(params(upsample={"bias_conflict_ratio": 0.01}), root)
     assert json.loads((root / "models" / "upsample" / "model.json").read_text())["params"]["loss"] == "ce"
 
 

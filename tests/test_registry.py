@@ -21,7 +21,7 @@ from diffinject.errors import DiffinjectError
 from diffinject.models.checkpoint import load_classifier, save_classifier
 from diffinject.models.classifier import to_unit_float
 from diffinject.models.networks import NetConfig, build_network
-from diffinject.stages import register
+from diffinject.stages import register, summary
 from diffinject.tracking import metrics_files, model_logging, registry, registry_config
 
 CURVE = [{"epoch": e, "train_acc": 0.5 + e / 10, "valid_acc": 0.4 + e / 10} for e in (1, 2, 3)]
@@ -145,6 +145,51 @@ def test_candidates_ties_go_to_the_first_listed_and_nan_never_wins():
     assert registry_config.best_candidate({"debiased.valid.dp_gap": 0.3, "x.valid.dp_gap": 0.2}, gaps) == "x.valid.dp_gap"
     with pytest.raises(DiffinjectError, match=r"params 'registry.candidates': empty"):
         registry_config.RegistryConfig(candidates=[]).check()
+
+
+def test_a_metric_that_needs_bias_labels_is_refused_unless_the_user_says_so(store_root, prepared_mnist, tmp_path, capsys):
+    with pytest.raises(DiffinjectError, match=r"params 'registry.metric': worst_group_acc needs the validation split's "
+                                              r"bias labels.*registry.use_bias_labels: true"):
+        registry_config.RegistryConfig(metric="debiased.valid.worst_group_acc").check()
+    assert not registry_config.RegistryConfig().reads_bias_labels
+    root = make_pipeline_root(tmp_path / "run", prepared_mnist, valid_acc=0.6)
+    results = json.loads((root / "metrics" / "eval.json").read_text())
+    results["debiased"]["valid"]["conflict_acc"] = 0.4
+    (root / "metrics" / "eval.json").write_text(json.dumps(results))
+    with pytest.raises(DiffinjectError, match=r"conflict_acc needs the validation split's bias labels"):
+        register.run(params("m-bias-labels", metric="debiased.valid.conflict_acc"), root)
+    out = register.run(params("m-bias-labels", metric="debiased.valid.conflict_acc", use_bias_labels=True), root)
+    assert out["selection_reads_bias_labels"] and out["value"] == 0.4
+    assert "register: selection with validation bias labels" in capsys.readouterr().out
+    version = MlflowClient().get_model_version("m-bias-labels", str(out["version"]))
+    assert version.tags["diffinject.selection"] == registry_config.WITH_BIAS_LABELS
+
+
+def test_the_generator_is_compared_with_the_best_non_generative_model():
+    cfg = registry_config.RegistryConfig()
+    metrics = {"debiased.valid.acc": 0.70, "debiased_lc.valid.acc": 0.75, "lff.valid.acc": 0.78, "lc.valid.acc": 0.72,
+               "biased.valid.acc": 0.99, "debiased_lff.test.acc": 0.99, "vanilla.valid.conflict_acc": 0.99,
+               "inject/label_fidelity": 0.9}
+    out = registry_config.generator_comparison(metrics, cfg)
+    assert (out["generator_model"], out["non_generative_model"], out["helped"]) == ("debiased_lc", "lff", False)
+    assert out["margin"] == pytest.approx(-0.03)
+    assert registry_config.generator_line(out).startswith("the generator did not help here: best DiffInject-based debiased_lc")
+    assert "(-3.0 points)" in registry_config.generator_line(out)
+    gaps = registry_config.RegistryConfig(metric="debiased.valid.dp_gap", direction="minimize", use_bias_labels=True)
+    out = registry_config.generator_comparison({"debiased.valid.dp_gap": 0.1, "lff.valid.dp_gap": 0.3}, gaps)
+    assert out["helped"] and out["margin"] == pytest.approx(0.2)  # a lower gap is better
+    assert registry_config.generator_comparison({"debiased.valid.acc": 0.7}, cfg) is None  # no baseline evaluated
+
+
+def test_register_says_whether_the_generator_helped_and_baselines_can_be_champions(store_root, prepared_mnist, tmp_path, capsys):
+    root = make_pipeline_root(tmp_path / "run", prepared_mnist, 0.50)
+    add_candidate(root, "lc", 0.62)
+    out = register.run(params("m-any-kind", candidates=["debiased", "lc"]), root)
+    assert out["model"] == "lc" and out["generator_vs_non_generative"]["helped"] is False  # the champion of any kind
+    log = capsys.readouterr().out
+    assert "the generator did not help here: best DiffInject-based debiased valid.acc 0.5000 vs best non-generative lc 0.6200" in log
+    text = summary.run({}, root)
+    assert "the generator did not help here" in text
 
 
 def test_minimize_direction_and_a_champion_without_the_metric():

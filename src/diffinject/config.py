@@ -24,6 +24,11 @@ from diffinject.errors import DiffinjectError, first_line
 
 DEFAULT_PARAMS = "params.yaml"
 T = TypeVar("T")
+# Keys a section no longer has, and where their value lives now: a params file written before the move
+# gets that answer instead of a bare "unknown key".
+RETIRED_KEYS = {
+    "bias_conflict_ratio": "the pool ratio has one home, debiased.bias_conflict_ratio (every stage that adds images reads it)",
+}
 
 
 def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
@@ -82,6 +87,12 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def unknown_key(section: str, key: str, allowed: Any) -> DiffinjectError:
+    if key in RETIRED_KEYS:
+        return DiffinjectError(f"params '{section}.{key}': no longer a key here; {RETIRED_KEYS[key]}")
+    return DiffinjectError(f"params '{section}.{key}': unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
 def build_config(cls: type[T], values: Any, section: str) -> T:
     """Build dataclass `cls` from the mapping `values` of params section `section`."""
     if values is None:
@@ -91,9 +102,7 @@ def build_config(cls: type[T], values: Any, section: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise DiffinjectError(
-            f"params '{section}.{unknown[0]}': unknown key (allowed: {', '.join(sorted(fields))})"
-        )
+        raise unknown_key(section, unknown[0], fields)
     hints = typing.get_type_hints(cls)
     kwargs = {
         name: _check_type(value, hints[name], f"params '{section}.{name}'") for name, value in values.items()
@@ -185,7 +194,7 @@ def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
     if schema is not cls and isinstance(values, dict):
         unknown = sorted(set(values) - _field_names(schema))
         if unknown:
-            raise DiffinjectError(f"params '{name}.{unknown[0]}': unknown key (allowed: {', '.join(sorted(_field_names(schema)))})")
+            raise unknown_key(name, unknown[0], _field_names(schema))
         values = {k: v for k, v in values.items() if k in _field_names(cls)}
     return build_config(cls, values, name)
 

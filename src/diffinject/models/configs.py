@@ -65,27 +65,9 @@ class JudgeConfig(TrainConfig):
     epochs: int = 20
 
 
-def check_ratio(ratio: float | list[float] | None, section: str) -> None:
-    """A fraction of |train| >= 0, or a non-empty list of them (the stage keeps the best on valid)."""
-    where = f"params '{section}.bias_conflict_ratio'"
-    if isinstance(ratio, (list, tuple)):
-        if not ratio:
-            raise DiffinjectError(f"{where}: got [], expected a number >= 0 or a non-empty list of them")
-        if len(set(ratio)) < len(ratio):
-            raise DiffinjectError(f"{where}: got {list(ratio)}, expected distinct ratios")
-    for value in ratio if isinstance(ratio, (list, tuple)) else [ratio]:
-        if value is not None and value < 0:
-            raise DiffinjectError(f"{where}: got {ratio}, expected >= 0 (a fraction of |train|)")
-
-
 @dataclass
 class UpsampleConfig(TrainConfig):
-    """`upsample.*`: the train split plus copies of the mined conflicts (JTT), plain CE by default."""
-
-    bias_conflict_ratio: float | list[float] | None = None  # null: debiased.bias_conflict_ratio (same count as the pool's)
-
-    def check(self, section: str) -> None:
-        super().check(section)
-        check_ratio(self.bias_conflict_ratio, section)
+    """`upsample.*`: the train split plus copies of the mined conflicts (JTT), plain CE by default; as many
+    copies as the pool stages add (debiased.bias_conflict_ratio, the ratio's one home)."""
 
 

@@ -43,16 +43,16 @@ class MixedTrainSet:
 
 
 def mixing_params(name: str, config_class: type) -> StageParams:
-    """Section `name`, whose null `bias_conflict_ratio` means debiased's, `trainer.*` and `seed`."""
+    """Section `name`, `debiased.bias_conflict_ratio` (the ratio's one home), `trainer.*` and `seed`."""
     return StageParams({"trainer": TrainerConfig, name: config_class,
                         "debiased": slice_of(DebiasedConfig, "bias_conflict_ratio")})
 
 
-def resolved_ratio(loaded: Any, name: str) -> float | list[float]:
-    """Section `name`'s bias_conflict_ratio, null meaning debiased's (`mixing_params` reads both), so that
-    at one setting upsample and the debiased_<method> stages add as many images as train_debiased."""
-    ratio = getattr(loaded, name).bias_conflict_ratio
-    return loaded.debiased.bias_conflict_ratio if ratio is None else ratio
+def pool_ratio(loaded: Any) -> float | list[float]:
+    """`debiased.bias_conflict_ratio`, the one ratio every stage that adds images reads (`mixing_params`),
+    so that upsample and the debiased_<method> stages add as many images as train_debiased and a search's
+    ratio reaches whichever of them trains."""
+    return loaded.debiased.bias_conflict_ratio
 
 
 @dataclass
@@ -93,7 +93,7 @@ def mix(train: ImageTensors, extra: ImageTensors, ratio: float, seed: int, secti
     """`train` plus round(ratio × |train|) rows of `extra` chosen by `draw` (seeded); says what it did."""
     n_train = len(train)
     if len(extra) == 0:
-        print(f"{section}: {extra.source} is empty; {section}.bias_conflict_ratio={ratio} is ignored, "
+        print(f"{section}: {extra.source} is empty; debiased.bias_conflict_ratio={ratio} is ignored, "
               f"training on the {n_train} train samples only")
         return MixedTrainSet(train, n_train, 0, False)
     chosen = draw(len(extra), n_train, ratio, seed)
@@ -112,7 +112,7 @@ def with_pool(train: ImageTensors, pool_path: str | None, root: Path, num_classe
               seed: int, section: str) -> MixedTrainSet:
     """`train` plus a draw from the pool manifest at `pool_path` (relative to `root`); null: no pool."""
     if pool_path is None:
-        print(f"{section}: no pool (params '{section}.pool' is null); {section}.bias_conflict_ratio={ratio} is ignored, "
+        print(f"{section}: no pool (params '{section}.pool' is null); debiased.bias_conflict_ratio={ratio} is ignored, "
               f"training on the {len(train)} train samples only")
         return MixedTrainSet(train, len(train), 0, False)
     return mix(train, load_pool(root / pool_path, num_classes), ratio, seed, section)
@@ -130,7 +130,7 @@ def pool_stage(params: dict[str, Any], stage: StageParams, name: str, root: Path
         return mixed.is_original if cfg.biased_sees == "original" else None
 
     choice = fit_best_ratio(
-        resolved_ratio(p, name), lambda r: with_pool(data.train, cfg.pool, root, data.num_classes, r, p.seed, name),
+        pool_ratio(p), lambda r: with_pool(data.train, cfg.pool, root, data.num_classes, r, p.seed, name),
         lambda mixed: fit(name, cfg, p, mixed.data, data, train, biased_rows=biased_rows(mixed), callbacks=callbacks),
         name, has_pool=cfg.pool is not None)
     mixed, rows = choice.mixed, biased_rows(choice.mixed)

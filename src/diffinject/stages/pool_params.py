@@ -7,11 +7,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from diffinject.models.configs import TrainConfig, check_ratio
+from diffinject.errors import DiffinjectError
+from diffinject.models.configs import TrainConfig
 from diffinject.models.disent import DisEntConfig
 from diffinject.models.lc import LCConfig
 from diffinject.models.lff import LfFConfig
 from diffinject.stages.paths import SYNTHETIC_MANIFEST
+
+
+def check_ratio(ratio: float | list[float] | None, section: str) -> None:
+    """A fraction of |train| >= 0, or a non-empty list of them (the stage keeps the best on valid)."""
+    where = f"params '{section}.bias_conflict_ratio'"
+    if isinstance(ratio, (list, tuple)):
+        if not ratio:
+            raise DiffinjectError(f"{where}: got [], expected a number >= 0 or a non-empty list of them")
+        if len(set(ratio)) < len(ratio):
+            raise DiffinjectError(f"{where}: got {list(ratio)}, expected distinct ratios")
+    for value in ratio if isinstance(ratio, (list, tuple)) else [ratio]:
+        if value is not None and value < 0:
+            raise DiffinjectError(f"{where}: got {ratio}, expected >= 0 (a fraction of |train|)")
 
 
 @dataclass
@@ -35,16 +49,12 @@ class PoolKeys:
     LC) on the original train split plus a draw from the synthetic pool. A mixin, listed first
     (`class DebiasedLfFConfig(PoolKeys, LfFConfig)`): its check runs the method's, then its own."""
 
-    pool: str | None = str(SYNTHETIC_MANIFEST)  # as debiased.pool
-    bias_conflict_ratio: float | list[float] | None = None  # null: debiased.bias_conflict_ratio
+    pool: str | None = str(SYNTHETIC_MANIFEST)  # as debiased.pool; the ratio is debiased.bias_conflict_ratio's (one home)
     # Which rows the biased (GCE) branch trains on: `original` keeps it as biased as the method's own (the
     # synthetic conflicts would teach it the class); `all` trains it on the mix. The debiased branch
     # trains on every row either way.
     biased_sees: Literal["original", "all"] = "original"
 
-    def check(self, section: str) -> None:
-        super().check(section)  # type: ignore[misc]  # the method's config, next in the MRO
-        check_ratio(self.bias_conflict_ratio, section)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """`python -m diffinject summary`: what a person reads at the end of `make pipeline` — one row per
 model (unbiased test accuracy, conflict and worst-group accuracy, the valid accuracy selection reads),
-the registry's decision, and where the pictures are. Reads metrics/eval.json and metrics/register.json
+the registry's decision and whether the generator helped, and where the pictures are. Reads metrics/eval.json and metrics/register.json
 only; `dvc metrics show` stays the place for every number."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 from diffinject.config import StageParams
 from diffinject.errors import DiffinjectError
 from diffinject.stages.paths import EVAL, REGISTER
+from diffinject.tracking.registry_config import generator_line
 
 PARAMS = StageParams({}, seed=False)
 # Where to look: sample grids and curves (files), all plots in one page (`dvc plots show`), the MLflow UI.
@@ -67,6 +68,8 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> str:
         parts[0] += "\nworst group: the lowest (class, bias) group accuracy on the every-colour test set (data/palette)"
     decision = _read(root / REGISTER)
     parts.append(registry_line(decision) if decision else f"registry: no {REGISTER} yet (run `dvc repro register`)")
+    if decision and decision.get("generator_vs_non_generative"):
+        parts[-1] += "\n" + generator_line(decision["generator_vs_non_generative"])
     parts.append("pictures: " + "\n          ".join(PICTURES))
     text = "\n\n".join(parts)
     print(text)

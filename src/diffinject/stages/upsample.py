@@ -3,8 +3,8 @@ plus copies of the mined conflict images of data/conflicts.csv, as many as `trai
 the synthetic pool (round(ratio × |train|), each mined image repeated evenly), with plain CE. Against
 `train_debiased` at the same ratio, the only difference is generated vs copied images.
 
-params `upsample.*` (`bias_conflict_ratio: null` follows `debiased.bias_conflict_ratio`; a list of
-ratios is chosen on valid as train_debiased's is, so the control gets the same choice).
+params `upsample.*` and `debiased.bias_conflict_ratio` (a list of ratios is chosen on valid as
+train_debiased's is, so the control gets the same choice).
 data/prepared + data/conflicts.csv -> models/upsample/, metrics/upsample.json, metrics/plots/train/upsample.csv.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from diffinject.data.pool import repeat_evenly
 from diffinject.models.configs import UpsampleConfig
 from diffinject.stages.common import fit, load_training_data, write_training_outputs
-from diffinject.stages.mixing import fit_best_ratio, mined_rows, mix, mixing_params, resolved_ratio
+from diffinject.stages.mixing import fit_best_ratio, mined_rows, mix, mixing_params, pool_ratio
 from diffinject.stages.paths import CONFLICTS
 
 SECTION = "upsample"
@@ -27,7 +27,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     p = PARAMS.load(params)
     data = load_training_data(root)
     mined = mined_rows(data.train, root / CONFLICTS)
-    choice = fit_best_ratio(resolved_ratio(p, SECTION),
+    choice = fit_best_ratio(pool_ratio(p),
                             lambda r: mix(data.train, mined, r, p.seed, SECTION, draw=repeat_evenly),
                             lambda mixed: fit(SECTION, p.upsample, p, mixed.data, data), SECTION)
     extra = {"n_train": choice.mixed.n_original, "n_mined": len(mined), "n_copies": choice.mixed.n_added,
