@@ -212,6 +212,18 @@ def test_search_trial_cost(tmp_path, searchable_repo):
     assert all(positive(s) for s in result["seconds"]["invert_only"])
 
 
+def test_tuned_table(tmp_path):
+    """Every row gets the same trials; the tuned setting retrained at the tuning root's seed gives the
+    search's best valid accuracy again; a seed retrained twice gives the same numbers."""
+    result = run_benchmark("tuned_table", "--quick", "--set", "biased.epochs=1", tmp_path=tmp_path)
+    assert result["reproduced"] is True and set(result["table"]) == {"vanilla", "lc"}
+    for model, row in result["table"].items():
+        assert row["trials"] == result["trials_per_row"] == 2
+        assert set(row["tuned_params"]) >= {f"{model}.lr"}
+        seed0 = {r["variant"]: r for r in result["rows"] if r["model"] == model and r["seed"] == 0}
+        assert seed0["tuned"]["valid"] == row["search_best_valid"]  # the tuning root is seed 0's
+
+
 def test_tracking_overhead(tmp_path):
     """Its full run is a `dvc repro` of the whole pipeline (23 stages, each a fresh process: minutes even at
     the smallest params); the smoke run reproduces `prepare` alone in the scratch clone, -S applied."""

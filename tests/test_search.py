@@ -476,3 +476,71 @@ def test_the_search_optimises_the_registered_candidate_from_the_pilots_choice(tm
     assert search_stage.setup_for(params, root)[0].first_trial["debiased.bias_conflict_ratio"] == 0.3
     params["search"]["model"] = "debiased_lc"
     assert search_stage.setup_for(params, root)[1] == "debiased_lc.valid.acc"
+
+
+def test_every_model_has_a_space_of_its_own_keys():
+    """Each model samples its own section's keys (and the ratio's one home where it adds images; the
+    injection for the DiffInject rows), and search.ranges replaces a range of that space only."""
+    from diffinject.stages import search as search_stage
+
+    cfg = search.SearchConfig()
+    for model in search_stage.STAGES:
+        own = search_stage.section_of(model)
+        allowed = {own} | ({"debiased"} if model in ("upsample", *search_stage.POOL_STAGES) else set()) \
+            | ({"injection"} if model in search_stage.POOL_STAGES else set())
+        targets = [dim.target for dim in search_stage.model_space(cfg, model)]
+        assert f"{own}.lr" in targets and {t.split(".")[0] for t in targets} <= allowed, model
+        if "debiased" in {t.split(".")[0] for t in targets}:
+            assert search_stage.RATIO in targets
+    tuned = search.SearchConfig(ranges={"lc": {"tau": [0.25, 4.0]}})
+    (tau,) = [d for d in search_stage.model_space(tuned, "lc") if d.target == "lc.tau"]
+    assert (tau.low, tau.high, tau.log) == (0.25, 4.0, True)
+    with pytest.raises(DiffinjectError, match=r"params 'search.ranges.lff.tau': not a key the search of lff samples"):
+        search_stage.model_space(search.SearchConfig(ranges={"lff.tau": [0.5, 2.0]}), "lff")
+    with pytest.raises(DiffinjectError, match=r"params 'search.ranges.lc.tau': got \[2.0, 1.0\], expected \[low, high\]"):
+        search_stage.model_space(search.SearchConfig(ranges={"lc.tau": [2.0, 1.0]}), "lc")
+
+
+def test_a_baselines_first_trial_is_its_params_and_the_searched_ratio_reaches_the_stage(tmp_path):
+    from diffinject.stages import debiased_lff, search as search_stage, upsample
+    from diffinject.stages.mixing import pool_ratio
+
+    params = {"seed": 0, "lc": {"tau": 3.0}, "disent": {"swap_after": 100}, "search": {"model": "lc"}}
+    setup, metric = search_stage.setup_for(params, tmp_path)
+    assert metric == "lc.valid.acc" and not setup.settings and setup.required_inputs == (Path("data/prepared"),)
+    # the untuned model is trial 0: its params (defaults where unset), clipped into the ranges
+    assert setup.first_trial == {"lc.lr": 1e-3, "lc.tau": 2.0, "lc.eta": 1.0, "lc.ema_alpha": 0.995, "lc.biased_lr_ratio": 1.0}
+    assert setup.fixed == {"evaluate.models": ["lc"], "evaluate.splits": ["valid"]}
+    first = search_stage.setup_for({**params, "search": {"model": "disent"}}, tmp_path)[0].first_trial
+    assert first["disent.swap_after"] == 100 and isinstance(first["disent.swap_after"], int)
+    up = search_stage.setup_for({**params, "debiased": {"bias_conflict_ratio": [0.1, 0.5]}, "search": {"model": "upsample"}},
+                                tmp_path)[0]
+    assert up.first_trial[search_stage.RATIO] == pytest.approx(0.3) and Path("data/conflicts.csv") in up.required_inputs
+    # one home for the ratio: what a trial sets is what the stage that trains reads
+    for stage in (debiased_lff, upsample):
+        trial_params = search.overlay({"debiased": {"bias_conflict_ratio": [0.1, 0.5]}}, {search_stage.RATIO: 0.37})
+        assert pool_ratio(stage.PARAMS.load(trial_params)) == 0.37
+
+
+@pytest.mark.slow
+def test_a_trial_of_a_baseline_trains_and_writes_only_its_own_folder(prepared_mnist, tmp_path, monkeypatch):
+    from diffinject.stages import search as search_stage
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "store"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "repo"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "prepared").symlink_to(prepared_mnist)
+    p = {"seed": 0, "trainer": {"accelerator": "cpu", "enable_progress_bar": False}, "lc": {"epochs": 2},
+         "registry": {"candidates": None},
+         "search": {"study_name": "lc-real", "n_trials": 2, "pruner": "none", "keep_trial_dirs": True}}
+    summary = search_stage.run(p, root, model="lc")
+    assert summary["n_trials"]["complete"] == 2 and set(summary["best_params"]) == {
+        d.target for d in search_stage.model_space(search.SearchConfig(), "lc")}
+    trials = sorted((tmp_path / "store" / "mlruns" / "search" / "lc-real").iterdir())
+    assert len(trials) == 2
+    for trial in trials:
+        assert sorted(p.name for p in (trial / "models").iterdir()) == ["lc"]
+        assert set(json.loads((trial / "metrics" / "eval.json").read_text())) == {"lc"}
+    assert sorted(p.name for p in root.iterdir()) == ["data", "metrics", "params.best.yaml"]  # nothing trained here
+    assert "dvc exp run -S lc.lr=" in (root / "params.best.yaml").read_text()

@@ -43,7 +43,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "register": ("register", "log this pipeline run to MLflow, register models/debiased; champion moves only on improvement"),
     "promote": ("promote", "move the registry alias champion to VERSION by hand (registry.model_name)"),
     "summary": ("summary", "the end-of-run table: each model's unbiased / conflict / worst-group accuracy, the registry decision, the plots"),
-    "search": ("search", "Optuna study over injection.h_gamma, debiased.bias_conflict_ratio, debiased.lr (search.*)"),
+    "search": ("search", "Optuna study of one model's settings on its valid accuracy (--model; search.*)"),
     "preset": ("preset", "print (--run: run) the `dvc exp run -S ...` line that applies presets/NAME.yaml"),
 }
 
@@ -53,6 +53,8 @@ EXTRA_ARGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
     "preset": [(("name",), {"help": "a preset of presets/ (e.g. gpu)"}),
                (("--run",), {"dest": "execute", "action": "store_true", "help": "run the dvc exp run line"})],
     "search": [
+        (("--model",), {"default": None, "help": "the model whose settings are searched (any models/ folder a stage "
+                                                 "trains; default: search.model, else the registry's best candidate)"}),
         (("--n-trials",), {"type": int, "default": None, "help": "trials this process runs (default: search.n_trials)"}),
         (("--storage",), {"default": None, "help": "Optuna storage URL shared by workers (default: search.storage, "
                                                    "else sqlite:///<repo>/mlruns/optuna.db)"}),

@@ -71,6 +71,10 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         if value not in args:
             raise DiffinjectError(f"{where}: got {value!r}, expected one of {', '.join(map(repr, args))}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise DiffinjectError(f"{where}: got {value!r}, expected a mapping")
+        return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise DiffinjectError(f"{where}: got {value!r}, expected a list")

@@ -73,7 +73,8 @@ class AEConfig:
 
 
 def train_ae_debias(train: ImageTensors, valid: ImageTensors, classifier: nn.Module, classifier_cfg: NetConfig,
-                    cfg: AEConfig, trainer_cfg: TrainerConfig, seed: int, section: str = "ae") -> FitResult:
+                    cfg: AEConfig, trainer_cfg: TrainerConfig, seed: int, section: str = "ae",
+                    callbacks: list | None = None) -> FitResult:
     """An autoencoder trained in front of the frozen `classifier`; returns cls ∘ AE (front "ae")."""
     cfg.check(section)
     check_data(train, valid)
@@ -87,4 +88,4 @@ def train_ae_debias(train: ImageTensors, valid: ImageTensors, classifier: nn.Mod
     with warnings.catch_warnings():
         # the frozen classifier is in eval mode on purpose; Lightning warns about it at every fit
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-        return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed)
+        return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed, callbacks)

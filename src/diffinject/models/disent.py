@@ -24,8 +24,9 @@ Settings follow the official code's Colored-MNIST script (kakaoenterprise/Learni
 `scripts/run_cmnist_ours.sh`): λ_dis = λ_swap_b = 10, λ_swap = 1, EMA α = 0.7, GCE q = 0.7, Adam,
 batch 256. Departures, each for this project's CPU budget or its other rows: training is counted in
 epochs (100, as our LfF) instead of 50,000 steps, so the swap starts after `swap_after` steps of our
-run instead of 10,000 of theirs, and without their step decay of the learning rate (it first fires at
-step 10,000, past the end of our run on 4,000 images); the backbone is `*.model` (our LfF MLP, 100-unit
+run instead of 10,000 of theirs; their step decay of the learning rate in the swap phase (× 0.5 every
+10,000 of 50,000 steps once the swap has started) is `lr_decay_every` (a fraction of the run, so it
+scales with the data: 0.2 is theirs) and `lr_decay_gamma`; the backbone is `*.model` (our LfF MLP, 100-unit
 features) instead of their 16-unit one; both branches use one Adam (the same as two with equal settings).
 """
 
@@ -69,12 +70,14 @@ class DisEntModule(ClassifierModule):
     def __init__(self, net: DisEntNet, train_targets: torch.Tensor, num_classes: int, gce_q: float = DEFAULT_GCE_Q,
                  ema_alpha: float = DEFAULT_EMA_ALPHA, lambda_dis: float = 10.0, lambda_swap_b: float = 10.0,
                  lambda_swap: float = 1.0, swap_after: int = 0, lr: float = 1e-3, weight_decay: float = 0.0,
-                 biased_rows: torch.Tensor | None = None):
+                 biased_rows: torch.Tensor | None = None, lr_decay_every: float = 0.0, lr_decay_gamma: float = 0.5):
         super().__init__(net, loss="ce", gce_q=gce_q, lr=lr, weight_decay=weight_decay)
         self.lambda_dis = lambda_dis
         self.lambda_swap_b = lambda_swap_b
         self.lambda_swap = lambda_swap
         self.swap_after = swap_after
+        self.lr_decay_every = lr_decay_every
+        self.lr_decay_gamma = lr_decay_gamma
         self.rows = BiasedRows(len(train_targets), biased_rows)
         self.difficulty = RelativeDifficulty(train_targets, num_classes, ema_alpha)
 
@@ -102,8 +105,23 @@ class DisEntModule(ClassifierModule):
         self._accumulate("train", n, loss=loss_i.detach() * n, acc=n_correct(logits_i, targets),
                          loss_b=loss_b.detach() * n, weight=weight.sum(),
                          swapping=loss_i.new_tensor(float(swapping) * n))
+        if self.lr_decay_every > 0:
+            decay_step = max(1, round(self.lr_decay_every * self.trainer.estimated_stepping_batches))
+            self._set_lr(swap_lr(self.lr, self.global_step, self.swap_after, decay_step, self.lr_decay_gamma))
         self._optimise(loss)
         return loss.detach()
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizers().param_groups:
+            group["lr"] = lr
+
+
+def swap_lr(lr: float, step: int, swap_after: int, decay_step: int, gamma: float) -> float:
+    """The official schedule (StepLR stepped only once the swap has started): lr × γ^⌊(step − swap_after) /
+    decay_step⌋ after the swap starts, lr before it and when decay_step is 0."""
+    if decay_step <= 0 or step <= swap_after:
+        return lr
+    return lr * gamma ** ((step - swap_after) // decay_step)
 
 
 @dataclass
@@ -115,11 +133,16 @@ class DisEntConfig(LfFConfig):
     lambda_swap_b: float = 10.0  # λ_swap_b (--lambda_swap_align 10)
     lambda_swap: float = 1.0  # λ_swap (--lambda_swap 1)
     swap_after: int = 400  # optimisation steps before the feature swap starts (official: 10,000 of 50,000)
+    # the swap phase's lr decay: × lr_decay_gamma every lr_decay_every × (the run's steps) once the swap has
+    # started (official: 0.5 every 10,000 of 50,000 steps, i.e. 0.2); 0: a constant lr
+    lr_decay_every: float = 0.0
+    lr_decay_gamma: float = 0.5
     epochs: int = 100
 
     def check(self, section: str) -> None:
         super().check(section)
-        check_at_least(self, section, 0, "lambda_dis", "lambda_swap_b", "lambda_swap", "swap_after")
+        check_at_least(self, section, 0, "lambda_dis", "lambda_swap_b", "lambda_swap", "swap_after", "lr_decay_every")
+        check_at_least(self, section, 0, "lr_decay_gamma", strict=True)
 
 
 def train_disent(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: DisEntConfig,
@@ -138,5 +161,6 @@ def train_disent(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg
             load_imagenet_weights(encoder, cfg.pretrained, f"{section}.pretrained")
     module = DisEntModule(net, train.targets, num_classes, gce_q=cfg.gce_q, ema_alpha=cfg.ema_alpha,
                           lambda_dis=cfg.lambda_dis, lambda_swap_b=cfg.lambda_swap_b, lambda_swap=cfg.lambda_swap,
-                          swap_after=cfg.swap_after, lr=cfg.lr, weight_decay=cfg.weight_decay, biased_rows=biased_rows)
+                          swap_after=cfg.swap_after, lr=cfg.lr, weight_decay=cfg.weight_decay, biased_rows=biased_rows,
+                          lr_decay_every=cfg.lr_decay_every, lr_decay_gamma=cfg.lr_decay_gamma)
     return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed, callbacks)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import lightning
 import torch
@@ -51,16 +52,36 @@ PRIOR_FLOOR = 1e-4
 
 
 class GroupPrior(nn.Module):
-    """EMA per (label y, pseudo bias a) of the biased branch's probability of y; `prior()` is p(y | a)."""
+    """Per (label y, pseudo bias a), the biased branch's mean probability of y; `prior()` is p(y | a).
 
-    def __init__(self, num_classes: int, alpha: float = 0.995):
+    `update="ema"`: the official per-sample EMA (α per sample of the group). A group met by few samples
+    per epoch (the pseudo-minority ones, ~30 images per epoch on 4,000 after the first epochs) then keeps
+    its early near-uniform value for most of the run. `update="epoch"`: each group's mean over the last
+    completed epoch (the running mean during the first), an EMA whose α follows the group's count, so
+    every group's prior is about one epoch old whatever its size (`end_epoch` closes an epoch)."""
+
+    def __init__(self, num_classes: int, alpha: float = 0.995, update: str = "ema"):
         super().__init__()
         self.num_classes = num_classes
         self.alpha = alpha
+        self.update_rule = update
+        self.register_buffer("epoch_total", torch.zeros(num_classes, num_classes))
+        self.register_buffer("epoch_count", torch.zeros(num_classes, num_classes))
         # [y, a]; a group not yet seen holds the uninformative 1/K (the official code's 0 would make a group
         # that a batch stream has not met yet infinitely unlikely: a log(1e-4) correction)
         self.register_buffer("value", torch.full((num_classes, num_classes), 1.0 / num_classes))
         self.register_buffer("seen", torch.zeros(num_classes, num_classes, dtype=torch.bool))
+        self.register_buffer("closed", torch.zeros(num_classes, num_classes, dtype=torch.bool))  # has a finished epoch's mean
+
+    def end_epoch(self) -> None:
+        """`update="epoch"`: each group met this epoch takes this epoch's mean; the others keep theirs."""
+        if self.update_rule != "epoch":
+            return
+        met = self.epoch_count > 0
+        self.value.copy_(torch.where(met, self.epoch_total / self.epoch_count.clamp(min=1), self.value))
+        self.closed |= met
+        self.epoch_total.zero_()
+        self.epoch_count.zero_()
 
     def update(self, prob_of_label: torch.Tensor, labels: torch.Tensor, pseudo: torch.Tensor) -> None:
         """prob_of_label (B,): the biased branch's p(y_i | x_i); labels, pseudo (B,) class indices."""
@@ -69,6 +90,13 @@ class GroupPrior(nn.Module):
         count = torch.zeros(k * k, device=group.device).index_add_(0, group, torch.ones_like(prob_of_label))
         total = torch.zeros(k * k, device=group.device).index_add_(0, group, prob_of_label.float())
         present = (count > 0).view(k, k)
+        if self.update_rule == "epoch":
+            self.epoch_total += total.view(k, k)
+            self.epoch_count += count.view(k, k)
+            running = present & ~self.closed  # no finished epoch yet: the running mean of what the group has met
+            self.value.copy_(torch.where(running, self.epoch_total / self.epoch_count.clamp(min=1), self.value))
+            self.seen |= present
+            return
         mean = (total / count.clamp(min=1)).view(k, k)
         keep = torch.where(self.seen, self.alpha ** count.view(k, k), torch.zeros_like(mean))  # first batch: the mean
         self.value.copy_(torch.where(present, keep * self.value + (1 - keep) * mean, self.value))
@@ -120,7 +148,7 @@ class LCModule(ClassifierModule):
     def __init__(self, net: nn.Module, net_b: nn.Module, n_train: int, num_classes: int, gce_q: float = DEFAULT_GCE_Q,
                  ema_alpha: float = 0.995, tau: float = 1.0, eta: float = 1.0, lambda_dis: float = 1.0,
                  biased_lr_ratio: float = 1.0, mixup_rampup_steps: int = 0, lr: float = 1e-3,
-                 weight_decay: float = 0.0, biased_rows: torch.Tensor | None = None):
+                 weight_decay: float = 0.0, biased_rows: torch.Tensor | None = None, prior_update: str = "ema"):
         super().__init__(net, loss="ce", gce_q=gce_q, lr=lr, weight_decay=weight_decay)
         self.net_b = net_b
         self.num_classes = num_classes
@@ -130,7 +158,11 @@ class LCModule(ClassifierModule):
         self.biased_lr_ratio = biased_lr_ratio
         self.mixup_rampup_steps = mixup_rampup_steps
         self.rows = BiasedRows(n_train, biased_rows)
-        self.group_prior = GroupPrior(num_classes, ema_alpha)
+        self.group_prior = GroupPrior(num_classes, ema_alpha, prior_update)
+
+    def on_train_epoch_end(self) -> None:
+        self.group_prior.end_epoch()
+        super().on_train_epoch_end()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, targets, index = batch
@@ -172,6 +204,9 @@ class LCConfig(LfFConfig):
     lambda_dis: float = 1.0  # weight of the biased branch's GCE (--lambda_dis_align)
     biased_lr_ratio: float = 1.0  # the biased branch's learning rate, as a fraction of lr (official: 0.1; valid 0.624 vs 0.522 here)
     mixup_rampup_steps: int = 0  # steps over which the MixUp strength ramps up (--curr_step; 0: none)
+    # ema: the official per-sample EMA of the group prior (ema_alpha); epoch: each group's mean over the last
+    # epoch, an α that follows the group's count (GroupPrior)
+    prior_update: Literal["ema", "epoch"] = "ema"
     epochs: int = 100
 
     def check(self, section: str) -> None:
@@ -193,5 +228,5 @@ def train_lc(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: LC
     module = LCModule(net, net_b, len(train), num_classes, gce_q=cfg.gce_q, ema_alpha=cfg.ema_alpha, tau=cfg.tau,
                       eta=cfg.eta, lambda_dis=cfg.lambda_dis, biased_lr_ratio=cfg.biased_lr_ratio,
                       mixup_rampup_steps=cfg.mixup_rampup_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                      biased_rows=biased_rows)
+                      biased_rows=biased_rows, prior_update=cfg.prior_update)
     return fit(module, net_cfg, train, valid, cfg, trainer_cfg, seed, callbacks)

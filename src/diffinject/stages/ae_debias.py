@@ -23,7 +23,8 @@ MODEL = "ae_debias"
 PARAMS = classifier_params(SECTION, AEConfig)
 
 
-def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+def run(params: dict[str, Any], root: Path = Path("."), callbacks: list | None = None) -> dict[str, Any]:
+    """`callbacks` join the training's Trainer (the search's pruning callback)."""
     p = PARAMS.load(params)
     cfg = p.ae
     data = load_training_data(root)
@@ -33,9 +34,9 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     if classifier_cfg.front is not None:
         raise DiffinjectError(f"{biased}: expected a plain classifier, got one with front {classifier_cfg.front!r}")
     fit = partial(_fit_in_front_of, classifier, classifier_cfg)
-    return fit_and_write(root, MODEL, cfg, p, data.train, data, fit, section=SECTION)
+    return fit_and_write(root, MODEL, cfg, p, data.train, data, fit, section=SECTION, callbacks=callbacks)
 
 
-def _fit_in_front_of(classifier, classifier_cfg, train, valid, num_classes, cfg, trainer_cfg, seed, section):
+def _fit_in_front_of(classifier, classifier_cfg, train, valid, num_classes, cfg, trainer_cfg, seed, section, callbacks=None):
     """train_ae_debias in fit_and_write's shape: the class count is the frozen classifier's."""
-    return train_ae_debias(train, valid, classifier, classifier_cfg, cfg, trainer_cfg, seed, section)
+    return train_ae_debias(train, valid, classifier, classifier_cfg, cfg, trainer_cfg, seed, section, callbacks)

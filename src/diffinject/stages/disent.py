@@ -18,7 +18,9 @@ SECTION = "disent"
 PARAMS = classifier_params(SECTION, DisEntConfig)
 
 
-def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+def run(params: dict[str, Any], root: Path = Path("."), callbacks: list | None = None) -> dict[str, Any]:
+    """`callbacks` join the training's Trainer (the search's pruning callback)."""
     p = PARAMS.load(params)
     data = load_training_data(root)
-    return fit_and_write(root, SECTION, p.disent, p, data.train, data, train_disent, model_info={"composite": COMPOSITE})
+    return fit_and_write(root, SECTION, p.disent, p, data.train, data, train_disent, model_info={"composite": COMPOSITE},
+                         callbacks=callbacks)

@@ -17,7 +17,8 @@ SECTION = "lc"
 PARAMS = classifier_params(SECTION, LCConfig)
 
 
-def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+def run(params: dict[str, Any], root: Path = Path("."), callbacks: list | None = None) -> dict[str, Any]:
+    """`callbacks` join the training's Trainer (the search's pruning callback)."""
     p = PARAMS.load(params)
     data = load_training_data(root)
-    return fit_and_write(root, SECTION, p.lc, p, data.train, data, train_lc)
+    return fit_and_write(root, SECTION, p.lc, p, data.train, data, train_lc, callbacks=callbacks)

@@ -16,7 +16,8 @@ SECTION = "lff"
 PARAMS = classifier_params(SECTION, LfFConfig)
 
 
-def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+def run(params: dict[str, Any], root: Path = Path("."), callbacks: list | None = None) -> dict[str, Any]:
+    """`callbacks` join the training's Trainer (the search's pruning callback)."""
     p = PARAMS.load(params)
     data = load_training_data(root)
-    return fit_and_write(root, SECTION, p.lff, p, data.train, data, train_lff)
+    return fit_and_write(root, SECTION, p.lff, p, data.train, data, train_lff, callbacks=callbacks)

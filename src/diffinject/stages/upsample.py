@@ -23,13 +23,14 @@ SECTION = "upsample"
 PARAMS = mixing_params(SECTION, UpsampleConfig)
 
 
-def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+def run(params: dict[str, Any], root: Path = Path("."), callbacks: list | None = None) -> dict[str, Any]:
+    """`callbacks` join the training's Trainer (the search's pruning callback)."""
     p = PARAMS.load(params)
     data = load_training_data(root)
     mined = mined_rows(data.train, root / CONFLICTS)
     choice = fit_best_ratio(pool_ratio(p),
                             lambda r: mix(data.train, mined, r, p.seed, SECTION, draw=repeat_evenly),
-                            lambda mixed: fit(SECTION, p.upsample, p, mixed.data, data), SECTION)
+                            lambda mixed: fit(SECTION, p.upsample, p, mixed.data, data, callbacks=callbacks), SECTION)
     extra = {"n_train": choice.mixed.n_original, "n_mined": len(mined), "n_copies": choice.mixed.n_added,
              "bias_conflict_ratio": choice.ratio, **choice.report}
     return write_training_outputs(root, SECTION, choice.result, p.upsample, p.seed, extra)

@@ -14,7 +14,8 @@ SECTION = "vanilla"
 PARAMS = classifier_params(SECTION)
 
 
-def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+def run(params: dict[str, Any], root: Path = Path("."), callbacks: list | None = None) -> dict[str, Any]:
+    """`callbacks` join the training's Trainer (the search's pruning callback)."""
     p = PARAMS.load(params)
     data = load_training_data(root)
-    return fit_and_write(root, SECTION, p.vanilla, p, data.train, data)
+    return fit_and_write(root, SECTION, p.vanilla, p, data.train, data, callbacks=callbacks)

@@ -39,14 +39,14 @@ The names below are the package's interface (the search stage, tests and benchma
 here); the modules' other names are internals.
 """
 
-from diffinject.tracking.search.config import SECTION, SPACE, SearchConfig, overlay
+from diffinject.tracking.search.config import SECTION, SPACE, Dim, SearchConfig, overlay
 from diffinject.tracking.search.objective import (TRIAL_FAILURES, Pipeline, PruneDuringTraining, TrialFailed, TrialSetup,
                                                   ValidationCurve)
 from diffinject.tracking.search.reporting import BEST_PARAMS, PLOTS, SEARCH_JSON
 from diffinject.tracking.search.study import METRIC_ATTR, WORKERS_ATTR, open_storage, run_search
 
 __all__ = [
-    "BEST_PARAMS", "METRIC_ATTR", "PLOTS", "SEARCH_JSON", "SECTION", "SPACE", "TRIAL_FAILURES", "WORKERS_ATTR",
+    "BEST_PARAMS", "Dim", "METRIC_ATTR", "PLOTS", "SEARCH_JSON", "SECTION", "SPACE", "TRIAL_FAILURES", "WORKERS_ATTR",
     "Pipeline", "PruneDuringTraining", "SearchConfig", "TrialFailed", "TrialSetup", "ValidationCurve",
     "open_storage", "overlay", "run_search",
 ]

@@ -6,6 +6,7 @@ values set at their dotted keys)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,6 +25,35 @@ SPACE: dict[str, tuple[str, bool]] = {
     "bias_conflict_ratio": ("debiased.bias_conflict_ratio", False),
     "lr": ("{model}.lr", True),
 }
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched params key: a number between low and high, on a log scale or not, an integer or not."""
+
+    target: str  # dotted params key, e.g. lff.ema_alpha
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    def check(self) -> None:
+        where = f"params '{SECTION}.ranges.{self.target}'"
+        if not self.low < self.high:
+            raise DiffinjectError(f"{where}: got [{self.low}, {self.high}], expected [low, high] with low < high")
+        if self.log and self.low <= 0:
+            raise DiffinjectError(f"{where}: got [{self.low}, {self.high}], a log-scale range needs low > 0")
+
+    def suggest(self, trial: optuna.Trial) -> float | int:
+        if self.integer:
+            return trial.suggest_int(self.target, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.target, self.low, self.high, log=self.log)
+
+    def clip(self, value: float) -> float | int:
+        clipped = min(self.high, max(self.low, float(value)))
+        return int(round(clipped)) if self.integer else clipped
+
+
 # The categorical: which injection setting (operator, sites, window, label rule) a trial makes its pool with.
 SETTING = "injection.setting"
 VALUES_ATTR = "params"  # trial user attr: the dotted params keys the trial set (the setting expanded)
@@ -48,6 +78,8 @@ class SearchConfig:
     search_injection: bool = True  # choose the injection setting too (the pilot's candidates)
     pilot_keep: float = 0.5  # settings whose pilot score is at least this x the winner's
     keep_trial_dirs: bool = False  # keep mlruns/search/<study>/trial-<n>/ (synthetic set, model) after a trial
+    # replaces the range of keys of the searched model's own space: {lc: {tau: [0.5, 4]}} or {"lc.tau": [0.5, 4]}
+    ranges: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         if not _STUDY_NAME.match(self.study_name):
@@ -92,14 +124,49 @@ def float_keys(model: str) -> dict[str, tuple[str, bool]]:
     return {key: (target.format(model=model), log) for key, (target, log) in SPACE.items()}
 
 
-def suggest(trial: optuna.Trial, cfg: SearchConfig, model: str, settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The trial's values, by dotted params key: the floats of SPACE and, when `settings` (name -> its
-    `injection.*` keys) is not empty, one injection setting, its keys expanded."""
+def shared_space(cfg: SearchConfig, model: str) -> list[Dim]:
+    """The DiffInject rows' space: SPACE's keys at the ranges `search.*` sets."""
+    return [Dim(target, *getattr(cfg, key), log=log) for key, (target, log) in float_keys(model).items()]
+
+
+def dotted_ranges(ranges: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`search.ranges` as {dotted key: [low, high]}, whether written nested or dotted."""
+    out: dict[str, Any] = {}
+    for key, value in ranges.items():
+        if isinstance(value, dict):
+            out.update(dotted_ranges(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def with_ranges(space: list[Dim], ranges: dict[str, Any], model: str) -> list[Dim]:
+    """`space` with the ranges `search.ranges` sets for some of its keys; a key not in it is an error."""
+    ranges = dotted_ranges(ranges)
+    known = {dim.target for dim in space}
+    for key, bounds in ranges.items():
+        if key not in known:
+            raise DiffinjectError(f"params '{SECTION}.ranges.{key}': not a key the search of {model} samples "
+                                  f"(its space: {', '.join(sorted(known))})")
+        if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+            raise DiffinjectError(f"params '{SECTION}.ranges.{key}': got {bounds!r}, expected [low, high]")
+    out = [dataclasses.replace(dim, low=ranges[dim.target][0], high=ranges[dim.target][1])
+           if dim.target in ranges else dim for dim in space]
+    for dim in out:
+        dim.check()
+    return out
+
+
+def suggest(trial: optuna.Trial, cfg: SearchConfig, model: str, settings: dict[str, dict[str, Any]],
+            space: list[Dim] | None = None) -> dict[str, Any]:
+    """The trial's values, by dotted params key: the numbers of `space` (default: the DiffInject rows'
+    shared space) and, when `settings` (name -> its `injection.*` keys) is not empty, one injection
+    setting, its keys expanded."""
     values: dict[str, Any] = {}
     if settings:
         name = trial.suggest_categorical(SETTING, list(settings))
         # auto off: the trial's setting, not the pilot's, makes the pool (and params.best.yaml keeps it)
         values.update({"injection.auto": False, **{f"injection.{k}": v for k, v in settings[name].items()}})
-    values.update({target: trial.suggest_float(target, *getattr(cfg, key), log=log)
-                   for key, (target, log) in float_keys(model).items()})
+    values.update({dim.target: dim.suggest(trial) for dim in (space if space is not None else shared_space(cfg, model))})
     return values

@@ -18,7 +18,7 @@ from diffinject.errors import DiffinjectError
 from diffinject.tracking.metrics_files import (CURVE_STEP, METRICS_DIR, MissingMetricError, read_curve, read_metrics,
                                                require_metric)
 from diffinject.tracking.registry_config import RegistryConfig
-from diffinject.tracking.search.config import VALUES_ATTR, SearchConfig, overlay, suggest
+from diffinject.tracking.search.config import VALUES_ATTR, Dim, SearchConfig, overlay, suggest
 from diffinject.tracking.search.reporting import StudyTracker
 
 TRIALS_DIR = "search"  # mlruns/search/<study>/trial-<n>/
@@ -116,6 +116,7 @@ class TrialSetup:
     fixed: dict[str, Any] = field(default_factory=dict)  # dotted params every trial sets (not in params.best.yaml)
     model: str = "debiased"  # the model the trials train: `{model}` of the space's keys
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # injection settings to choose from (name -> keys)
+    space: list[Dim] | None = None  # the model's own searched keys; None: the DiffInject rows' shared space
     first_trial: dict[str, Any] | None = None  # Optuna params of the study's first trial (enqueued when it has none)
     running_best: bool = True
     missing_hint: str = "run the pipeline first (dvc repro)"
@@ -136,7 +137,7 @@ def make_objective(params: dict[str, Any], root: Path, setup: TrialSetup, cfg: S
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker)  # a killed worker's re-run finds its trials by it
-        values = suggest(trial, cfg, setup.model, setup.settings)
+        values = suggest(trial, cfg, setup.model, setup.settings, setup.space)
         trial.set_user_attr(VALUES_ATTR, values)  # the params keys it set (a setting's name expanded)
         trial_root = trials_dir / f"trial-{trial.number}"
         shutil.rmtree(trial_root, ignore_errors=True)  # a stale folder of an earlier study with this name
