@@ -114,6 +114,32 @@ def test_lc_correction_favours_the_class_the_bias_makes_likely():
     assert loss[9] > loss[0]  # the conflicting sample costs more: it is learnt harder
 
 
+def test_lc_epoch_prior_is_each_groups_last_epoch_mean_whatever_its_size():
+    """`prior_update: epoch`: a rare group forgets its early value after one epoch, where the per-sample
+    EMA (α 0.995) still holds most of it after many."""
+    k = 2
+    ema, epoch = GroupPrior(k, alpha=0.995), GroupPrior(k, alpha=0.995, update="epoch")
+    targets, pseudo = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 0, 0])  # group (1, 0) meets one sample a batch
+    for prior in (ema, epoch):
+        prior.update(torch.full((4,), 0.5), targets, pseudo)  # early: near uniform
+        prior.end_epoch()
+        for _ in range(10):  # then the biased branch is sure: p(y | x) 0.05 on the rare group
+            prior.update(torch.tensor([0.9, 0.9, 0.9, 0.05]), targets, pseudo)
+    assert ema.value[0, 0] == pytest.approx(0.9 - 0.4 * 0.995 ** 30, abs=1e-5)
+    assert epoch.value[0, 0] == pytest.approx(0.5) and epoch.value[1, 0] == pytest.approx(0.5)  # a closed group waits ...
+    epoch.end_epoch()
+    assert epoch.value[0, 0] == pytest.approx(0.9) and epoch.value[1, 0] == pytest.approx(0.05)  # ... for its epoch's mean
+    assert epoch.value[0, 1] == pytest.approx(0.5)  # a group never met keeps 1/K
+    assert ema.value[1, 0] == pytest.approx(0.05 + 0.45 * 0.995 ** 10, abs=1e-5)  # still 95 % of the way at 0.5
+
+
+def test_disent_lr_decays_only_in_the_swap_phase():
+    from diffinject.models.disent import swap_lr
+
+    assert [swap_lr(1.0, step, 400, 320, 0.5) for step in (0, 400, 719, 720, 1040, 1600)] == [1, 1, 1, 0.5, 0.25, 0.125]
+    assert swap_lr(1.0, 5000, 400, 0, 0.5) == 1.0  # no decay step: constant
+
+
 def test_group_mixup_partners_share_the_class_and_come_from_its_minority_when_it_has_one():
     torch.manual_seed(0)
     targets = torch.tensor([0, 0, 0, 0, 1, 1, 1])
