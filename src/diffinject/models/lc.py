@@ -4,7 +4,7 @@ a debiasing baseline that needs no bias label.
 A GCE-trained biased branch f_b (learning rate × `biased_lr_ratio`) stands in for the unknown bias
 attribute: each sample's pseudo bias is a = argmax softmax(f_b(x) / τ). A running estimate of the group
 prior p(y | a) comes from f_b's probability of the true class, averaged per (label y, pseudo bias a)
-group by an EMA (`GroupPrior`). The main network f trains on *corrected* logits
+group (`GroupPrior`: over the last epoch, or by the official EMA). The main network f trains on *corrected* logits
 
     LC(x, y) = CE(f(x) + log p(· | a)^η, y)                      (the LC loss; η = 1)
 
@@ -21,9 +21,11 @@ Settings follow the official code (shengliu66/LC `learner.py`, amazon-science/lc
 learns at the main one's rate (`biased_lr_ratio` 1.0; theirs 0.1, which in our 1,600-step runs leaves it
 too weak to name the bias: valid 0.522 vs 0.624 on Colored MNIST, seed 0); 100 epochs (as our LfF)
 instead of their default 300; the backbone is `*.model`
-(our LfF MLP); the per-sample EMA over each group is applied once per batch (each group's batch mean with
-weight 1 − α^n for its n samples, the first batch taking the mean) instead of a Python loop over
-samples; the prior is normalised over classes (p(y | a), as their code does for every dataset but
+(our LfF MLP); the official per-sample EMA of the group prior is applied once per batch (each group's
+batch mean with weight 1 − α^n for its n samples, the first batch taking the mean) instead of a Python
+loop over samples; under it a pseudo-minority group met by a few samples per epoch keeps its early
+near-uniform value through a short run, so `prior_update: epoch` offers each group's mean over the last
+epoch instead; the prior is normalised over classes (p(y | a), as their code does for every dataset but
 Colored MNIST, and as the paper defines it), and a group not yet seen holds 1/K, not 0; the correction is centred per sample, which changes no
 loss (softmax ignores a shift) and makes "no correction" read as zero.
 """
@@ -204,8 +206,8 @@ class LCConfig(LfFConfig):
     lambda_dis: float = 1.0  # weight of the biased branch's GCE (--lambda_dis_align)
     biased_lr_ratio: float = 1.0  # the biased branch's learning rate, as a fraction of lr (official: 0.1; valid 0.624 vs 0.522 here)
     mixup_rampup_steps: int = 0  # steps over which the MixUp strength ramps up (--curr_step; 0: none)
-    # ema: the official per-sample EMA of the group prior (ema_alpha); epoch: each group's mean over the last
-    # epoch, an α that follows the group's count (GroupPrior)
+    # ema: the official per-sample EMA (ema_alpha); epoch: each group's mean over the last epoch, an α that
+    # follows the group's count (GroupPrior). Neither wins on every dataset: docs/results.md
     prior_update: Literal["ema", "epoch"] = "ema"
     epochs: int = 100
 

@@ -21,8 +21,9 @@ plus the trial's synthetic pool; for the others the model's stage; then `evaluat
 validation split. It works in its own folder mlruns/search/<study>/trial-<n>/ whose inputs are links to
 this repository's, so workers never clash.
 
-data/prepared, data/inversions, models/{diffusion,biased,lff,disent,lc,judge,vanilla}, metrics/{probe,inject,eval}.json
--> metrics/search.json, params.best.yaml, metrics/plots/search/*.png, MLflow run `search-<study>` with a
+data/prepared; for the DiffInject rows data/inversions, models/{diffusion,biased,lff,judge,vanilla} and
+metrics/{probe,inject}.json; data/conflicts.csv for upsample, models/biased for ae_debias; metrics/eval.json
+without a model -> metrics/search.json, params.best.yaml, metrics/plots/search/*.png, MLflow run `search-<study>` with a
 child run per trial.
 """
 
