@@ -223,7 +223,7 @@ def test_missing_inputs_fail_before_the_study(tmp_path):
 def test_a_study_of_another_metric_is_not_joined(store_root, tmp_path):
     search.run_search(params("s-metric", n_trials=1), repo_root(tmp_path / "a"), setup())
     p = params("s-metric", n_trials=1)
-    p["registry"].update(metric="debiased.valid.dp_gap", direction="minimize")
+    p["registry"].update(metric="debiased.valid.dp_gap", direction="minimize", use_bias_labels=True)
     with pytest.raises(DiffinjectError, match="already optimises debiased.valid.acc \\(maximize\\)"):
         search.run_search(p, repo_root(tmp_path / "b"), setup())
 
