@@ -7,7 +7,8 @@
 2. Retraining: for each seed, a root with the same data split (the params' seed: tuning and reporting
    see one valid/test split) and that seed's biased model, mining and injection; each row trains twice
    in its own folder, at the default params and at its tuned ones, and is evaluated on valid and test.
-3. The table: per row, valid and test mean ± std over the seeds, default beside tuned, the trials and
+3. The table: per row, valid and test mean ± std over the seeds, default beside tuned (the search's
+   best, or the default when it did better on the tuning root's valid: a ratio list is no trial), the trials and
    the seconds each row consumed (tuning + retraining), and the best tuned DiffInject-based row against
    the best tuned non-generative row on test.
 
@@ -95,14 +96,20 @@ def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def summarise(models: list[str], tuning: dict, rows: list[dict]) -> dict:
+def summarise(models: list[str], tuning: dict, rows: list[dict], tuning_seed: int) -> dict:
+    """Per row: default and tuned, valid and test over the seeds. "tuned" is the search's best unless the
+    default did better on the tuning root's valid (a default the search cannot sample as trial 0, such as
+    a ratio list that each stage chooses from): selection on valid, among the trials and the default."""
     table = {}
     for model in models:
         entry = {"trials": tuning[model]["trials"], "tuned_params": tuning[model]["best_params"],
                  "search_best_valid": tuning[model]["best_valid"],
                  "seconds": round(tuning[model]["seconds"] + sum(r["seconds"] for r in rows if r["model"] == model), 1)}
+        default_at_tuning = [r["valid"] for r in rows if (r["model"], r["variant"], r["seed"]) == (model, "default", tuning_seed)]
+        entry["tuned_is_default"] = bool(default_at_tuning) and default_at_tuning[0] > tuning[model]["best_valid"]
         for variant in ("default", "tuned"):
-            mine_rows = [r for r in rows if r["model"] == model and r["variant"] == variant]
+            source = "default" if variant == "tuned" and entry["tuned_is_default"] else variant
+            mine_rows = [r for r in rows if r["model"] == model and r["variant"] == source]
             for split in ("valid", "test"):
                 entry[f"{variant}_{split}"] = mean_std([r[split] for r in mine_rows])
         table[model] = entry
@@ -127,7 +134,8 @@ def print_table(table: dict, n_seeds: int) -> None:
     print(f"| row | trials | default valid | tuned valid | default test | tuned test | seconds |  ({n_seeds} seeds)")
     print("|---|---|---|---|---|---|---|")
     for model, e in table.items():
-        print(f"| {model} | {e['trials']} | {cell(e['default_valid'])} | {cell(e['tuned_valid'])} | "
+        print(f"| {model} | {e['trials']}{' (default kept)' if e['tuned_is_default'] else ''} | "
+              f"{cell(e['default_valid'])} | {cell(e['tuned_valid'])} | "
               f"{cell(e['default_test'])} | {cell(e['tuned_test'])} | {e['seconds']:.0f} |")
 
 
@@ -174,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             again = retrain(params, tmp / f"seed-{args.seeds[0]}", tmp / "again", models[0], args.seeds[0])
             first = next(r for r in rows if r["model"] == models[0] and r["variant"] == "default")
             reproduced = (again["valid"], again["test"]) == (first["valid"], first["test"])
-    table = summarise(models, tuning, rows)
+    table = summarise(models, tuning, rows, params.get("seed", 0))
     print_table(table, len(args.seeds))
     result = {"trials_per_row": args.trials, "seeds": args.seeds, "table": table, "verdict": verdict(table),
               "rows": rows, "reproduced": reproduced}
