@@ -1,6 +1,7 @@
-"""Optuna search over `injection.h_gamma`, `debiased.bias_conflict_ratio` and `debiased.lr` (ranges,
-sampler, trials and seed in `search.*`), optimising the validation metric `registry.metric` in
-`registry.direction` (never a test metric: `RegistryConfig.check`).
+"""Optuna search over one model's space (`TrialSetup.space`: `Dim`s, each a params key and its range;
+the DiffInject rows' default is `injection.h_gamma`, `debiased.bias_conflict_ratio` and their lr, ranges
+in `search.*`), optimising the validation metric `registry.metric` in `registry.direction` (never a test
+metric, nor one that needs bias labels unless `registry.use_bias_labels`: `RegistryConfig.check`).
 
 - Storage: `search.storage` / `--storage`, else `sqlite:///<main repo>/mlruns/optuna.db` (SQLite waits
   `SQLITE_TIMEOUT_S` on a locked file, so workers on one machine can share it); any RDB URL
