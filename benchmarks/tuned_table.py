@@ -39,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from diffinject.config import load_params  # noqa: E402
 from diffinject.stages import evaluate, inject, invert, lff, mine, prepare, probe, train_biased, train_judge  # noqa: E402
 from diffinject.stages import search as search_stage  # noqa: E402
-from diffinject.tracking.registry_config import generator_based  # noqa: E402
+from diffinject.tracking.registry_config import NON_GENERATIVE, generator_based  # noqa: E402
 from diffinject.tracking.search import overlay  # noqa: E402
 from diffinject.tracking.search.objective import link_inputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINES = ["vanilla", "lff", "disent", "lc", "upsample", "ae_debias"]
-GENERATOR_ROWS = ["debiased", "debiased_lff", "debiased_disent", "debiased_lc"]
+BASELINES = list(NON_GENERATIVE)
+GENERATOR_ROWS = list(search_stage.POOL_STAGES)
 DEFAULT_TRIALS = 8  # per row; a baseline trial costs 10-60 s on 4,000 images, a DiffInject one 1-2 min (2 cores)
 QUICK_MODELS = ["vanilla", "lc"]
 

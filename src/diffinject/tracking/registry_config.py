@@ -54,7 +54,7 @@ class RegistryConfig:
                 f"params '{SECTION}.metric': {self.metric!r} is on the {parts[1]} split; model selection and "
                 f"search use the {SELECTION_SPLIT} split only (e.g. {parts[0]}.{SELECTION_SPLIT}.{parts[2]})"
             )
-        if parts[2] not in LABEL_FREE_METRICS and not self.use_bias_labels:
+        if self.reads_bias_labels and not self.use_bias_labels:
             raise DiffinjectError(
                 f"params '{SECTION}.metric': {parts[2]} needs the validation split's bias labels, which model "
                 f"selection and search do not read by default (use {parts[0]}.{SELECTION_SPLIT}.acc, or set "
