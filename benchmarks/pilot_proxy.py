@@ -37,14 +37,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seeds_table import REPO, apply_overrides  # noqa: E402
 
 from diffinject.config import load_params  # noqa: E402
-from diffinject.stages import (debiased_lff, disent, evaluate, inject, injection_setting, invert, lc, lff, mine, prepare,  # noqa: E402
+from diffinject.pilot import references  # noqa: E402
+from diffinject.stages import (debiased_lff, disent, evaluate, inject, invert, lc, lff, mine, prepare,  # noqa: E402
                                train_biased, train_judge, vanilla)
 from diffinject.stages.paths import MODELS  # noqa: E402
 
 # every reference model the pilot can read fidelity from, so each one's score is recorded beside the chosen one's
 SETUP = (("train_biased", train_biased), ("mine", mine), ("lff", lff), ("disent", disent), ("lc", lc),
          ("vanilla", vanilla), ("invert", invert), ("train_judge", train_judge))
-REFERENCES = injection_setting.REFERENCES  # every model the pilot may read fidelity from
+REFERENCES = references.REFERENCES  # every model the pilot may read fidelity from
 
 
 def measured(rows: list[dict], winner: int, other_rule: int) -> list[int]:

@@ -20,7 +20,8 @@ import time
 import torch
 
 from diffinject.data.tensors import ImageTensors
-from diffinject.models.disent import DisEntConfig, train_disent
+from diffinject.models.disent import train_disent
+from diffinject.models.disent_config import DisEntConfig
 from diffinject.models.lc import LCConfig, train_lc
 from diffinject.models.lff import LfFConfig, train_lff
 from diffinject.models.configs import TrainConfig

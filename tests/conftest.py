@@ -144,8 +144,10 @@ def inverted_repo(root: Path, prepared: Path, unet, scheduler, n_steps: int) -> 
 
 
 def null_bias_copy(prepared: Path, out: Path) -> Path:
-    """A prepared folder at `out` like `prepared`, its manifest's bias and aligned columns null (user data
-    without bias labels); the split folders are links."""
+    """A prepared folder at `out` like `prepared`, as user data without bias labels: its manifest's bias
+    and aligned columns null, and every image under a name that says nothing of its bias (the DisEnt
+    layout's `align/` / `conflict/` folders and `<id>_<target>_<bias>.png` names carry it):
+    `<split>/images/<id>.png`, a link to the original file."""
     import os
 
     import pandas as pd
@@ -156,7 +158,11 @@ def null_bias_copy(prepared: Path, out: Path) -> Path:
     manifest = read_manifest(prepared)
     manifest["bias"] = pd.array([None] * len(manifest), dtype="Int64")
     manifest["aligned"] = pd.array([None] * len(manifest), dtype="boolean")
+    renamed = [f"{split}/images/{image_id}.png" for split, image_id in zip(manifest["split"], manifest["id"])]
+    for split in manifest["split"].unique():
+        (out / split / "images").mkdir(parents=True)
+    for old, new in zip(manifest["path"], renamed):
+        os.symlink((prepared / old).resolve(), out / new)
+    manifest["path"] = renamed
     write_manifest(manifest, out)
-    for split in ("train", "valid", "test"):
-        os.symlink(prepared / split, out / split)
     return out

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from diffinject.data.manifest import read_manifest, write_manifest
+from diffinject.models import disent_net
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.disent import swap_bias_features
 from diffinject.models.disent_net import DisEntNet, build_disent
@@ -201,7 +202,8 @@ def test_disent_and_lc_checkpoints_reload_and_are_evaluated(root):
     out = disent.run(params(), root)
     assert out["epochs"] == 2 and 0 <= out["valid"]["acc"] <= 1
     lc.run(params(), root)
-    net, cfg, meta = load_classifier(root / "models" / "disent", num_classes=10, image_shape=(3, 28, 28))
+    net, cfg, meta = load_classifier(root / "models" / "disent", num_classes=10, image_shape=(3, 28, 28),
+                                     architectures=(disent_net,))
     assert isinstance(net, DisEntNet) and meta["composite"] == "disent" and meta["params"]["swap_after"] == 5
     results = evaluate.run(params(evaluate={"models": ["disent", "lc"]}), root)
     assert results["disent"]["valid"]["acc"] == pytest.approx(out["valid"]["acc"])  # the selected epoch's weights

@@ -5,8 +5,10 @@ the repository root — at the smallest size its flags allow (`--smoke` where `-
 minutes; `--set section.key=value` to shorten the stages it runs), on inputs built here in temporary
 folders (a synthetic IDX folder, the session's tiny DDPM, a tiny repository a search can run on), never
 on the workspace's DVC outputs. The test checks the exit code, that the last stdout line is one JSON object
-with numeric figures, and one cheap fact per benchmark. The figures themselves are meaningless at this
-size: the benchmarks' own docstrings say how to run them for real.
+with numeric figures, and the relation the benchmark exists to report: a ratio is the ratio of the
+two figures it prints, a summary is the mean of its rows, a correlation is the one its own rows give.
+The figures themselves are meaningless at this size: the benchmarks' own docstrings say how to run them
+for real.
 """
 
 from __future__ import annotations
@@ -149,13 +151,20 @@ def test_classifier_training(tmp_path, idx_folder):
 def test_step_cost_vs_n(tmp_path):
     result = run_benchmark("step_cost_vs_n", "--smoke", tmp_path=tmp_path)
     for trainer in ("vanilla", "lff", "disent", "lc"):
-        assert positive(result[trainer]["large_over_small"])
+        row = result[trainer]
+        assert positive(row["ms_per_step_small"]) and positive(row["ms_per_step_large"])
+        # the figure is the ratio of the two step costs it prints (each rounded to 0.01 ms)
+        assert row["large_over_small"] == pytest.approx(row["ms_per_step_large"] / row["ms_per_step_small"], rel=0.05, abs=0.02)
 
 
 def test_injection_speed(tmp_path, ddpm_dir):
     result = run_benchmark("injection_speed", "--smoke", "--model", str(ddpm_dir), tmp_path=tmp_path)
-    assert positive(result["speedup"]) and positive(result["shared_encoder_speedup"])
-    assert positive(result["peak_rss_mib_inject"])
+    assert result["rounds"] == 1 and positive(result["peak_rss_mib_inject"])
+    # one round: each speed-up is the ratio of the two image rates it prints
+    for ratio, faster, slower in (("speedup", "ours_images_per_s", "reference_images_per_s"),
+                                  ("speedup_fp32", "ours_fp32_images_per_s", "reference_images_per_s"),
+                                  ("shared_encoder_speedup", "ours_images_per_s", "ours_unshared_encoder_images_per_s")):
+        assert result[ratio] == pytest.approx(result[faster] / result[slower], rel=0.02, abs=0.01), ratio
 
 
 def test_generator_compare(tmp_path, ddpm_dir):
@@ -166,21 +175,39 @@ def test_generator_compare(tmp_path, ddpm_dir):
 
 
 def test_pilot_proxy(tmp_path, ddpm_dir):
+    from scipy.stats import spearmanr
+
     result = run_benchmark("pilot_proxy", "--quick", "--diffusion", str(ddpm_dir), *with_set(SMALL), tmp_path=tmp_path)
-    assert result["n_candidates"] == 2  # one setting under both label rules
-    assert all(0 <= row["valid_acc"] <= 1 for row in result["rows"])
+    rows = result["rows"]
+    assert result["n_candidates"] == len(rows) == 2  # one setting under both label rules
+    assert all(0 <= row["valid_acc"] <= 1 for row in rows)
+    # what it reports is what its rows say: the rank correlation of score and valid accuracy (nan when
+    # either is constant), the chosen candidate (the pilot's winner) and the best one on valid
+    rho = float(spearmanr([r["score"] for r in rows], [r["valid_acc"] for r in rows]).statistic)
+    assert (math.isnan(rho) and math.isnan(result["spearman"])) or result["spearman"] == pytest.approx(rho, abs=1e-4)
+    assert [r["name"] for r in rows if r["winner"]] == [result["chosen"]]
+    assert result["best_valid"] == max(r["valid_acc"] for r in rows)
 
 
 def test_fair_generator(tmp_path, ddpm_dir):
     result = run_benchmark("fair_generator", "--quick", "--diffusion", str(ddpm_dir), *with_set(SMALL), tmp_path=tmp_path)
     (row,) = result["rows"]
     assert positive(row["fair_seconds"]) and 0 <= row["fair_debiased_test_acc"] <= 1
+    # one seed: each mean is its row's figure, and each fair / base ratio the ratio of those means
+    for key, stat in result["means"].items():
+        assert stat["mean"] == pytest.approx(row[key], abs=1e-4) and stat["std"] == 0
+    assert result["fair_over_base"]
+    for key, ratio in result["fair_over_base"].items():
+        assert ratio == pytest.approx(result["means"][f"fair_{key}"]["mean"] / result["means"][f"base_{key}"]["mean"], abs=2e-3)
 
 
 def test_seeds_table(tmp_path):
     result = run_benchmark("seeds_table", "--seeds", "0", *with_set(ONE_EPOCH + ["palette.max_images=50"]),
                            "--plot", str(tmp_path / "chart.png"), tmp_path=tmp_path)
     assert 0 <= result["summary"]["lff_test_acc"]["mean"] <= 1
+    (row,) = result["rows"]  # one seed: the summary is that row (mean), with no spread
+    for key, stat in result["summary"].items():
+        assert stat["mean"] == pytest.approx(row[key]) and stat["std"] == 0, key
     assert (tmp_path / "chart.png").is_file() and result["mlflow_run_id"]
     assert (tmp_path / "mlruns").is_dir()  # logged to the test's store, not the repository's
 

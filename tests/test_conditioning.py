@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from diffinject.diffusion.conditioning import Guidance, default_to_null_class, drop_labels, guided_output, null_class
-from diffinject.diffusion.injection_params import GUIDANCE_GRID, InjectionParams
+from diffinject.diffusion.injection_params import InjectionParams
+from diffinject.pilot.candidates import GUIDANCE_GRID
 from diffinject.diffusion.model import DiffusionConfig, build_scheduler, build_unet, load_diffusion, save_diffusion
 from diffinject.errors import DiffinjectError
 
@@ -169,7 +170,7 @@ def test_a_guidance_scale_on_an_unconditional_ddpm_is_a_one_line_error():
 
 
 def test_the_pilot_grid_of_a_conditional_ddpm_runs_at_scale_one_unless_set():
-    from diffinject.stages.injection_setting import pilot_candidates
+    from diffinject.pilot.driver import pilot_candidates
 
     grid = ["operator=channel_stats,site=up0,t_max=300", "operator=slerp,site=h,h_gamma=0.7"]
     sites = ["h", "up0", "up1"]
@@ -184,7 +185,7 @@ def test_the_pilot_grid_of_a_conditional_ddpm_runs_at_scale_one_unless_set():
 
 def test_the_guidance_round_keeps_the_set_guidance_keys():
     from diffinject.diffusion.injection_params import Candidate
-    from diffinject.stages.injection_setting import guidance_candidates
+    from diffinject.pilot.driver import guidance_candidates
 
     winner = Candidate("channel_stats", ("up0",), 300, 1.0, "style", 1.0)
     assert [(c.guidance_scale, c.window_guidance_scale) for c in guidance_candidates(winner, {})] == list(GUIDANCE_GRID)
@@ -270,7 +271,7 @@ def test_the_fair_generator_refuses_a_conditional_ddpm_in_one_line(prepared_mnis
 def test_each_label_rule_gets_its_own_guidance_round():
     """The first round's best finalist per rule: an eliminated candidate's lucky score does not lead."""
     from diffinject.diffusion.injection_params import Candidate
-    from diffinject.stages.injection_setting import rule_leaders
+    from diffinject.pilot.driver import rule_leaders
 
     candidates = [Candidate("channel_stats", ("up0",), t, 1.0, rule, 1.0) for t in (300, 500) for rule in ("content", "style")]
     rows = [{"score": 0.30, "rungs": 3}, {"score": 0.20, "rungs": 3},  # t 300: content, style

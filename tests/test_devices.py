@@ -144,3 +144,20 @@ def test_this_gpu_host_runs_inference_on_cuda(monkeypatch, nvml_check):
     assert device == torch.device("cuda") and devices.inference_device("gpu") == device
     x = torch.arange(4.0, device=device)
     assert x.device.type == "cuda" and (x * 2).sum().item() == 12.0
+
+
+def test_trainer_flushes_denormals_as_its_setting_says():
+    """`trainer.flush_denormals` reaches the CPU: a subnormal float times 1 is 0 while it is on, itself
+    when off (x86's flush-to-zero and denormals-are-zero flags; set on every build, never inherited)."""
+    from diffinject.models.trainer import TrainerConfig, build_trainer
+
+    subnormal = torch.tensor([1e-39], dtype=torch.float32)
+    if not torch.set_flush_denormal(False):  # returns whether the CPU supports the flags
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        build_trainer(TrainerConfig(accelerator="cpu", enable_progress_bar=False, flush_denormals=True))
+        assert (subnormal * 1.0).item() == 0.0
+        build_trainer(TrainerConfig(accelerator="cpu", enable_progress_bar=False, flush_denormals=False))
+        assert (subnormal * 1.0).item() == pytest.approx(1e-39, rel=1e-3)
+    finally:
+        torch.set_flush_denormal(False)

@@ -46,3 +46,29 @@ def test_cpu_below_avx512_is_not_native_bf16(monkeypatch):
     assert not precision.native_bf16(torch.device("cpu"))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert precision.native_bf16(torch.device("cpu"))
+
+
+def test_a_loaded_unet_gives_the_same_bits_on_one_and_two_threads(tiny_ddpm, tmp_path):
+    """fp32 on the CPU: a sharded inject (each torchrun rank on fewer threads) must write the one-process
+    files. oneDNN's 1x1 convolutions split small batches by thread; load_diffusion swaps them for an
+    invariant product (same weights, same state_dict keys)."""
+    from diffinject.diffusion.model import PointwiseConv2d, load_diffusion, save_diffusion
+
+    unet, scheduler = tiny_ddpm
+    save_diffusion(unet, scheduler, tmp_path / "diffusion")
+    loaded, _ = load_diffusion(tmp_path / "diffusion")
+    assert any(isinstance(m, PointwiseConv2d) for m in loaded.modules())
+    assert loaded.state_dict().keys() == unet.state_dict().keys()
+    threads = torch.get_num_threads()
+    x, t = torch.randn(4, 3, 28, 28, generator=torch.Generator().manual_seed(0)), torch.full((4,), 500)
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                outs.append(loaded(x, t).sample)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(*outs)
+    with torch.no_grad():  # the same function as the plain convolution, to float rounding
+        torch.testing.assert_close(outs[0], unet.eval()(x, t).sample, rtol=1e-5, atol=1e-5)

@@ -179,3 +179,32 @@ def test_the_walk_sees_function_level_and_relative_imports(tmp_path, monkeypatch
     assert found == {"diffinject/__init__.py", "diffinject/pkg/__init__.py", "diffinject/pkg/a.py",
                      "diffinject/pkg/b.py", "diffinject/pkg/c.py"}
     assert not has_code(tmp_path / "diffinject" / "__init__.py") and has_code(package / "__init__.py")
+
+
+# A network built around the plain ones, and the stages that use it: those that train it or load its
+# checkpoints (evaluate and register load any model; inject and fair_finetune the pilot's reference,
+# which may be DisEnt).
+NETWORK_USERS = {"src/diffinject/models/autoencoder.py": {"ae_debias", "evaluate", "register"},
+                 "src/diffinject/models/disent_net.py": {"disent", "debiased_disent", "evaluate", "register", "inject",
+                                                         "fair_finetune"}}
+
+
+@pytest.mark.parametrize("network", sorted(NETWORK_USERS))
+def test_an_edit_of_one_network_reruns_only_the_stages_that_use_it(network):
+    """Each loader imports the network it rebuilds (checkpoint.load_classifier's `architectures`) and
+    no shared module imports every architecture, so the stages whose code deps name a network are
+    exactly those that train or load it."""
+    stages = dvc_stages()
+    users = {name for name, s in stages.items() if network in {str(p.relative_to(REPO)) for p in closure(stage_module(s))}}
+    assert users == NETWORK_USERS[network] & set(stages)
+
+
+@pytest.mark.parametrize("concept", ["src/diffinject/diffusion/operators.py", "src/diffinject/pilot/"])
+def test_the_ddpm_is_not_retrained_for_a_new_operator_or_pilot_candidate(concept):
+    """Adding an operator edits operators.py, a pilot candidate the pilot/ package: neither is in
+    train_diffusion's or invert's code, so neither re-trains the DDPM or re-inverts (the probes capture
+    features through the same site hooks that mix them, so they re-run: ~30 s)."""
+    stages = dvc_stages()
+    for name in ("train_diffusion", "invert"):
+        code = {str(p.relative_to(REPO)) for p in closure(stage_module(stages[name]))}
+        assert not [c for c in code if c.startswith(concept)], f"{name} imports {concept}"

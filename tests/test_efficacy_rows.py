@@ -18,6 +18,7 @@ from diffinject.data.manifest import read_manifest
 from diffinject.data.pool import repeat_evenly
 from diffinject.data.tensors import ImageTensors
 from diffinject.errors import DiffinjectError
+from diffinject.models import autoencoder
 from diffinject.models.checkpoint import load_classifier, save_classifier
 from diffinject.models.lff import LfFModule
 from diffinject.models.networks import MLP, NetConfig, build_network
@@ -162,7 +163,8 @@ def test_ae_debias_checkpoint_is_the_frozen_biased_classifier_behind_an_autoenco
     (root / "models" / "biased").mkdir(parents=True)
     save_classifier(root / "models" / "biased", biased, cfg, {"stage": "biased"})
     ae_debias.run(params(), root)
-    net, net_cfg, meta = load_classifier(root / "models" / "ae_debias", num_classes=10, image_shape=(3, 28, 28))
+    net, net_cfg, meta = load_classifier(root / "models" / "ae_debias", num_classes=10, image_shape=(3, 28, 28),
+                                          architectures=(autoencoder,))
     assert (net_cfg.front, net_cfg.front_width, meta["params"]["epochs"]) == ("ae", 8, 2)
     state = net.classifier.state_dict()
     assert all(torch.equal(state[k], biased.state_dict()[k]) for k in state)  # the classifier never trained

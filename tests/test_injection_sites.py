@@ -14,7 +14,8 @@ from diffinject.diffusion.injection import make_pairs
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.probes import decide_label_from, fit_ridge_probe, probe_labels, site_view
 from diffinject.diffusion.sampler import InjectionSampler, capture_features, plan_steps
-from diffinject.diffusion.sites import SiteHook, channel_stats, site_names
+from diffinject.diffusion.operators import channel_stats
+from diffinject.diffusion.sites import SiteHook, site_names
 from diffinject.errors import DiffinjectError
 from tests.conftest import tiny_unet
 

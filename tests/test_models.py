@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 from diffinject.errors import DiffinjectError
+from diffinject.models import autoencoder, disent_net
 from diffinject.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_classifier, save_classifier
 from diffinject.models.lff import LossEMA
 from diffinject.models.networks import MLP, NetConfig, ResNet18, build_network, load_imagenet_weights
@@ -91,6 +92,26 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
     with pytest.raises(DiffinjectError, match=r"not a loadable weights-only state_dict") as err:
         load_classifier(tmp_path)
     assert "\n" not in str(err.value) and "\x1b" not in str(err.value)
+
+
+@pytest.mark.parametrize("module", [autoencoder, disent_net], ids=["ae front", "disent composite"])
+def test_a_built_around_network_rebuilds_from_its_module_only(tmp_path, module):
+    """cls ∘ AE and DisEnt come back from the module the caller passes; without it the loader names
+    the network in one line (a stage that did not import it would not re-run when it changes)."""
+    plain = NetConfig("mlp", 10, MNIST)
+    if module is autoencoder:
+        cfg, info = NetConfig("mlp", 10, MNIST, front="ae", front_width=8), {}
+    else:
+        cfg, info = plain, {"composite": disent_net.COMPOSITE}
+    net = module.build(cfg)
+    save_classifier(tmp_path, net, cfg, info)
+    loaded, _, _ = load_classifier(tmp_path, architectures=(autoencoder, disent_net))
+    assert type(loaded) is type(net)
+    x = torch.rand(2, *MNIST)
+    torch.testing.assert_close(loaded(x), net.eval()(x))
+    with pytest.raises(DiffinjectError, match=rf"a '{module.ARCHITECTURE}' network, which this stage does not load") as err:
+        load_classifier(tmp_path)
+    assert "\n" not in str(err.value)
 
 
 def test_imagenet_weights_from_a_local_file(tmp_path):

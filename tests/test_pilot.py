@@ -14,12 +14,12 @@ import torch
 from diffinject.data.colour import colorize, nearest_palette_colour
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split
-from diffinject.diffusion import pilot
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.inversion_store import InvertedSet
-from diffinject.diffusion.injection_params import OPERATORS, parse_candidate
-from diffinject.diffusion.pilot_grid import DEFAULT_GRID, candidate_grid
+from diffinject.diffusion.operators import OPERATORS
 from diffinject.errors import DiffinjectError
+from diffinject.pilot import rounds, scoring
+from diffinject.pilot.candidates import DEFAULT_GRID, Candidate, candidate_grid, parse_candidate
 from tests.conftest import null_bias_copy
 
 # --- candidates -----------------------------------------------------------------------------------
@@ -44,8 +44,16 @@ def test_a_candidate_without_a_label_rule_is_tried_under_both():
     (["site"], "not key=value"),
 ])
 def test_a_bad_pilot_grid_names_the_key(grid, match):
+    """The grid is read where the pilot runs (so the schema, which train_diffusion imports, does not
+    import the pilot or the operators)."""
     with pytest.raises(DiffinjectError, match=rf"params 'injection.pilot_grid': .*{match}"):
-        InjectionParams(pilot_grid=grid).check()
+        candidate_grid(grid)
+
+
+def test_a_set_operator_is_one_the_sampler_implements():
+    with pytest.raises(DiffinjectError, match=r"params 'injection.operator': got 'blend', expected one of slerp, "):
+        InjectionParams(operator="blend").check_against_model(("h", "up0"), 1000, operators=tuple(OPERATORS))
+    InjectionParams(operator="channel_mean").check_against_model(("h", "up0"), 1000, operators=tuple(OPERATORS))
 
 
 def test_the_biased_model_cannot_be_the_reference():
@@ -76,8 +84,8 @@ def planted(prepared_mnist):
 def score(images: torch.Tensor, labels: np.ndarray, originals: torch.Tensor) -> dict[str, float]:
     colour_model = nearest_palette_colour(images.permute(0, 2, 3, 1).numpy())  # the bias proxy's prediction
     reference = np.asarray(labels)  # a reference model that reads every digit right
-    spread = float(np.median(pilot.nearest_distance(originals, originals, exclude_self=True)))
-    return pilot.score_pilot(labels, colour_model, reference, pilot.nearest_distance(images, originals), spread)
+    spread = float(np.median(scoring.nearest_distance(originals, originals, exclude_self=True)))
+    return scoring.score_pilot(labels, colour_model, reference, scoring.nearest_distance(images, originals), spread)
 
 
 def test_a_setting_that_copies_the_content_scores_low_on_diversity(planted):
@@ -106,9 +114,9 @@ def test_the_style_in_another_class_colour_wins(planted):
 
 
 def test_conflict_trust_is_one_at_chance_and_zero_for_a_label_reader():
-    assert pilot.conflict_trust(0.1, 10) == 1.0 and pilot.conflict_trust(0.05, 10) == 1.0  # at or below chance
-    assert pilot.conflict_trust(1.0, 10) == 0.0
-    assert pilot.conflict_trust(0.55, 10) == pytest.approx(0.5)
+    assert scoring.conflict_trust(0.1, 10) == 1.0 and scoring.conflict_trust(0.05, 10) == 1.0  # at or below chance
+    assert scoring.conflict_trust(1.0, 10) == 0.0
+    assert scoring.conflict_trust(0.55, 10) == pytest.approx(0.5)
 
 
 def test_without_trust_a_miss_of_the_biased_model_earns_nothing():
@@ -118,9 +126,9 @@ def test_without_trust_a_miss_of_the_biased_model_earns_nothing():
     biased = np.array([9, 9, 2, 3])  # misses the first two
     reference = np.array([9, 9, 2, 3])  # ... which the reference cannot read either
     distance, spread = np.ones(4), 1.0
-    full = pilot.score_pilot(targets, biased, reference, distance, spread, trust=1.0)
-    none = pilot.score_pilot(targets, biased, reference, distance, spread, trust=0.0)
-    half = pilot.score_pilot(targets, biased, reference, distance, spread, trust=0.5)
+    full = scoring.score_pilot(targets, biased, reference, distance, spread, trust=1.0)
+    none = scoring.score_pilot(targets, biased, reference, distance, spread, trust=0.0)
+    half = scoring.score_pilot(targets, biased, reference, distance, spread, trust=0.5)
     assert full["score"] == 0.0 and none["score"] == 0.5 and half["score"] == 0.25
     assert full["conflict"] == none["conflict"] == 0.5  # the reported terms do not depend on trust
 
@@ -130,15 +138,15 @@ def test_run_pilot_picks_the_planted_winner(planted, monkeypatch):
     recoloured style, whatever the grid's order."""
     originals, labels, styles, style_labels, grey = planted
     recoloured = torch.from_numpy(colorize(grey, (style_labels + 1) % 10, 0.005, np.random.default_rng(0))).permute(0, 3, 1, 2)
-    planted_pools = {"copy": pilot.PilotPool(originals.clone(), labels),
-                     "untouched": pilot.PilotPool(styles, style_labels),
-                     "recolour": pilot.PilotPool(recoloured.contiguous(), style_labels)}
-    monkeypatch.setattr(pilot, "generate_pilot", lambda unet, sched, candidate, *a, **k: planted_pools[candidate.operator])
-    candidates = [pilot.Candidate(name, ("up0",), 300, 1.0, "style") for name in ("copy", "recolour", "untouched")]
+    planted_pools = {"copy": rounds.PilotPool(originals.clone(), labels),
+                     "untouched": rounds.PilotPool(styles, style_labels),
+                     "recolour": rounds.PilotPool(recoloured.contiguous(), style_labels)}
+    monkeypatch.setattr(rounds, "generate_pilot", lambda unet, sched, candidate, *a, **k: planted_pools[candidate.operator])
+    candidates = [Candidate(name, ("up0",), 300, 1.0, "style") for name in ("copy", "recolour", "untouched")]
     contents = InvertedSet(x_T=torch.zeros(1), ids=torch.zeros(1), targets=torch.zeros(1))
     colour_model = lambda images: nearest_palette_colour(images.permute(0, 2, 3, 1).numpy())  # noqa: E731
     oracle = {id(pool.images): pool.targets for pool in planted_pools.values()}
-    result = pilot.run_pilot(None, None, None, contents, contents, {}, candidates, 8, 0, 8, colour_model,
+    result = rounds.run_pilot(None, None, None, contents, contents, {}, candidates, 8, 0, 8, colour_model,
                              lambda images: oracle[id(images)], originals)
     assert candidates[result.winner].operator == "recolour"
     assert [row["name"].split()[0] for row in result.rows] == ["copy", "recolour", "untouched"]
@@ -159,9 +167,9 @@ def planted_rates(monkeypatch, rates: dict[str, float]):
         targets = rng.integers(0, 10, size)
         right = rng.random(size) < rates[candidate.operator]
         made[id(images)] = np.where(right, targets, (targets + 1) % 10)
-        return pilot.PilotPool(images, targets)
+        return rounds.PilotPool(images, targets)
 
-    monkeypatch.setattr(pilot, "generate_pilot", generate)
+    monkeypatch.setattr(rounds, "generate_pilot", generate)
     contents = InvertedSet(x_T=torch.zeros(1), ids=torch.zeros(1), targets=torch.zeros(1))
     originals = torch.from_numpy(np.random.default_rng(99).integers(0, 256, (16, 3, 8, 8), dtype=np.uint8))
     reference = lambda images: made[id(images)]  # noqa: E731
@@ -171,8 +179,8 @@ def planted_rates(monkeypatch, rates: dict[str, float]):
 
 def test_two_candidates_with_identical_images_tie_and_the_first_wins(monkeypatch):
     contents, biased, reference, originals = planted_rates(monkeypatch, {"a": 0.5, "b": 0.5})
-    candidates = [pilot.Candidate(name, ("up0",), 300, 1.0, "style") for name in ("a", "b")]
-    result = pilot.run_pilot(None, None, None, contents, contents, {}, candidates, 32, 0, 8, biased, reference, originals,
+    candidates = [Candidate(name, ("up0",), 300, 1.0, "style") for name in ("a", "b")]
+    result = rounds.run_pilot(None, None, None, contents, contents, {}, candidates, 32, 0, 8, biased, reference, originals,
                              rungs=2)
     first, second = result.rows
     assert first["score"] == second["score"] and (first["score_low"], first["score_high"]) == (second["score_low"], second["score_high"])
@@ -183,8 +191,8 @@ def test_two_candidates_with_identical_images_tie_and_the_first_wins(monkeypatch
 
 def test_a_clearly_better_candidate_wins_at_the_first_rung(monkeypatch):
     contents, biased, reference, originals = planted_rates(monkeypatch, {"good": 0.95, "bad": 0.05, "worse": 0.0})
-    candidates = [pilot.Candidate(name, ("up0",), 300, 1.0, "style") for name in ("bad", "good", "worse")]
-    result = pilot.run_pilot(None, None, None, contents, contents, {}, candidates, 64, 0, 8, biased, reference, originals,
+    candidates = [Candidate(name, ("up0",), 300, 1.0, "style") for name in ("bad", "good", "worse")]
+    result = rounds.run_pilot(None, None, None, contents, contents, {}, candidates, 64, 0, 8, biased, reference, originals,
                              rungs=2)
     assert result.winner == 1 and len(result.rungs) == 1
     assert [row["n_images"] for row in result.rows] == [64, 64, 64]
@@ -193,8 +201,8 @@ def test_a_clearly_better_candidate_wins_at_the_first_rung(monkeypatch):
 
 def test_a_near_tie_spends_more_images_on_the_tied_candidates_only(monkeypatch):
     contents, biased, reference, originals = planted_rates(monkeypatch, {"x": 0.55, "y": 0.5, "z": 0.0})
-    candidates = [pilot.Candidate(name, ("up0",), 300, 1.0, "style") for name in ("x", "y", "z")]
-    result = pilot.run_pilot(None, None, None, contents, contents, {}, candidates, 16, 0, 8, biased, reference, originals,
+    candidates = [Candidate(name, ("up0",), 300, 1.0, "style") for name in ("x", "y", "z")]
+    result = rounds.run_pilot(None, None, None, contents, contents, {}, candidates, 16, 0, 8, biased, reference, originals,
                              rungs=1)
     assert [len(names) for names in result.rungs] == [3, 2]  # z is out after the first rung
     assert [row["n_images"] for row in result.rows] == [32, 32, 16]
@@ -205,19 +213,19 @@ def test_paired_images_tell_a_small_but_consistent_gap_apart():
     widely, the paired gap does not reach 0, so b is out; an independent c of the same mean stays in."""
     a = np.random.default_rng(0).random(128)
     b, c = a - 0.02, np.random.default_rng(1).permutation(a) - 0.02
-    low_a, _ = pilot.bootstrap_interval(a, seed=0)
-    _, high_b = pilot.bootstrap_interval(b, seed=0)
+    low_a, _ = scoring.bootstrap_interval(a, seed=0)
+    _, high_b = scoring.bootstrap_interval(b, seed=0)
     assert high_b > low_a  # marginal intervals cannot tell them apart
-    assert pilot.still_in_the_race([a, b], seed=0) == [0]
-    assert pilot.still_in_the_race([a, c], seed=0) == [0, 1]
+    assert scoring.still_in_the_race([a, b], seed=0) == [0]
+    assert scoring.still_in_the_race([a, c], seed=0) == [0, 1]
 
 
 def test_the_bootstrap_interval_holds_the_mean_and_is_seeded():
     values = np.random.default_rng(0).random(200)
-    low, high = pilot.bootstrap_interval(values, seed=1)
+    low, high = scoring.bootstrap_interval(values, seed=1)
     assert low < values.mean() < high and high - low < 0.2
-    assert pilot.bootstrap_interval(values, seed=1) == (low, high)
-    assert pilot.bootstrap_interval(np.full(50, 0.3), seed=1) == pytest.approx((0.3, 0.3))
+    assert scoring.bootstrap_interval(values, seed=1) == (low, high)
+    assert scoring.bootstrap_interval(np.full(50, 0.3), seed=1) == pytest.approx((0.3, 0.3))
 
 
 # --- the stage: the pilot reads no bias label ----------------------------------------------------------
@@ -279,7 +287,7 @@ def test_auto_without_the_reference_model_is_a_one_line_error(tiny_ddpm, prepare
 
 
 def test_restrict_substitutes_the_set_keys_and_drops_duplicates():
-    from diffinject.diffusion.injection_params import restrict
+    from diffinject.pilot.candidates import restrict
 
     grid = candidate_grid(["operator=channel_stats,site=up0+up1,t_max=300,h_gamma=1.0",
                            "operator=slerp,site=h,h_gamma=0.7"])  # 2 settings x 2 label rules
@@ -289,7 +297,7 @@ def test_restrict_substitutes_the_set_keys_and_drops_duplicates():
     assert [(c.operator, c.sites, c.t_max, c.label_from) for c in gamma] == [(c.operator, c.sites, c.t_max, c.label_from) for c in grid]
     assert [c.label_from for c in restrict(grid, {"label_from": "style"})] == ["style", "style"]
     every = restrict(grid, {"label_from": "style", "site": ["up0"], "operator": "channel_mean", "t_max": None, "h_gamma": 1.0})
-    assert every == [pilot.Candidate("channel_mean", ("up0",), None, 1.0, "style")]
+    assert every == [Candidate("channel_mean", ("up0",), None, 1.0, "style")]
 
 
 def test_fixed_lists_only_the_keys_the_params_set():

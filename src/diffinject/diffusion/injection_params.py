@@ -1,7 +1,9 @@
 """`injection.*`: the one schema of the params section, and the config the injection sampler runs on.
 `invert` (n_inv_step, batch_size and the style-pool keys), `probe`, `train_diffusion` (the step counts)
-and `inject` (all of it) read it. It imports no sampler or operator code, so an edit of how the pool is
-generated does not re-run the stages that only read a key."""
+and `inject` (all of it) read it. It imports no sampler, operator or pilot code, so an edit of how the
+pool is generated, a new operator or a new pilot candidate does not re-run the stages that only read a
+key: the operator, the sites and the pilot's grid are checked where they are used
+(`check_against_model`, pilot/candidates.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,6 @@ import numpy as np
 
 from diffinject.errors import DiffinjectError
 
-# The operators diffusion/sites.py implements (it checks that it implements exactly these).
-OPERATORS = ("slerp", "channel_stats", "channel_mean")
 # every_step: a rounded n_gen_step grid, every step at t >= t_edit injects, eta and dt_lambda on every
 # step; official: InjectFusion's — a floored grid, injection (and eta, dt_lambda) only on the steps that
 # are also on the floored `replace_steps` grid, plain DDIM elsewhere (sampler.plan_steps).
@@ -31,7 +31,7 @@ AUTO = "auto"
 # The keys of a class-conditional DDPM's guidance (diffusion/conditioning.py).
 GUIDANCE_KEYS = ("guidance_scale", "window_guidance_scale")
 # The keys a pilot candidate sets. Each is a value or `auto` in params: the pilot chooses only the keys
-# left `auto` (its grid restricted to the values set, `restrict`).
+# left `auto` (its grid restricted to the values set, pilot/candidates.py's `restrict`).
 PILOT_KEYS = ("operator", "site", "t_max", "h_gamma", "label_from", "guidance_scale", "window_guidance_scale")
 # `auto: false` (no pilot): what a key left `auto` takes, but label_from (the probes decide it). Chosen
 # by hand on Colored MNIST's valid split (docs/injection_operators.md): the content lends its colour
@@ -39,70 +39,14 @@ PILOT_KEYS = ("operator", "site", "t_max", "h_gamma", "label_from", "guidance_sc
 # guidance 1 everywhere: a class-conditional DDPM generates under the plain synthetic label.
 HAND_CHOSEN = {"operator": "channel_stats", "site": ["up0", "up1"], "t_max": 300, "h_gamma": 1.0, "guidance_scale": 1.0,
                "window_guidance_scale": None}
-# The (guidance_scale, window_guidance_scale) pairs the pilot's guidance round tries on a class-conditional
-# DDPM, around each label rule's best setting of the first round (run at 1 everywhere): 0 is the null class, 1 the plain label, 3
-# classifier-free guidance; a window scale of 0 drops the label where the content's features are
-# injected, so that the label's own bias (a class embedding learnt on biased data carries the class's
-# usual colour) does not pull the injected bias back (docs/label_in_generator.md).
-GUIDANCE_GRID = ((0.0, None), (1.0, None), (3.0, None), (1.0, 0.0), (3.0, 0.0))
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One injection setting the pilot tries; the keys are `injection.*`'s."""
-
-    operator: str
-    sites: tuple[str, ...]
-    t_max: int | None
-    h_gamma: float
-    label_from: str  # content | style
-    guidance_scale: float | None = None  # a class-conditional DDPM's; None: an unconditional one
-    window_guidance_scale: float | None = None  # on the injected steps; None: guidance_scale's
-
-    @property
-    def name(self) -> str:
-        window = "all t" if self.t_max is None else f"t<={self.t_max}"
-        guided = "" if self.guidance_scale is None else f" cfg{self.guidance_scale:g}"
-        if self.window_guidance_scale is not None:
-            guided += f"/{self.window_guidance_scale:g} in window"
-        return f"{self.operator} {'+'.join(self.sites)} {window} g{self.h_gamma:g} label:{self.label_from}{guided}"
-
-    def as_params(self) -> dict:
-        """The `injection.*` keys this candidate sets (PILOT_KEYS; the window starts at `injection.t_edit`)."""
-        return {"operator": self.operator, "site": list(self.sites), "t_max": self.t_max,
-                "h_gamma": self.h_gamma, "label_from": self.label_from, "guidance_scale": self.guidance_scale,
-                "window_guidance_scale": self.window_guidance_scale}
-
-
-def parse_candidate(text: str) -> list[Candidate]:
-    """"operator=channel_stats,site=up0+up1,t_max=300,h_gamma=1.0[,label_from=style]" -> its candidates
-    (both label rules unless one is named). Raises ValueError naming the bad part."""
-    values: dict[str, str] = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"{item!r} is not key=value")
-        values[key.strip()] = value.strip()
-    unknown = set(values) - {"operator", "site", "t_max", "h_gamma", "label_from", "guidance_scale", "window_guidance_scale"}
-    if unknown or not {"operator", "site"} <= set(values):
-        raise ValueError(f"{text!r}: expected operator=..,site=a+b[,t_max=..][,h_gamma=..][,label_from=..]"
-                         "[,guidance_scale=..][,window_guidance_scale=..]")
-    t_max = None if values.get("t_max", "null") in ("null", "none", "None") else int(values["t_max"])
-    rules = (values["label_from"],) if "label_from" in values else LABEL_RULES
-    if not set(rules) <= set(LABEL_RULES):
-        raise ValueError(f"{text!r}: label_from must be content or style")
-    sites = tuple(s for s in values["site"].split("+") if s)
-    guidance, window = (float(values[key]) if key in values else None for key in ("guidance_scale", "window_guidance_scale"))
-    return [Candidate(values["operator"], sites, t_max, float(values.get("h_gamma", 1.0)), rule, guidance, window)
-            for rule in rules]
 
 
 @dataclass
 class PoolFilter:
     """`injection.filter`: each generated image passes two checks, neither reading a bias label, before it
     enters the pool; generation goes on until every label has its share of the pool or `max_tries` x the
-    pool size have been tried (diffusion/pool_filter.py). Off: on mnist5k colour it raised the judge's
-    label fidelity 0.82 -> 0.91 and lowered every DiffInject row 5-10 points (docs/label_in_generator.md)."""
+    pool size have been tried (diffusion/pool_filter.py). Off by default: on mnist5k colour it raised the
+    judge's label fidelity and lowered every DiffInject row (docs/label_in_generator.md)."""
 
     enabled: bool = False
     min_confidence: float = 0.5  # the reference model (injection.pilot_reference) gives the synthetic label at least this probability
@@ -121,17 +65,17 @@ class InjectionParams:
     """`injection.*`. `invert` reads n_inv_step, styles_per_class and style_easiest_fraction (so a
     change of any other key never re-inverts); `inject` reads the rest."""
 
-    # auto: a pilot (diffusion/pilot.py) chooses the keys of PILOT_KEYS left `auto` per dataset, without
+    # auto: the pilot (the pilot/ package) chooses the keys of PILOT_KEYS left `auto` per dataset, without
     # bias labels (its grid restricted to the values set); false: no pilot, a key left `auto` takes
     # HAND_CHOSEN's value (label_from: the probes decide).
     auto: bool = True
     pilot_size: int = 128  # pilot images per candidate
     pilot_rungs: int = 2  # successive halving: up to this many more rungs, each doubling the images of the candidates still tied with the best
-    pilot_grid: list[str] | None = None  # candidates as "operator=..,site=a+b,t_max=..,h_gamma=.."; null = pilot_grid.DEFAULT_GRID
+    pilot_grid: list[str] | None = None  # candidates as "operator=..,site=a+b,t_max=..,h_gamma=.."; null = pilot/candidates.py's DEFAULT_GRID
     pilot_reference: str = "lff"  # the model whose prediction measures a pilot image's label fidelity: lff | disent | lc | vanilla | auto (best valid acc)
     # The sampler's keys; each of PILOT_KEYS may be `auto`.
     h_gamma: float | Literal["auto"] = AUTO  # weight of the content's features: 0 keeps the style, 1 takes the content (DiffInject's slerp of h: 0.7)
-    operator: str = AUTO  # slerp (DiffStyle) | channel_stats (AdaIN-style) | channel_mean (sites.py)
+    operator: str = AUTO  # slerp (DiffStyle) | channel_stats (AdaIN-style) | channel_mean (diffusion/operators.py)
     site: str | list[str] = AUTO  # h (mid block) | up0 | up1 | ..., a list or "a,b"
     schedule: str = "every_step"  # every_step | official (InjectFusion's replace steps, sampler.plan_steps)
     replace_steps: int = OFFICIAL_REPLACE_STEPS  # official schedule: points of the replace grid over [0, T-1]
@@ -189,8 +133,6 @@ class InjectionParams:
             raise DiffinjectError(f"params 'injection.n_samples_ratio': got {self.n_samples_ratio}, expected > 0 or null")
         if self.batch_size < 1 or self.styles_per_class < 1:
             raise DiffinjectError("params 'injection.batch_size' and 'injection.styles_per_class': expected >= 1")
-        if self.operator != AUTO and self.operator not in OPERATORS:
-            raise DiffinjectError(f"params 'injection.operator': got {self.operator!r}, expected one of {', '.join(OPERATORS)} or auto")
         if self.schedule not in SCHEDULES:
             raise DiffinjectError(f"params 'injection.schedule': got {self.schedule!r}, expected one of {', '.join(SCHEDULES)}")
         if self.label_from not in ("content", "style", "auto"):
@@ -212,12 +154,6 @@ class InjectionParams:
         if self.pilot_reference not in ("lff", "disent", "lc", "vanilla", "auto"):
             raise DiffinjectError(f"params 'injection.pilot_reference': got {self.pilot_reference!r}, expected lff, disent, lc, "
                                   "vanilla or auto (never the biased model: it is the bias proxy)")
-        try:  # a user's grid (the built-in one, diffusion/pilot_grid.py, is checked by tests/test_pilot.py)
-            for candidate in (c for text in self.pilot_grid or () for c in parse_candidate(text)):
-                if candidate.operator not in OPERATORS:
-                    raise ValueError(f"operator {candidate.operator!r} is not one of {', '.join(OPERATORS)}")
-        except ValueError as exc:
-            raise DiffinjectError(f"params 'injection.pilot_grid': {exc}") from exc
 
     def sites(self) -> tuple[str, ...]:
         if self.site == AUTO:
@@ -236,9 +172,12 @@ class InjectionParams:
         return dataclasses.replace(self, **{k: v for k, v in HAND_CHOSEN.items() if getattr(self, k) == AUTO})
 
     def check_against_model(self, known_sites: Sequence[str], num_train_timesteps: int,
-                            class_conditional: bool = False) -> None:
-        """A set site must be one of this UNet's, a set window must lie within [0, T - 1], a set guidance
+                            class_conditional: bool = False, operators: Sequence[str] = ()) -> None:
+        """A set site must be one of this UNet's, a set operator one of `operators` (those the sampler
+        implements, diffusion/operators.py), a set window must lie within [0, T - 1], a set guidance
         scale needs a class-conditional UNet."""
+        if self.operator != AUTO and self.operator not in operators:
+            raise DiffinjectError(f"params 'injection.operator': got {self.operator!r}, expected one of {', '.join(operators)} or auto")
         for key in GUIDANCE_KEYS:
             if getattr(self, key) not in (AUTO, None) and not class_conditional:
                 raise DiffinjectError(f"params 'injection.{key}': got {getattr(self, key)}, but the DDPM is not class-"
@@ -270,21 +209,3 @@ class InjectionParams:
         """How many images may be generated for the pool: its size, or with the filter on max_tries x it."""
         n = self.pool_size(n_train)
         return int(np.ceil(self.filter.max_tries * n)) if self.filter.enabled else n
-
-
-def restrict(candidates: Sequence[Candidate], fixed: dict) -> list[Candidate]:
-    """The pilot's grid with the keys the params set (`InjectionParams.fixed`) taking their set values,
-    duplicates dropped in order: the pilot chooses only what was left to it. A grid that never names the
-    set value still yields candidates (each with the value substituted), so a set h_gamma of 0.5 runs
-    the grid's operators, sites and windows at 0.5."""
-    out: list[Candidate] = []
-    for candidate in candidates:
-        keys = {"operator": candidate.operator, "sites": candidate.sites, "t_max": candidate.t_max,
-                "h_gamma": candidate.h_gamma, "label_from": candidate.label_from,
-                "guidance_scale": candidate.guidance_scale, "window_guidance_scale": candidate.window_guidance_scale}
-        for key, value in fixed.items():
-            keys["sites" if key == "site" else key] = tuple(value) if key == "site" else value
-        restricted = Candidate(**keys)
-        if restricted not in out:
-            out.append(restricted)
-    return out

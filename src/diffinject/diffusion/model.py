@@ -11,6 +11,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils import is_accelerate_available
 from safetensors import SafetensorError
+from torch import nn
 
 from diffinject.diffusion.conditioning import default_to_null_class
 from diffinject.diffusion.ddim import PREDICTION_TYPES, checked_prediction_type
@@ -40,7 +41,7 @@ class DiffusionConfig:
     ema_decay: float = 0.999  # upper bound of the EMA decay (diffusers' EMAModel warm-up ramps up to it)
     checkpoint_every: int = 500  # steps between resumable checkpoints
     sample_grid: int = 64  # images generated from noise for the sample-grid plot
-    sample_steps: int = 1000  # ancestral DDPM steps of that grid (fewer: faster, blurrier)
+    sample_steps: int = 250  # ancestral DDPM steps of that grid (fewer: faster, noisier; docs/diffusion_notes.md)
     precision: str = "auto"  # DDPM training and inference: auto | 32-true | bf16-mixed | 16-mixed (precision.py)
     # The class label as a condition (diffusion/conditioning.py): one embedding per class plus a null
     # class, which stands in for the label with probability label_dropout in training (classifier-free
@@ -114,6 +115,7 @@ def load_diffusion(path: str | Path, default_scheduler: DDPMScheduler | None = N
     if image_shape is not None:
         check_fits(unet, tuple(image_shape), unet_dir)
     default_to_null_class(unet)
+    thread_invariant_pointwise_convs(unet)
     if (path / SCHEDULER_DIR / "scheduler_config.json").is_file():
         try:
             scheduler = DDPMScheduler.from_pretrained(path / SCHEDULER_DIR)
@@ -128,6 +130,31 @@ def load_diffusion(path: str | Path, default_scheduler: DDPMScheduler | None = N
     except ValueError as exc:
         raise DiffinjectError(f"{path}: the scheduler's {exc}") from exc
     return unet, scheduler
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution whose fp32 CPU result does not depend on the thread count. oneDNN's fp32 1x1
+    convolution on small batches splits its work by thread, and the sums come out in another order: on
+    an AVX2 or AVX512 CPU, 1 and 2 threads differ in the last bit (the resnets' channel-changing
+    shortcuts; every 3x3 convolution and the bf16 path are invariant), which after 20 DDIM steps moves
+    a pixel of a pool image, so a sharded `inject` (each torchrun rank on fewer threads) would not
+    write the one-process files. ATen's own convolution is invariant; on 1x1 kernels it costs little."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            return super().forward(x)
+        b, c, h, w = x.shape
+        out = torch.matmul(self.weight.view(self.out_channels, c), x.reshape(b, c, h * w))  # (B, O, H·W)
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1)
+        return out.view(b, self.out_channels, h, w)
+
+
+def thread_invariant_pointwise_convs(unet: nn.Module) -> None:
+    """Every plain 1x1 convolution of `unet` becomes a PointwiseConv2d (same weights and state_dict keys)."""
+    for module in unet.modules():
+        if type(module) is nn.Conv2d and module.kernel_size == (1, 1) and module.groups == 1:
+            module.__class__ = PointwiseConv2d
 
 
 def check_fits(unet: UNet2DModel, image_shape: tuple[int, ...], where: Path) -> None:

@@ -21,9 +21,9 @@ def sample_from_noise(unet: UNet2DModel, scheduler: DDPMScheduler, n: int, n_ste
                       generator: torch.Generator) -> torch.Tensor:
     """n images (uint8, (n, C, H, W)) by ancestral DDPM sampling (diffusers' DDPMPipeline) on n_steps.
 
-    Ancestral, not deterministic DDIM: measured on the default CPU model (264 K parameters, 4,000 steps),
-    DDIM from noise at 20-50 steps gives washed-out, colourless shapes or saturated squares, while
-    1,000 ancestral steps give coloured digits; its injected noise corrects the small model's errors."""
+    Ancestral, not deterministic DDIM: on the default CPU model DDIM from noise at 20-50 steps gives
+    washed-out shapes, while ancestral steps give coloured digits; its injected noise corrects the small
+    model's errors (docs/diffusion_notes.md compares the step counts)."""
     pipeline = DDPMPipeline(unet=unet, scheduler=copy.deepcopy(scheduler))
     pipeline.set_progress_bar_config(desc="samples from noise", leave=False)
     images = pipeline(batch_size=n, generator=generator, num_inference_steps=n_steps, output_type="np").images

@@ -1,7 +1,7 @@
 """The injection sampler (DiffInject; DiffStyle / InjectFusion, Jeong et al. 2024), batched: the plan of
 generation steps and the generation from a style's x_T with a content image's UNet features mixed in,
 plus the capture of those features on an inversion path. The DDIM maths it steps with is
-diffusion/ddim.py; the operators and sites are diffusion/sites.py; docs/design.md has the update.
+diffusion/ddim.py; the sites are diffusion/sites.py, the operators diffusion/operators.py; docs/design.md has the update.
 
 The official code runs one (content, style) pair per process with batch 1; here every tensor carries a
 batch dimension, inversions are cached and reused across h_gamma values.

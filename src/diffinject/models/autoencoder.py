@@ -1,14 +1,20 @@
 """The autoencoder network of the ae_debias baseline and cls ∘ AE, the network it saves: plain modules,
-which `networks.build_network` builds for a checkpoint with `front: "ae"` (the training lives in
-models/ae_debias.py, so loading a classifier does not depend on how the AE was trained)."""
+which `build` rebuilds for a checkpoint with `front: "ae"` (the training lives in models/ae_debias.py,
+so loading a classifier does not depend on how the AE was trained)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from diffinject.errors import DiffinjectError
+from diffinject.models.networks import NetConfig, build_network
+
+# model.json's `front` for cls ∘ AE (checkpoint.load_classifier finds this module by it)
+ARCHITECTURE = "ae"
 
 # Channels of the AE's first feature map; the second has twice as many.
 DEFAULT_AE_WIDTH = 32
@@ -63,3 +69,10 @@ class AEClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.ae(x))  # (B, C, H, W) in [0, 1] -> (B, num_classes)
+
+
+def build(cfg: NetConfig) -> AEClassifier:
+    """cls ∘ AE for a checkpoint of front "ae": the autoencoder of its width before `cfg`'s network."""
+    cfg.check()
+    return AEClassifier(ConvAutoencoder(cfg.image_shape[0], cfg.front_width or DEFAULT_AE_WIDTH),
+                        build_network(replace(cfg, front=None, front_width=None)))

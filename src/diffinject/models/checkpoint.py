@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from diffinject.errors import DiffinjectError
-from diffinject.models.disent_net import COMPOSITE as DISENT, build_disent
 from diffinject.models.networks import NetConfig, build_network, read_state_dict
 
 WEIGHTS_NAME = "model.pt"
@@ -48,8 +48,14 @@ def load_classifier(
     image_shape: tuple[int, int, int] | None = None,
     arch: str | None = None,
     missing_hint: str = "",
+    architectures: Sequence[ModuleType] = (),
 ) -> tuple[nn.Module, NetConfig, dict[str, Any]]:
     """Rebuild the network saved in `model_dir` and load its weights.
+
+    A plain network (MLP, ResNet18) is networks.py's. A checkpoint whose model.json names a `composite`
+    (DisEnt) or a `front` (ae_debias) is rebuilt by the module of `architectures` whose ARCHITECTURE is
+    that name (its `build(cfg)`): the caller imports the modules of the networks it may load, so its
+    stage's code deps name them and an edit of one network re-runs only the stages that use it.
 
     The expectations (`num_classes` of the data, `image_shape` (C, H, W) of its images, `arch`) are
     checked against the checkpoint, so a checkpoint trained on other data or for another architecture
@@ -69,11 +75,7 @@ def load_classifier(
         raise DiffinjectError(
             f"{model_dir}: checkpoint takes images of shape {tuple(cfg.image_shape)} (C, H, W), the data has {tuple(image_shape)}"
         )
-    # a composite network (DisEnt's two encoders) says so in model.json; every other one is cfg's network
-    composite = meta.get("composite")
-    if composite not in (None, DISENT):
-        raise DiffinjectError(f"{model_dir / CONFIG_NAME}: composite {composite!r} is unknown (expected {DISENT!r} or none)")
-    net = build_disent(cfg) if composite == DISENT else build_network(cfg)
+    net = _build(model_dir, cfg, meta, architectures)
     state = read_state_dict(weights)
     try:
         net.load_state_dict(state)
@@ -86,3 +88,15 @@ def load_classifier(
     net.eval()
     return net, cfg, meta
 
+
+
+def _build(model_dir: Path, cfg: NetConfig, meta: dict[str, Any], architectures: Sequence[ModuleType]) -> nn.Module:
+    """The network model.json describes: cfg's own, or a composite's / front's from its module."""
+    name = meta.get("composite") or cfg.front
+    if name is None:
+        return build_network(cfg)
+    modules = {module.ARCHITECTURE: module for module in architectures}
+    if name not in modules:
+        raise DiffinjectError(f"{model_dir / CONFIG_NAME}: a {name!r} network, which this stage does not load "
+                              f"(it loads {', '.join(['plain networks', *modules])})")
+    return modules[name].build(cfg)

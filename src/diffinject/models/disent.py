@@ -32,17 +32,15 @@ features) instead of their 16-unit one; both branches use one Adam (the same as 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import lightning
 import torch
 import torch.nn.functional as F
 
-from diffinject.config import check_at_least
 from diffinject.data.tensors import ImageTensors
 from diffinject.models.classifier import Batch, ClassifierModule, n_correct, to_unit_float
 from diffinject.models.disent_net import DisEntNet, build_disent
-from diffinject.models.lff import DEFAULT_EMA_ALPHA, BiasedRows, LfFConfig, RelativeDifficulty
+from diffinject.models.disent_config import DisEntConfig
+from diffinject.models.lff import DEFAULT_EMA_ALPHA, BiasedRows, RelativeDifficulty
 from diffinject.models.losses import DEFAULT_GCE_Q, gce_loss
 from diffinject.models.networks import NetConfig, load_imagenet_weights
 from diffinject.models.trainer import TrainerConfig
@@ -122,27 +120,6 @@ def swap_lr(lr: float, step: int, swap_after: int, decay_step: int, gamma: float
     if decay_step <= 0 or step <= swap_after:
         return lr
     return lr * gamma ** ((step - swap_after) // decay_step)
-
-
-@dataclass
-class DisEntConfig(LfFConfig):
-    """`disent.*`: DisEnt (two encoders, relative-difficulty weights, bias-feature swapping); GCE's q and
-    the EMA's α as LfF's, with LfF's checks."""
-
-    lambda_dis: float = 10.0  # λ_dis (official CMNIST: --lambda_dis_align 10)
-    lambda_swap_b: float = 10.0  # λ_swap_b (--lambda_swap_align 10)
-    lambda_swap: float = 1.0  # λ_swap (--lambda_swap 1)
-    swap_after: int = 400  # optimisation steps before the feature swap starts (official: 10,000 of 50,000)
-    # the swap phase's lr decay: × lr_decay_gamma every lr_decay_every × (the run's steps) once the swap has
-    # started (official: 0.5 every 10,000 of 50,000 steps, i.e. 0.2); 0: a constant lr
-    lr_decay_every: float = 0.0
-    lr_decay_gamma: float = 0.5
-    epochs: int = 100
-
-    def check(self, section: str) -> None:
-        super().check(section)
-        check_at_least(self, section, 0, "lambda_dis", "lambda_swap_b", "lambda_swap", "swap_after", "lr_decay_every")
-        check_at_least(self, section, 0, "lr_decay_gamma", strict=True)
 
 
 def train_disent(train: ImageTensors, valid: ImageTensors, num_classes: int, cfg: DisEntConfig,

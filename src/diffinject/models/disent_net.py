@@ -5,7 +5,7 @@ C_i (what is predicted, saved and evaluated) and C_b (the bias side, trained wit
 Each encoder is one of our classifier networks with its head removed (the MLP's 100-unit last hidden
 layer, ResNet18's 512-d pooled features), so `*.model` chooses DisEnt's backbone as it does every
 other row's. A checkpoint says `"composite": "disent"` in model.json and rebuilds through
-`models.checkpoint.load_classifier` like any other classifier.
+`models.checkpoint.load_classifier` (given this module) like any other classifier.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from torch import nn
 
 from diffinject.models.networks import MLP, NetConfig, ResNet18, build_network
 
-COMPOSITE = "disent"
+# model.json's `composite` for this network (checkpoint.load_classifier finds this module by it)
+COMPOSITE = ARCHITECTURE = "disent"
 
 
 def headless(net: nn.Module) -> tuple[nn.Module, int]:
@@ -55,3 +56,6 @@ def build_disent(cfg: NetConfig) -> DisEntNet:
     intrinsic, width = headless(build_network(cfg))
     bias, _ = headless(build_network(cfg))
     return DisEntNet(intrinsic, bias, width, cfg.num_classes)
+
+
+build = build_disent  # what checkpoint.load_classifier calls for a checkpoint of this ARCHITECTURE

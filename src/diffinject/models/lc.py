@@ -19,7 +19,7 @@ Settings follow the official code (shengliu66/LC `learner.py`, amazon-science/lc
 `group_mixup.py`) at its defaults, which its Colored-MNIST branch uses: τ = 1, η = 1, EMA α = 0.995
 (`avg_type mv`), λ_dis = 1, q = 0.7, no MixUp ramp (curr_step 0), Adam. Departures: the biased branch
 learns at the main one's rate (`biased_lr_ratio` 1.0; theirs 0.1, which in our 1,600-step runs leaves it
-too weak to name the bias: valid 0.522 vs 0.624 on Colored MNIST, seed 0); 100 epochs (as our LfF)
+too weak to name the bias: docs/results.md); 100 epochs (as our LfF)
 instead of their default 300; the backbone is `*.model`
 (our LfF MLP); the official per-sample EMA of the group prior is applied once per batch (each group's
 batch mean with weight 1 − α^n for its n samples, the first batch taking the mean) instead of a Python
@@ -204,7 +204,7 @@ class LCConfig(LfFConfig):
     tau: float = 1.0  # temperature of the biased branch's softmax (--tau)
     eta: float = 1.0  # exponent of the prior in the correction (LogitCorrectionLoss eta)
     lambda_dis: float = 1.0  # weight of the biased branch's GCE (--lambda_dis_align)
-    biased_lr_ratio: float = 1.0  # the biased branch's learning rate, as a fraction of lr (official: 0.1; valid 0.624 vs 0.522 here)
+    biased_lr_ratio: float = 1.0  # the biased branch's learning rate, as a fraction of lr (official: 0.1; docs/results.md)
     mixup_rampup_steps: int = 0  # steps over which the MixUp strength ramps up (--curr_step; 0: none)
     # ema: the official per-sample EMA (ema_alpha); epoch: each group's mean over the last epoch, an α that
     # follows the group's count (GroupPrior). Neither wins on every dataset: docs/results.md

@@ -1,6 +1,9 @@
 """The classifier networks, chosen by params (`*.model`), never by dataset name.
 
 Every network takes float images in [0, 1], shape (B, C, H, W), and returns logits (B, num_classes).
+A network built around these (ae_debias's autoencoder front, DisEnt's two encoders) lives in its own
+module, which only the stages that build or load it import (`checkpoint.load_classifier`), so an edit
+of it re-runs those stages alone.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import torchvision
 from torch import nn
 
 from diffinject.errors import DiffinjectError, first_line
-from diffinject.models.autoencoder import DEFAULT_AE_WIDTH, AEClassifier, ConvAutoencoder
 
 ARCHS = ("mlp", "resnet18")
 FRONTS = (None, "ae")
@@ -33,8 +35,8 @@ class NetConfig:
     arch: str  # mlp | resnet18
     num_classes: int
     image_shape: tuple[int, int, int]  # (C, H, W) of the inputs
-    # "ae": a convolutional autoencoder of width `front_width` runs before the network (ae_debias);
-    # null: the network alone
+    # "ae": a convolutional autoencoder of width `front_width` runs before the network (ae_debias,
+    # models/autoencoder.py); null: the network alone
     front: str | None = None
     front_width: int | None = None
 
@@ -81,12 +83,10 @@ class ResNet18(nn.Module):
 
 
 def build_network(cfg: NetConfig) -> nn.Module:
+    """`cfg`'s architecture alone (its front, if any, is the front's module's: `checkpoint.load_classifier`)."""
     cfg.check()
     channels, height, width = cfg.image_shape
-    net = MLP(channels * height * width, cfg.num_classes) if cfg.arch == "mlp" else ResNet18(cfg.num_classes, channels)
-    if cfg.front == "ae":
-        return AEClassifier(ConvAutoencoder(channels, cfg.front_width or DEFAULT_AE_WIDTH), net)
-    return net
+    return MLP(channels * height * width, cfg.num_classes) if cfg.arch == "mlp" else ResNet18(cfg.num_classes, channels)
 
 
 def read_state_dict(path: Path) -> dict:

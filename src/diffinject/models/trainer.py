@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import lightning
+import torch
 from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import AcceleratorRegistry
@@ -52,6 +53,10 @@ class TrainerConfig:
     deterministic: bool = True  # torch deterministic algorithms: same params -> same metrics
     enable_progress_bar: bool = True
     progress_bar_refresh_rate: int = 10  # batches between progress bar redraws (and at most 10 per second)
+    # Subnormal floats (|x| < 1.2e-38) are flushed to zero on the CPU while a trainer runs: long runs drive
+    # per-sample losses, EMAs and probabilities into that range, where x86 arithmetic is many times slower
+    # (docs/benchmarks.md, "Every stage's cost at 4,000 and 53,330 train images").
+    flush_denormals: bool = True
 
     def check(self) -> None:
         # Lightning's own registries, so a name it accepts is accepted here and nothing else reaches it
@@ -97,6 +102,8 @@ def build_trainer(cfg: TrainerConfig, max_epochs: int = 1, callbacks: list[light
     overrides trainer.precision (the DDPM has its own); `trainer_kwargs` go to lightning.Trainer.
     The progress bar is a bar on a terminal and a line every LOG_INTERVAL_S in a log file."""
     cfg.check()
+    # process-wide, so set either way: a stage that trains twice must not inherit the other setting
+    torch.set_flush_denormal(cfg.flush_denormals)
     skip_failing_nvml_probe()
     quiet_lightning()
     callbacks = list(callbacks or [])

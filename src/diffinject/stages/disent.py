@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffinject.models.disent import DisEntConfig, train_disent
+from diffinject.models.disent import train_disent
+from diffinject.models.disent_config import DisEntConfig
 from diffinject.models.disent_net import COMPOSITE
 from diffinject.stages.common import classifier_params, fit_and_write, load_training_data
 

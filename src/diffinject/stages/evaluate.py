@@ -25,6 +25,7 @@ from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, write_json
+from diffinject.models import autoencoder, disent_net
 from diffinject.models.checkpoint import WEIGHTS_NAME, load_classifier
 from diffinject.models.evaluation import classification_metrics, group_sizes
 from diffinject.models.trainer import TrainerConfig
@@ -98,7 +99,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     for name in cfg.models:
         shape = next(iter(splits.values()))[0].shape
         net, _, _ = load_classifier(model_dir(root, name), num_classes=num_classes, image_shape=shape,
-                                    missing_hint=missing_model_hint(name))
+                                    missing_hint=missing_model_hint(name), architectures=(autoencoder, disent_net))
         results[name] = {}
         for split, (data, rows) in splits.items():
             pred = predict_logits(net, data, cfg.batch_size, trainer_cfg).argmax(1).numpy()

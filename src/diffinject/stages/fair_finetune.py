@@ -46,10 +46,12 @@ from diffinject.diffusion.synthetic_quality import bias_deviation, to_grey
 from diffinject.errors import DiffinjectError
 from diffinject.fsutil import atomic_dir, atomic_file, write_json
 from diffinject.imaging import save_labelled_rows
+from diffinject.models import disent_net
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.classifier import predictor
 from diffinject.models.trainer import TrainerConfig
-from diffinject.stages.injection_setting import check_fair_supported, resolve_reference, settle_injection
+from diffinject.pilot.references import resolve_reference
+from diffinject.stages.injection_setting import check_fair_supported, settle_injection
 from diffinject.stages.paths import DIFFUSION, FAIR, FAIR_RESUME, INVERSIONS, METRICS, PLOTS, PREPARED, model_dir
 from diffinject.stages.pool_quality import aligned_bias
 
@@ -155,7 +157,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     if fair_cfg.preserve == "reference":
         name = resolve_reference(root, cfg.pilot_reference)
         reference, _, _ = load_classifier(model_dir(root, name), num_classes=n_classes, image_shape=shape,
-                                          missing_hint=hint.format(name, name))
+                                          missing_hint=hint.format(name, name), architectures=(disent_net,))
         reference = reference.to(device)
     # enough pairs for every label's batches, drawn apart from the pool's (seed + 1)
     pairs, labels = labelled_pairs(contents, styles, max(4 * n_classes * fair_cfg.batch_size, len(contents.ids)), seed + 1,

@@ -4,7 +4,7 @@ manifest.parquet), a content | style | result grid, and the quality report metri
 The keys of the setting (operator, site, t_max, h_gamma, label_from, and on a class-conditional DDPM
 guidance_scale and window_guidance_scale) are each a value or `auto`; a set value is obeyed. With
 `injection.auto` (the default), a pilot first chooses the keys left `auto` for this dataset, without a
-bias label (diffusion/pilot.py; the valid split's labels say how far the biased model's misses can be
+bias label (the pilot/ package; the valid split's labels say how far the biased model's misses can be
 trusted): every candidate's scores go to inject.json, a row of its images to
 metrics/plots/inject/pilot.png. With `auto: false` a key left `auto` takes the hand-chosen value and
 `label_from: auto` is decided from the probes (metrics/probe.json). inject.json's `chosen_by` says which

@@ -23,6 +23,7 @@ from diffinject.config import StageParams
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.fsutil import write_json
+from diffinject.models import autoencoder, disent_net
 from diffinject.models.checkpoint import load_classifier
 from diffinject.models.classifier import to_unit_float
 from diffinject.stages.paths import METRICS, PREPARED, missing_model_hint, model_dir
@@ -56,7 +57,8 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     manifest = read_manifest(root / PREPARED)
     valid = load_split(root / PREPARED, SELECTION_SPLIT, manifest)
     net, _, _ = load_classifier(model_dir(root, model), num_classes=num_classes_of(manifest),
-                                image_shape=valid.shape, missing_hint=missing_model_hint(model))
+                                image_shape=valid.shape, missing_hint=missing_model_hint(model),
+                                architectures=(autoencoder, disent_net))
     example = to_unit_float(valid.images[:EXAMPLE_IMAGES]).numpy()  # (B, C, H, W) float32 in [0, 1]
     files_sha256 = model_files_sha256(model_dir(root, model))
     with runs.pipeline_run(root, params, cfg.experiment) as parent:  # marks a killed register's run FAILED

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from diffinject.config import StageParams
-from diffinject.diffusion.pilot_grid import candidate_grid
+from diffinject.diffusion.sites import saved_site_names
 from diffinject.errors import DiffinjectError
 from diffinject.models.classifier import SELECT_METRIC
+from diffinject.pilot.candidates import candidate_grid, setting_name
 from diffinject.stages import (ae_debias, debiased_disent, debiased_lc, debiased_lff, disent, evaluate, inject, lc, lff,
                                train_debiased, upsample, vanilla)
 from diffinject.stages.paths import (CONFLICTS, CURVES, DIFFUSION, EVAL, INVERSIONS, METRICS, MODELS, PREPARED, PROBE,
@@ -116,18 +117,13 @@ def model_space(cfg: SearchConfig, model: str) -> list[Dim]:
     return with_ranges(space, cfg.ranges, model)
 
 
-def setting_name(keys: dict[str, Any]) -> str:
-    window = "all t" if keys["t_max"] is None else f"t<={keys['t_max']}"
-    return f"{keys['operator']} {'+'.join(keys['site'])} {window} label:{keys['label_from']}"
-
-
 def injection_settings(cfg: SearchConfig, root: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
     """(setting name -> its injection keys but h_gamma, the pilot's winning candidate or None): the
     pilot's candidates within `search.pilot_keep` of its best score, else the whole grid."""
     keys = ("operator", "site", "t_max", "label_from")
     pilot = json.loads((root / INJECT).read_text()).get("pilot") if (root / INJECT).is_file() else None
     if pilot is None:
-        known = unet_sites(root / DIFFUSION)
+        known = set(saved_site_names(root / DIFFUSION))
         rows = [c.as_params() for c in candidate_grid(None) if set(c.sites) <= known]
         winner = None
     else:
@@ -136,15 +132,6 @@ def injection_settings(cfg: SearchConfig, root: Path) -> tuple[dict[str, dict[st
         winner = next(row for row in pilot["candidates"] if row["name"] == pilot["winner"])
     settings = {setting_name(row): {k: row[k] for k in keys} for row in rows}  # one entry per gamma-free setting
     return settings, winner
-
-
-def unet_sites(diffusion: Path) -> set[str]:
-    """The injection sites of the DDPM in `diffusion` (h, up0 .. up{n-1}), from its config alone."""
-    for config in (diffusion / "unet" / "config.json", diffusion / "config.json"):
-        if config.is_file():
-            n_up = len(json.loads(config.read_text()).get("up_block_types", ()))
-            return {"h", *(f"up{i}" for i in range(n_up))}
-    raise DiffinjectError(f"{diffusion}: no unet/config.json (run `dvc repro train_diffusion`)")
 
 
 def first_trial(params: dict[str, Any], model: str, space: list[Dim], winner: dict[str, Any] | None) -> dict[str, Any]:
