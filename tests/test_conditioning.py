@@ -184,7 +184,7 @@ def test_the_pilot_grid_of_a_conditional_ddpm_runs_at_scale_one_unless_set():
 
 
 def test_the_guidance_round_keeps_the_set_guidance_keys():
-    from diffinject.diffusion.injection_params import Candidate
+    from diffinject.pilot.candidates import Candidate
     from diffinject.pilot.driver import guidance_candidates
 
     winner = Candidate("channel_stats", ("up0",), 300, 1.0, "style", 1.0)
@@ -270,7 +270,7 @@ def test_the_fair_generator_refuses_a_conditional_ddpm_in_one_line(prepared_mnis
 
 def test_each_label_rule_gets_its_own_guidance_round():
     """The first round's best finalist per rule: an eliminated candidate's lucky score does not lead."""
-    from diffinject.diffusion.injection_params import Candidate
+    from diffinject.pilot.candidates import Candidate
     from diffinject.pilot.driver import rule_leaders
 
     candidates = [Candidate("channel_stats", ("up0",), t, 1.0, rule, 1.0) for t in (300, 500) for rule in ("content", "style")]

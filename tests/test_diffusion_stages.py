@@ -61,8 +61,9 @@ def test_bad_architecture_names_the_param(cfg, param):
         build_unet(DiffusionConfig(**cfg), 28, 3)
 
 
+# (a set operator is checked against the operators the sampler implements: test_injection_sites.py)
 @pytest.mark.parametrize("key, value", [("h_gamma", 1.5), ("n_inv_step", 1), ("style_easiest_fraction", 0.0),
-                                        ("operator", "add"), ("schedule", "sometimes"), ("site", []),
+                                        ("schedule", "sometimes"), ("site", []),
                                         ("label_from", "both"), ("replace_steps", 1)])
 def test_bad_injection_params_name_the_key(key, value):
     with pytest.raises(DiffinjectError, match=f"injection.{key}"):

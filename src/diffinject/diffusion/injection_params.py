@@ -176,8 +176,7 @@ class InjectionParams:
         """A set site must be one of this UNet's, a set operator one of `operators` (those the sampler
         implements, diffusion/operators.py), a set window must lie within [0, T - 1], a set guidance
         scale needs a class-conditional UNet."""
-        if self.operator != AUTO and self.operator not in operators:
-            raise DiffinjectError(f"params 'injection.operator': got {self.operator!r}, expected one of {', '.join(operators)} or auto")
+        self.check_operator(operators)
         for key in GUIDANCE_KEYS:
             if getattr(self, key) not in (AUTO, None) and not class_conditional:
                 raise DiffinjectError(f"params 'injection.{key}': got {getattr(self, key)}, but the DDPM is not class-"
@@ -193,6 +192,12 @@ class InjectionParams:
         if self.t_max not in (AUTO, None) and self.t_max > last:
             raise DiffinjectError(f"params 'injection.t_max': got {self.t_max}, expected <= {last} (the DDPM's last "
                                   "timestep), null or auto")
+
+    def check_operator(self, operators: Sequence[str]) -> None:
+        """A set operator must be one of `operators`, those the sampler implements (the names of
+        diffusion/operators.py's OPERATORS, which this schema does not import)."""
+        if self.operator != AUTO and self.operator not in operators:
+            raise DiffinjectError(f"params 'injection.operator': got {self.operator!r}, expected one of {', '.join(operators)} or auto")
 
     def generation_record(self) -> dict:
         """The keys that made a pool image, as the synthetic manifest's columns record them."""

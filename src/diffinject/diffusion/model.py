@@ -34,7 +34,7 @@ class DiffusionConfig:
     # where ε's x_0 = (x_t − √(1−ᾱ)·ε)/√ᾱ multiplies errors by up to 1/√ᾱ_T ≈ 160: measured on the
     # default CPU model, ε-prediction draws blobs with 2.7x the real ink (README), v does not.
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
-    train_steps: int = 4000  # ~12 min on 2 cores with bf16, ~22 min AVX2-only fp32 (docs/benchmarks.md)
+    train_steps: int = 4000  # its cost on both CPU classes: docs/benchmarks.md
     batch_size: int = 64
     lr: float = 1.0e-3
     warmup_steps: int = 200  # linear lr warm-up, then cosine decay to 0 over train_steps

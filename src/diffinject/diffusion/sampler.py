@@ -23,6 +23,7 @@ from tqdm import tqdm
 from diffinject.diffusion.conditioning import Guidance, guided_output, is_class_conditional
 from diffinject.diffusion.ddim import alpha_bar, checked_prediction_type, ddim_step, predict_eps, timestep_grid
 from diffinject.diffusion.injection_params import InjectionParams
+from diffinject.diffusion.operators import OPERATORS
 from diffinject.diffusion.reader_guidance import ReaderGuidance
 from diffinject.diffusion.shared_encoder import SharedEncoder
 from diffinject.diffusion.sites import H_SITE, Features, SiteHook, check_sites
@@ -113,6 +114,7 @@ class InjectionSampler:
         self.config = config = config.with_hand_chosen()
         self.sites = config.sites()
         check_sites(self.sites, unet)
+        config.check_operator(tuple(OPERATORS))
         self.steps = plan_steps(config, len(self.alphas_cumprod))
         self.conditional = is_class_conditional(unet)
         self.share_encoder = share_encoder and SharedEncoder.fits(unet)

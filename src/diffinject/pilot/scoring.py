@@ -19,7 +19,8 @@ docs/injection_pilot.md: a GCE-biased MLP that half reads the digit (corrupted d
 rewards images it cannot read for any reason. The highest score wins; a tie goes to the earlier
 candidate (the grid lists the cheaper ones first).
 
-A score on 128 images is noisy (a gap of 0.013 once decided 17 points of test accuracy), so every
+A score on 128 images is noisy (a small gap once decided many points of test accuracy:
+docs/label_in_generator.md, "The pilot's rungs"), so every
 score carries a bootstrap interval, and candidates whose intervals reach the best one's generate more
 images (successive halving, `injection.pilot_rungs`) until one is ahead or the rungs run out.
 """

@@ -19,6 +19,7 @@ from diffinject.data.tensors import ImageTensors, num_classes_of
 from diffinject.diffusion.conditioning import is_class_conditional
 from diffinject.diffusion.injection_params import AUTO, GUIDANCE_KEYS, PILOT_KEYS, InjectionParams
 from diffinject.diffusion.lora import attach_adapter, read_adapter
+from diffinject.diffusion.model import thread_invariant_pointwise_convs
 from diffinject.diffusion.operators import OPERATORS
 from diffinject.diffusion.pool_filter import make_judge, probabilities
 from diffinject.diffusion.probes import decide_label_from
@@ -149,4 +150,5 @@ def use_fair_adapter(root: Path, cfg: InjectionParams, unet, contents):
         raise DiffinjectError(f"{root / FAIR / 'adapter.json'}: lacks the injection setting ({exc}); re-run `python -m diffinject fair_finetune`") from exc
     features = content_features(unet, contents, cfg.sites(), cfg.batch_size)
     attach_adapter(unet, tensors, meta)
+    thread_invariant_pointwise_convs(unet)  # the adapter's own 1x1 convolutions too (diffusion/model.py)
     return cfg, features
