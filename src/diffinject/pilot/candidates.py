@@ -25,6 +25,7 @@ DEFAULT_GRID = (
     "operator=channel_mean,site=up0+up1,t_max=300,h_gamma=1.0",
     "operator=slerp,site=h,t_max=null,h_gamma=0.7",
 )
+
 # The (guidance_scale, window_guidance_scale) pairs the pilot's guidance round tries on a class-conditional
 # DDPM, around each label rule's best setting of the first round (run at 1 everywhere): 0 is the null class, 1 the plain label, 3
 # classifier-free guidance; a window scale of 0 drops the label where the content's features are
