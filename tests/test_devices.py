@@ -146,18 +146,24 @@ def test_this_gpu_host_runs_inference_on_cuda(monkeypatch, nvml_check):
     assert x.device.type == "cuda" and (x * 2).sum().item() == 12.0
 
 
-def test_trainer_flushes_denormals_as_its_setting_says():
-    """`trainer.flush_denormals` reaches the CPU: a subnormal float times 1 is 0 while it is on, itself
-    when off (x86's flush-to-zero and denormals-are-zero flags; set on every build, never inherited)."""
-    from diffinject.models.trainer import TrainerConfig, build_trainer
+def test_trainer_flushes_denormals_while_it_fits_only():
+    """`trainer.flush_denormals` reaches the CPU while `fit` runs (a subnormal times 1 is 0) and is
+    undone after it; inference and flush_denormals: false add no flushing."""
+    from diffinject.models.trainer import FlushDenormals, TrainerConfig, build_trainer
 
     subnormal = torch.tensor([1e-39], dtype=torch.float32)
     if not torch.set_flush_denormal(False):  # returns whether the CPU supports the flags
         pytest.skip("this CPU cannot flush denormals")
+    has = lambda trainer: any(isinstance(cb, FlushDenormals) for cb in trainer.callbacks)  # noqa: E731
+    on = build_trainer(TrainerConfig(accelerator="cpu", enable_progress_bar=False))
+    assert has(on) and (subnormal * 1.0).item() != 0.0  # building it changes nothing yet
+    assert not has(build_trainer(TrainerConfig(accelerator="cpu", enable_progress_bar=False, flush_denormals=False)))
+    assert not has(build_trainer(TrainerConfig(accelerator="cpu", enable_progress_bar=False), inference=True))
+    callback = next(cb for cb in on.callbacks if isinstance(cb, FlushDenormals))
     try:
-        build_trainer(TrainerConfig(accelerator="cpu", enable_progress_bar=False, flush_denormals=True))
+        callback.on_fit_start(on, None)
         assert (subnormal * 1.0).item() == 0.0
-        build_trainer(TrainerConfig(accelerator="cpu", enable_progress_bar=False, flush_denormals=False))
+        callback.on_fit_end(on, None)
         assert (subnormal * 1.0).item() == pytest.approx(1e-39, rel=1e-3)
     finally:
         torch.set_flush_denormal(False)

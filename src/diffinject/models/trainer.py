@@ -41,6 +41,21 @@ class NoOpProfiler(PassThroughProfiler):
         return self._NOTHING
 
 
+class FlushDenormals(lightning.Callback):
+    """Subnormal floats flushed to zero while `fit` runs, and the CPU's setting restored after it: the
+    flag is process-wide, and left on it would reach code that is not training (with it on, a
+    multi-threaded LAPACK solve of the probes' ridge regression never returned)."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        torch.set_flush_denormal(True)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        torch.set_flush_denormal(False)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        torch.set_flush_denormal(False)
+
+
 @dataclass
 class TrainerConfig:
     """`trainer.*`: passed through to `lightning.Trainer` by every training stage."""
@@ -102,11 +117,11 @@ def build_trainer(cfg: TrainerConfig, max_epochs: int = 1, callbacks: list[light
     overrides trainer.precision (the DDPM has its own); `trainer_kwargs` go to lightning.Trainer.
     The progress bar is a bar on a terminal and a line every LOG_INTERVAL_S in a log file."""
     cfg.check()
-    # process-wide, so set either way: a stage that trains twice must not inherit the other setting
-    torch.set_flush_denormal(cfg.flush_denormals)
     skip_failing_nvml_probe()
     quiet_lightning()
     callbacks = list(callbacks or [])
+    if cfg.flush_denormals and not inference:
+        callbacks.append(FlushDenormals())
     bar = cfg.enable_progress_bar and not inference and stderr_is_terminal()
     if bar:
         callbacks.append(TrainProgressBar(refresh_rate=cfg.progress_bar_refresh_rate))
