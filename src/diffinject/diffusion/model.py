@@ -138,7 +138,8 @@ class PointwiseConv2d(nn.Conv2d):
     an AVX2 or AVX512 CPU, 1 and 2 threads differ in the last bit (the resnets' channel-changing
     shortcuts; every 3x3 convolution and the bf16 path are invariant), which after 20 DDIM steps moves
     a pixel of a pool image, so a sharded `inject` (each torchrun rank on fewer threads) would not
-    write the one-process files. ATen's own convolution is invariant; on 1x1 kernels it costs little."""
+    write the one-process files. Here it is a matrix product, invariant at any thread count (its cost:
+    docs/benchmarks.md, "The sharded injection on both CPU classes")."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):

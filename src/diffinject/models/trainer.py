@@ -42,7 +42,7 @@ class NoOpProfiler(PassThroughProfiler):
 
 
 class FlushDenormals(lightning.Callback):
-    """Subnormal floats flushed to zero while `fit` runs, and the CPU's setting restored after it: the
+    """Subnormal floats flushed to zero while `fit` runs, and flushing turned off again after it: the
     flag is process-wide, and left on it would reach code that is not training (with it on, a
     multi-threaded LAPACK solve of the probes' ridge regression never returned)."""
 
