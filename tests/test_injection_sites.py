@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -168,6 +170,23 @@ def test_probe_learns_a_planted_linear_attribute_and_not_a_random_one():
 
     assert accuracy(planted) > 0.9
     assert accuracy(random) < 0.65
+
+
+def test_probe_returns_after_the_process_changed_its_thread_count():
+    """A batched LU solve nested MKL's threaded dgetrf inside torch's parallel loop and never returned once
+    torch.set_num_threads had gone 1 -> 2 (as an earlier test does); run in a child so a hang fails."""
+    code = ("import torch\n"
+            "from diffinject.diffusion.probes import fit_ridge_probe\n"
+            "torch.set_num_threads(1); torch.randn(300, 300) @ torch.randn(300, 300); torch.set_num_threads(2)\n"
+            "x = torch.randn(2, 300, 30, dtype=torch.float64)\n"
+            "for _ in range(50):\n"
+            "    fit_ridge_probe(x, torch.randn(300, 2), x[:, :10])\n"
+            "print('returned')\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("fit_ridge_probe did not return within 120 s after a thread-count change")
+    assert done.returncode == 0 and "returned" in done.stdout, done.stderr[-2000:]
 
 
 def test_labelling_modes_give_the_right_targets():

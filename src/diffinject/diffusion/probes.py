@@ -86,7 +86,10 @@ def fit_ridge_probe(x_fit: torch.Tensor, y_fit: torch.Tensor, x_eval: torch.Tens
     y_mean = y.mean(0, keepdim=True)
     n = a.shape[1]
     gram = a @ a.transpose(1, 2) + ridge * n * torch.eye(n, dtype=a.dtype)  # (T, N, N)
-    alpha = torch.linalg.solve(gram, (y - y_mean).expand(a.shape[0], -1, -1))  # (T, N, K)
+    # One solve per timestep, not one batched solve: torch runs a batch of LU factorisations in a parallel
+    # loop whose iterations each call MKL's threaded dgetrf, and once the process has changed its thread
+    # count (torch.set_num_threads 1 -> 2) those nested calls spin forever (MKL reports bad DLASWP args).
+    alpha = torch.stack([torch.linalg.solve(g, y - y_mean) for g in gram])  # (T, N, K)
     return (b @ a.transpose(1, 2)) @ alpha + y_mean  # (T, M, K)
 
 
