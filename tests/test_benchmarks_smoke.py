@@ -239,6 +239,43 @@ def test_search_trial_cost(tmp_path, searchable_repo):
     assert all(positive(s) for s in result["seconds"]["invert_only"])
 
 
+def test_balanced_pairing(tmp_path, searchable_repo):
+    """On a root after a hand-chosen inject (judges trained): the two pools' ratios are the ratios of the
+    figures printed, and the bound is what `transfer_bound` gives on the root's own inversions."""
+    from diffinject.config import load_params
+    from diffinject.stages import inject, prepare_palette, train_judge
+
+    params = load_params(searchable_repo / "params.yaml")
+    params["injection"].update(auto=False, label_from="style")
+    for stage in (prepare_palette, train_judge, inject):
+        stage.run(params, searchable_repo)
+    result = run_benchmark("balanced_pairing", "--root", str(searchable_repo), tmp_path=tmp_path)
+    assert result["setting"]["auto"] is False and result["random"] and result["balanced"]
+    assert result["balanced_vs_random"]
+    for key, ratio in result["balanced_vs_random"].items():
+        assert ratio == pytest.approx(result["balanced"][key] / result["random"][key]), key
+    assert 0 <= result["bound"]["balanced_on_true_bias"] <= 1 and result["bound"]["n_contents"] > 0
+
+
+def test_the_transfer_bound_is_zero_when_balancing_can_be_exact():
+    """Planted: 20 contents whose proxy is their true bias, two of every value, labels from the style.
+    Balanced pairing can give every label each of its 9 conflicting values equally: its bound is ~0,
+    where random pairing's is not; a proxy that reads the bias only half the time costs balance."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from balanced_pairing import transfer_bound
+
+    content_bias = np.repeat(np.arange(10), 2)
+    content_targets = np.roll(content_bias, 7)  # conflicts: their class is not their bias
+    style_targets = np.repeat(np.arange(10), 3)
+    exact = transfer_bound(content_targets, style_targets, content_bias, style_targets, content_bias, style_targets,
+                           "style", n=900)
+    assert exact["balanced"] == exact["balanced_on_true_bias"] < 0.005 < exact["random"]
+    noisy = content_bias.copy()
+    noisy[::2] = (noisy[::2] + 3) % 10
+    half = transfer_bound(content_targets, style_targets, noisy, style_targets, content_bias, style_targets, "style", n=900)
+    assert half["balanced_on_true_bias"] == exact["balanced"] < half["balanced"]
+
+
 def test_tuned_table(tmp_path):
     """Every row gets the same trials; the tuned setting retrained at the tuning root's seed gives the
     search's best valid accuracy again; a seed retrained twice gives the same numbers."""

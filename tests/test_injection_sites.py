@@ -241,6 +241,53 @@ def test_pairs_with_the_label_from_the_content_skip_styles_whose_proxy_is_the_co
     assert np.all(style_targets[pairs.style] != content_targets[pairs.content])
 
 
+def _spread(labels: np.ndarray, bias: np.ndarray) -> dict[int, np.ndarray]:
+    """Per synthetic label, how many pairs took each bias value (0 for values not drawn)."""
+    return {int(y): np.bincount(bias[labels == y], minlength=10) for y in np.unique(labels)}
+
+
+def test_balanced_pairing_with_the_label_from_the_style_spreads_each_labels_bias_evenly():
+    """Planted: 8 mined contents, 6 of which the biased model calls class 1. Per label the most even
+    spread puts each allowed proxy value (1, 2, 3, minus the label) within one pair of the others;
+    random pairing inherits the 6:1:1 imbalance."""
+    content_targets, content_proxy = np.arange(8), np.array([1, 1, 1, 1, 1, 1, 2, 3])
+    style_targets = np.repeat(np.arange(10), 3)
+    balanced = make_pairs(content_targets, style_targets, 300, 0, "style", content_proxy, style_targets, "balanced")
+    random = make_pairs(content_targets, style_targets, 300, 0, "style", content_proxy, style_targets)
+    assert np.all(style_targets[balanced.style] != content_proxy[balanced.content])  # still conflicts
+    labels = style_targets[balanced.style]
+    assert np.all(np.bincount(labels, minlength=10) == 30)  # every label as often
+    for y, counts in _spread(labels, content_proxy[balanced.content]).items():
+        allowed = [v for v in (1, 2, 3) if v != y]
+        assert counts[[v for v in range(10) if v not in allowed]].sum() == 0
+        assert counts[allowed].max() - counts[allowed].min() <= 1, (y, counts)
+    # the six class-1 contents share their value's draws: each is used as evenly as the others
+    uses = np.bincount(balanced.content, minlength=8)
+    assert uses[:6].max() - uses[:6].min() <= 1
+    random_spread = _spread(style_targets[random.style], content_proxy[random.content])
+    assert max(c[[1, 2, 3]].max() - c[[1, 2, 3]].min() for c in random_spread.values()) > 5
+
+
+def test_balanced_pairing_with_the_label_from_the_content_spreads_the_styles_proxies():
+    content_targets = np.array([0, 1, 2])
+    style_targets = np.repeat(np.arange(10), 4)
+    style_proxy = style_targets.copy()
+    style_proxy[:20] = 9  # half the styles look like class 9 to the biased model
+    pairs = make_pairs(content_targets, style_targets, 270, 3, "content", None, style_proxy, "balanced")
+    assert np.all(style_proxy[pairs.style] != content_targets[pairs.content])
+    assert np.all(style_targets[pairs.style] != content_targets[pairs.content])
+    for y, counts in _spread(content_targets[pairs.content], style_proxy[pairs.style]).items():
+        present = [v for v in np.unique(style_proxy) if v != y]
+        assert counts[present].max() - counts[present].min() <= 1, (y, counts)
+    again = make_pairs(content_targets, style_targets, 270, 3, "content", None, style_proxy, "balanced")
+    assert (again.content == pairs.content).all() and (again.style == pairs.style).all()
+
+
+def test_an_unknown_pairing_names_the_param():
+    with pytest.raises(DiffinjectError, match=r"injection\.pairing"):
+        make_pairs(np.arange(3), np.arange(3), 5, 0, pairing="even")
+
+
 def test_a_unet_without_the_shared_encoders_layout_says_so_once():
     """No silent fallback: a network lacking conv_in (or down_blocks) runs two full passes, with a warning."""
     unet, scheduler = tiny_unet()

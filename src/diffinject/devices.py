@@ -32,8 +32,7 @@ def inference_device(accelerator: str) -> torch.device:
 
 # Lightning sets this at import so that CUDA availability checks go through NVML and never initialise
 # CUDA before a fork. torch's Adam asks `torch.cuda.is_available()` on every step; through NVML that is
-# a dlopen of libnvidia-ml, repeated on every call when the library is missing (~0.15 ms per step here,
-# 4 % of an MLP training step on this CPU).
+# a dlopen of libnvidia-ml, repeated on every call when the library is missing.
 _NVML_CHECK_VAR = "PYTORCH_NVML_BASED_CUDA_CHECK"
 _NVML_LIBRARY = "libnvidia-ml.so.1"
 

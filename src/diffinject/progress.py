@@ -19,9 +19,9 @@ class TrainProgressBar(TQDMProgressBar):
     """Lightning's TQDM progress bar for the training epochs, drawn about three times per epoch instead of
     seven, and without the second bar Lightning opens and closes for every validation pass.
 
-    Every draw costs ~0.1 ms, and Lightning's bar draws twice per refresh (position, then metrics), twice
-    at the epoch's start (reset, then description) and once more at its end: on Colored MNIST's 16-batch
-    epochs that was ~45 µs per training step, over 1 % of it (benchmarks/classifier_training.py). Here each
+    Lightning's bar draws twice per refresh (position, then metrics), twice at the epoch's start (reset,
+    then description) and once more at its end, which on short epochs is a measurable share of a
+    training step (benchmarks/classifier_training.py). Here each
     event draws once, and a redraw inside the epoch also waits `min_interval_s` (tqdm's own default for
     its updates), so a short epoch draws at its start, its last batch and its end. The epoch's valid/acc
     still shows on the training bar."""

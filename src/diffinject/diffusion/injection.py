@@ -6,6 +6,11 @@ no bias label): with the label from the content, a style of another class whose 
 content's class (the style lends its bias); with the label from the style, a style whose class is not
 the content's proxy (the content lends its bias: a content the biased model already calls the style's
 class would make an aligned image).
+
+Balanced pairing (`injection.pairing: balanced`) draws the image that lends the bias so that, per
+synthetic label, its proxy values are spread as evenly as the inverted images allow: each pair takes the
+proxy value its label has used least so far, then the least-used image with that value. Random pairing
+inherits the mined contents' own imbalance, since a few mined images carry most of the pool's bias.
 """
 
 from __future__ import annotations
@@ -39,15 +44,24 @@ class Pairs:
     style: np.ndarray  # (n,) row in the style set
 
 
+PAIRINGS = ("random", "balanced")
+
+
 def make_pairs(content_targets: np.ndarray, style_targets: np.ndarray, n: int, seed: int,
                label_from: str = "content", content_proxy: np.ndarray | None = None,
-               style_proxy: np.ndarray | None = None) -> Pairs:
+               style_proxy: np.ndarray | None = None, pairing: str = "random") -> Pairs:
     """n (content, style) pairs whose result conflicts (module docstring); without proxies, a style of
-    another class than the content's."""
+    another class than the content's. `pairing` balanced: module docstring."""
+    if pairing not in PAIRINGS:
+        raise DiffinjectError(f"params 'injection.pairing': got {pairing!r}, expected one of {', '.join(PAIRINGS)}")
     rng = np.random.default_rng(seed)
+    if pairing == "balanced" and label_from == "style":
+        return _balanced_style_label(content_targets, style_targets, n, rng,
+                                     content_targets if content_proxy is None else content_proxy)
     order = rng.permutation(len(content_targets))
     content = order[np.arange(n) % len(order)]
     style = np.empty(n, dtype=np.int64)
+    balance = _Balance(style_targets if style_proxy is None else style_proxy, len(style_targets)) if pairing == "balanced" else None
     for k, c in enumerate(content):
         if label_from == "style" and content_proxy is not None:
             ok = style_targets != content_proxy[c]
@@ -60,8 +74,57 @@ def make_pairs(content_targets: np.ndarray, style_targets: np.ndarray, n: int, s
         candidates = np.flatnonzero(ok)
         if len(candidates) == 0:
             raise DiffinjectError(why)
-        style[k] = rng.choice(candidates)
+        style[k] = rng.choice(candidates) if balance is None else balance.draw(int(content_targets[c]), candidates, rng)
     return Pairs(content=content, style=style)
+
+
+class _Balance:
+    """Per synthetic label, how often each bias value (the lending images' proxies) and each lending
+    image have been drawn: `draw` takes the label's least-used value among the candidates, then that
+    value's least-used image, ties broken by the seeded generator."""
+
+    def __init__(self, bias: np.ndarray, n_images: int):
+        self.bias = np.asarray(bias, dtype=np.int64)
+        self.value_uses: dict[int, np.ndarray] = {}
+        self.image_uses = np.zeros(n_images, dtype=np.int64)
+
+    def draw(self, label: int, candidates: np.ndarray, rng: np.random.Generator) -> int:
+        uses = self.value_uses.setdefault(label, np.zeros(int(self.bias.max()) + 1, dtype=np.int64))
+        values = np.unique(self.bias[candidates])
+        fewest = values[uses[values] == uses[values].min()]
+        value = fewest[rng.integers(len(fewest))]
+        images = candidates[self.bias[candidates] == value]
+        least = images[self.image_uses[images] == self.image_uses[images].min()]
+        image = int(least[rng.integers(len(least))])
+        uses[value] += 1
+        self.image_uses[image] += 1
+        return image
+
+
+def _balanced_style_label(content_targets: np.ndarray, style_targets: np.ndarray, n: int,
+                          rng: np.random.Generator, content_bias: np.ndarray) -> Pairs:
+    """Label from the style, bias from the content: the labels go round the style classes in a seeded
+    order (each as often), and each pair's content is the balanced draw among the contents the biased
+    model does not already call that label."""
+    classes = np.unique(style_targets)
+    labels = np.resize(rng.permutation(classes), n)
+    balance = _Balance(content_bias, len(content_targets))
+    content, style = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    for k, y in enumerate(labels):
+        candidates = np.flatnonzero(content_bias != y)
+        if len(candidates) == 0:
+            raise DiffinjectError(f"no content image the biased model calls another class than {y}")
+        content[k] = balance.draw(int(y), candidates, rng)
+        style[k] = rng.choice(np.flatnonzero(style_targets == y))
+    return Pairs(content=content, style=style)
+
+
+def pairs_for(contents: InvertedSet, styles: InvertedSet, n: int, seed: int, label_from: str,
+              pairing: str = "random") -> Pairs:
+    """make_pairs on two inverted sets, with their bias proxies where they carry them."""
+    return make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed, label_from,
+                      None if contents.proxy is None else contents.proxy.numpy(),
+                      None if styles.proxy is None else styles.proxy.numpy(), pairing)
 
 
 def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:

@@ -102,6 +102,9 @@ class InjectionParams:
     reader_guidance: float = 0.0
     reader_t_max: int = 300
     batch_size: int = 64
+    # random: each pair's bias-lending image drawn at random among those that make a conflict; balanced:
+    # per synthetic label, the proxy values of those images spread evenly (diffusion/injection.py)
+    pairing: Literal["random", "balanced"] = "random"
     # base: the DDPM as trained; fair: with the LoRA adapter of stage fair_finetune (models/fair/), on the
     # setting the adapter was fine-tuned for (diffusion/fair.py)
     generator: Literal["base", "fair"] = "base"
@@ -139,6 +142,8 @@ class InjectionParams:
             raise DiffinjectError(f"params 'injection.label_from': got {self.label_from!r}, expected content, style or auto")
         if self.site != AUTO and not self.sites():
             raise DiffinjectError("params 'injection.site': expected a site (h, up0, up1, ...), a list of them or auto")
+        if self.pairing not in ("random", "balanced"):
+            raise DiffinjectError(f"params 'injection.pairing': got {self.pairing!r}, expected random or balanced")
         if self.generator not in ("base", "fair"):
             raise DiffinjectError(f"params 'injection.generator': got {self.generator!r}, expected base or fair")
         if self.replace_steps < 2:

@@ -34,12 +34,12 @@ class ClassifierModule(lightning.LightningModule):
 
     `self.net` is the network that is selected, saved and evaluated; subclasses (LfF) may train more.
 
-    Performance on CPU, where an MLP step takes only 3-7 ms (benchmarks/classifier_training.py):
-    metrics are summed over the epoch in the module and, at its end, stored as `{stage}/{name}` in
-    `self.epoch_metrics` (what EpochSelector records); only `valid/acc` also goes through `self.log`, for
-    the progress bar and any monitoring callback. `self.log` costs ~0.7 ms per call (Lightning moves its
-    result object to the device on every call): logging loss and accuracy every step made training ~30 %
-    slower than a plain loop. Optimisation is manual (`_optimise`) for the same reason.
+    Performance on CPU, where an MLP step is a few milliseconds and Lightning's per-step bookkeeping is
+    a visible share of it (measured: docs/benchmarks.md, "Classifier training, Lightning vs a plain
+    PyTorch loop"): metrics are summed over the epoch in the module and, at its end, stored as
+    `{stage}/{name}` in `self.epoch_metrics` (what EpochSelector records); only `valid/acc` also goes
+    through `self.log`, for the progress bar and any monitoring callback, because `self.log` moves its
+    result object to the device on every call. Optimisation is manual (`_optimise`) for the same reason.
     """
 
     def __init__(self, net: nn.Module, loss: str = "ce", gce_q: float = DEFAULT_GCE_Q, lr: float = 1e-3,
@@ -55,14 +55,13 @@ class ClassifierModule(lightning.LightningModule):
         self.epoch_metrics: dict[str, float] = {}  # "{stage}/{name}" -> mean over the last epoch of stage
         self.selector: EpochSelector | None = None  # set by the caller to keep the chosen epoch's weights
         # One optimizer, one step per batch, stepped in `_optimise`: Lightning's automatic loop wraps the
-        # same three calls in a closure whose bookkeeping cost ~0.25 ms per step, 4 % of an MLP epoch.
+        # same three calls in a closure whose bookkeeping every step pays for.
         self.automatic_optimization = False
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets `_current_fx_name` (a str or None) around every hook it calls, ~32 times per
         # training step. nn.Module.__setattr__ first checks whether the value is a parameter, buffer or
-        # submodule, which a str never is, so storing it directly is the same and saves ~50 µs per step
-        # (measured: Lightning's per-step overhead on a 1-feature linear model, 354 -> 302 µs).
+        # submodule, which a str never is, so storing it directly is the same and skips those checks.
         if name == "_current_fx_name":
             object.__setattr__(self, name, value)
         else:
@@ -147,8 +146,8 @@ class EpochSelector:
 
     The module calls `record` at the end of every training epoch, once its train metrics are computed;
     the epoch's validation has run by then. It reads only train and valid metrics. Not a Lightning
-    callback: Lightning calls every callback on every hook of every step (~30 µs per step for one more
-    callback, ~1 % of an MLP step), and this needs one call per epoch.
+    callback: Lightning calls every callback on every hook of every step, and this needs one call per
+    epoch.
     """
 
     def __init__(self, select: str):

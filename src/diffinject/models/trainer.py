@@ -31,9 +31,9 @@ _WORKER_WARNING = r".*does not have many workers.*"
 
 class NoOpProfiler(PassThroughProfiler):
     """Lightning's default profiler (none), minus its cost. Lightning enters `profiler.profile(...)`
-    around every hook, batch fetch and optimizer step, ~50 times per training step, and
-    PassThroughProfiler's is a generator-based context manager: ~1 µs each, ~1.3 % of an MLP step on
-    the CPU (benchmarks/classifier_training.py). This one hands back one shared no-op context."""
+    around every hook, batch fetch and optimizer step, dozens of times per training step, and
+    PassThroughProfiler's is a generator-based context manager built anew each time. This one hands
+    back one shared no-op context."""
 
     _NOTHING = contextlib.nullcontext()
 

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from diffinject.diffusion.injection import batch_generator, make_pairs, pair_labels
+from diffinject.diffusion.injection import batch_generator, pair_labels, pairs_for
 from diffinject.diffusion.inversion_store import InvertedSet
 from diffinject.diffusion.model import to_uint8
 from diffinject.diffusion.sampler import InjectionSampler
@@ -32,9 +32,7 @@ def generate_pilot(unet, scheduler, candidate: Candidate, base_config, contents:
                    features: Features, n: int, seed: int, batch_size: int) -> PilotPool:
     """n pilot images of one candidate; the pairs and noise depend only on the seed and the label rule,
     so candidates of one rule are compared on the same pairs."""
-    pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed + SEED_OFFSET, candidate.label_from,
-                       None if contents.proxy is None else contents.proxy.numpy(),
-                       None if styles.proxy is None else styles.proxy.numpy())
+    pairs = pairs_for(contents, styles, n, seed + SEED_OFFSET, candidate.label_from, base_config.pairing)
     config = replace(base_config, **candidate.as_params())  # the window starts at the params' t_edit
     device = next(unet.parameters()).device
     labels = pair_labels(pairs, contents, styles, candidate.label_from)

@@ -35,7 +35,7 @@ from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.devices import inference_device
 from diffinject.diffusion.fair import FairConfig, gate_timestep
 from diffinject.diffusion.fair_training import STATE, PairBatch, fine_tune, generate_both
-from diffinject.diffusion.injection import make_pairs
+from diffinject.diffusion.injection import pair_labels, pairs_for
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, load_inverted
 from diffinject.diffusion.lora import META, TARGETS, save_adapter
@@ -72,13 +72,10 @@ def resume_file(root: Path, params: dict[str, Any], seed: int) -> Path:
     return root / FAIR_RESUME / digest.hexdigest()[:16] / STATE
 
 
-def labelled_pairs(contents, styles, n: int, seed: int, label_from: str):
+def labelled_pairs(contents, styles, n: int, seed: int, label_from: str, pairing: str):
     """(Pairs, labels): n pairs made as the pool's are (conflicting by the bias proxy), and their labels."""
-    pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), n, seed, label_from,
-                       None if contents.proxy is None else contents.proxy.numpy(),
-                       None if styles.proxy is None else styles.proxy.numpy())
-    labels = (contents.targets[pairs.content] if label_from == "content" else styles.targets[pairs.style]).numpy()
-    return pairs, labels
+    pairs = pairs_for(contents, styles, n, seed, label_from, pairing)
+    return pairs, pair_labels(pairs, contents, styles, label_from)
 
 
 def judge_view(root: Path, name: str, n_classes: int | None, shape, device: torch.device):
@@ -161,7 +158,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
         reference = reference.to(device)
     # enough pairs for every label's batches, drawn apart from the pool's (seed + 1)
     pairs, labels = labelled_pairs(contents, styles, max(4 * n_classes * fair_cfg.batch_size, len(contents.ids)), seed + 1,
-                                   label_from)
+                                   label_from, cfg.pairing)
     try:
         sampler = InjectionSampler(unet, scheduler, cfg)
     except ValueError as exc:
@@ -180,7 +177,7 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
         progress.close()
         seconds = time.perf_counter() - start
         # the before/after table on pairs made as the pool's first ones
-        eval_pairs, targets = labelled_pairs(contents, styles, fair_cfg.eval_size, seed, label_from)
+        eval_pairs, targets = labelled_pairs(contents, styles, fair_cfg.eval_size, seed, label_from, cfg.pairing)
         base, fair = generate_both(sampler, run_.layers, PairBatch(contents, styles, features, eval_pairs), cfg.batch_size, seed,
                                    fair_cfg.grad_steps, amp)
     images = {"base": to_uint8(base), "fair": to_uint8(fair)}

@@ -35,7 +35,7 @@ from diffinject.config import StageParams, slice_of
 from diffinject.data.manifest import MANIFEST_NAME, read_manifest
 from diffinject.data.tensors import load_images, load_split
 from diffinject.devices import barrier, inference_device, rank_and_world
-from diffinject.diffusion.injection import class_quota, collect_manifest, generate_pool, make_pairs, pair_labels
+from diffinject.diffusion.injection import class_quota, collect_manifest, generate_pool, pair_labels, pairs_for
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.pool_filter import filter_report
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, load_inverted
@@ -90,9 +90,7 @@ def run(params: dict[str, Any], root: Path = Path("."), on_batch: Callable[[int]
     if cfg.filter.enabled:
         judge, reference = pool_judge(root, cfg, manifest, tuple(styles.x_T.shape[1:]), device)
     # with the filter, the tries: their first n pairs are the unfiltered pool's, whose class mix it keeps
-    pairs = make_pairs(contents.targets.numpy(), styles.targets.numpy(), cfg.tries(len(train)), seed, label_from,
-                       None if contents.proxy is None else contents.proxy.numpy(),
-                       None if styles.proxy is None else styles.proxy.numpy())
+    pairs = pairs_for(contents, styles, cfg.tries(len(train)), seed, label_from, cfg.pairing)
     quota = class_quota(pair_labels(pairs, contents, styles, label_from), n) if judge is not None else None
     reader, reader_report = reader_guidance(root, cfg, manifest, tuple(styles.x_T.shape[1:]), device)
     try:
