@@ -64,7 +64,8 @@ def test_bad_architecture_names_the_param(cfg, param):
 # (a set operator is checked against the operators the sampler implements: test_injection_sites.py)
 @pytest.mark.parametrize("key, value", [("h_gamma", 1.5), ("n_inv_step", 1), ("style_easiest_fraction", 0.0),
                                         ("schedule", "sometimes"), ("site", []),
-                                        ("label_from", "both"), ("replace_steps", 1), ("pairing", "even")])
+                                        ("label_from", "both"), ("replace_steps", 1), ("pairing", "even"),
+                                        ("pairing_proxy", "bias_judge")])
 def test_bad_injection_params_name_the_key(key, value):
     with pytest.raises(DiffinjectError, match=f"injection.{key}"):
         InjectionParams(**{key: value}).check()

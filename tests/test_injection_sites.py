@@ -311,3 +311,31 @@ def test_a_window_without_a_generation_step_is_refused(window):
 def test_a_window_that_ends_before_it_starts_names_t_max():
     with pytest.raises(DiffinjectError, match=r"params 'injection.t_max': got 500, expected >= injection.t_edit \(600\)"):
         plan_steps(InjectionParams(n_gen_step=20, t_edit=600, t_max=500), 1000)
+
+
+def test_the_stats_reader_reads_the_colour_of_images_whose_labels_say_the_class():
+    """Planted: a digit-like shape per class, its stroke painted in one of 10 colours. The reader is fitted
+    on labels that follow the colour for 95 % of the images (what a biased model predicts) and must read
+    the colour, not the shape, of held-out images painted against their class."""
+    from diffinject.diffusion.bias_reader import StatsReader
+
+    rng = np.random.default_rng(0)
+    palette = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, .5, 0], [.5, 0, 1],
+                        [.5, 1, .5], [1, 1, 1]])  # ten colours apart, as a colour bias's palette is
+
+    def paint(classes, colours):
+        images = torch.zeros(len(classes), 3, 28, 28)
+        for i, (k, c) in enumerate(zip(classes, colours)):
+            top, left = 2 + 2 * (k % 5), 4 + 8 * (k // 5)  # the class is where the stroke is, its area the same
+            images[i, :, top:top + 6, left:left + 10] = torch.as_tensor(palette[c], dtype=torch.float32)[:, None, None]
+            images[i] += torch.as_tensor(rng.normal(0, 0.01, (3, 28, 28)), dtype=torch.float32).clamp(min=0)
+        return (images.clamp(0, 1) * 255).to(torch.uint8)
+
+    classes = rng.integers(0, 10, 1000)
+    colours = np.where(rng.random(1000) < 0.95, classes, rng.integers(0, 10, 1000))
+    labels = torch.as_tensor(np.where(rng.random(1000) < 0.95, colours, classes))  # mostly the colour
+    reader = StatsReader(paint(classes, colours), labels, 10)
+    held_classes = rng.integers(0, 10, 200)
+    held_colours = (held_classes + rng.integers(1, 10, 200)) % 10  # every one a conflict
+    read = reader.predict(paint(held_classes, held_colours)).numpy()
+    assert (read == held_colours).mean() > 0.9 and (read == held_classes).mean() < 0.2

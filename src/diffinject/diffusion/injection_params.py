@@ -105,6 +105,9 @@ class InjectionParams:
     # random: each pair's bias-lending image drawn at random among those that make a conflict; balanced:
     # per synthetic label, the proxy values of those images spread evenly (diffusion/injection.py)
     pairing: Literal["random", "balanced"] = "random"
+    # what reads the bias proxy that pairs are made on (stage invert stores it): the biased classifier's
+    # prediction, or channel_stats, a reader of colour fitted on those predictions (diffusion/bias_reader.py)
+    pairing_proxy: Literal["biased", "channel_stats"] = "biased"
     # base: the DDPM as trained; fair: with the LoRA adapter of stage fair_finetune (models/fair/), on the
     # setting the adapter was fine-tuned for (diffusion/fair.py)
     generator: Literal["base", "fair"] = "base"
@@ -144,6 +147,8 @@ class InjectionParams:
             raise DiffinjectError("params 'injection.site': expected a site (h, up0, up1, ...), a list of them or auto")
         if self.pairing not in ("random", "balanced"):
             raise DiffinjectError(f"params 'injection.pairing': got {self.pairing!r}, expected random or balanced")
+        if self.pairing_proxy not in ("biased", "channel_stats"):
+            raise DiffinjectError(f"params 'injection.pairing_proxy': got {self.pairing_proxy!r}, expected biased or channel_stats")
         if self.generator not in ("base", "fair"):
             raise DiffinjectError(f"params 'injection.generator': got {self.generator!r}, expected base or fair")
         if self.replace_steps < 2:

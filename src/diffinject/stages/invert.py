@@ -1,8 +1,9 @@
 """Stage `invert`: DDIM-invert the content images (the mined conflicts, with x_t at every step, from
 which `inject` recomputes the features of any site) and the style images (drawn, seeded, from the
 training samples the biased model finds easiest; no bias label is read) -> data/inversions/, with the
-biased model's prediction for each image (the bias proxy that pairs them). It depends only on the DDPM,
-the images and `injection.n_inv_step` / style-pool keys, so changing the operator, site, schedule,
+biased model's prediction for each image (the bias proxy that pairs them; with `injection.pairing_proxy:
+channel_stats`, a colour reader's fitted on those predictions). It depends only on the DDPM, the images
+and `injection.n_inv_step` / style-pool / proxy keys, so changing the operator, site, schedule,
 h_gamma, t_edit, t_boost, dt_lambda or bias_conflict_ratio never re-inverts.
 """
 
@@ -20,6 +21,7 @@ from diffinject.config import StageParams, slice_of
 from diffinject.data.manifest import read_manifest
 from diffinject.data.tensors import load_split, num_classes_of
 from diffinject.devices import inference_device
+from diffinject.diffusion.bias_reader import StatsReader
 from diffinject.diffusion.injection_params import InjectionParams
 from diffinject.diffusion.inversion import choose_styles, invert_rows
 from diffinject.diffusion.inversion_store import CONTENT, STYLE, save_inverted
@@ -35,7 +37,8 @@ from diffinject.stages.paths import CONFLICTS, DIFFUSION, INVERSIONS, METRICS, P
 PARAMS = StageParams({
     "trainer": TrainerConfig,
     "diffusion": slice_of(DiffusionConfig, "precision"),
-    "injection": slice_of(InjectionParams, "n_inv_step", "batch_size", "styles_per_class", "style_easiest_fraction"),
+    "injection": slice_of(InjectionParams, "n_inv_step", "batch_size", "styles_per_class", "style_easiest_fraction",
+                          "pairing_proxy"),
 })
 
 
@@ -53,6 +56,8 @@ def run(params: dict[str, Any], root: Path = Path(".")) -> dict[str, Any]:
     logits = predict_logits(net, train, 1024, trainer_cfg)
     losses = F.cross_entropy(logits, train.targets, reduction="none").numpy()
     proxy = logits.argmax(1).numpy()  # the biased model's class: a bias proxy, no bias label read
+    if cfg.pairing_proxy == "channel_stats":  # a reader of colour fitted on those predictions (bias_reader.py)
+        proxy = StatsReader(train.images, torch.as_tensor(proxy), num_classes_of(manifest)).predict(train.images).numpy()
     style_rows = choose_styles(losses, train.targets.numpy(), cfg.styles_per_class, cfg.style_easiest_fraction, seed)
 
     unet, scheduler = load_diffusion(root / DIFFUSION, image_shape=train.shape)
