@@ -104,8 +104,8 @@ class _Balance:
 def _balanced_style_label(content_targets: np.ndarray, style_targets: np.ndarray, n: int,
                           rng: np.random.Generator, content_bias: np.ndarray) -> Pairs:
     """Label from the style, bias from the content: the labels go round the style classes in a seeded
-    order (each as often), and each pair's content is the balanced draw among the contents the biased
-    model does not already call that label."""
+    order (each as often), and each pair's content is the balanced draw among the contents whose proxy
+    is not that label."""
     classes = np.unique(style_targets)
     labels = np.resize(rng.permutation(classes), n)
     balance = _Balance(content_bias, len(content_targets))
@@ -113,7 +113,7 @@ def _balanced_style_label(content_targets: np.ndarray, style_targets: np.ndarray
     for k, y in enumerate(labels):
         candidates = np.flatnonzero(content_bias != y)
         if len(candidates) == 0:
-            raise DiffinjectError(f"no content image the biased model calls another class than {y}")
+            raise DiffinjectError(f"no content image whose bias proxy is another class than {y}")
         content[k] = balance.draw(int(y), candidates, rng)
         style[k] = rng.choice(np.flatnonzero(style_targets == y))
     return Pairs(content=content, style=style)
