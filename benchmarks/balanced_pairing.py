@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from diffinject.config import load_params  # noqa: E402
-from diffinject.diffusion.injection import PAIRINGS, make_pairs  # noqa: E402
+from diffinject.diffusion.injection import make_pairs  # noqa: E402
+from diffinject.diffusion.injection_params import PAIRINGS  # noqa: E402
 from diffinject.diffusion.synthetic_quality import bias_deviation  # noqa: E402
 
 POOL_KEYS = ("bias_deviation", "bias_conflict_fraction", "label_fidelity", "faithful_bias_conflict_fraction",
@@ -88,13 +89,12 @@ def remine(params: dict, scratch: Path, k) -> dict:
 
 
 def bound_of(root: Path, n: int, label_from: str) -> dict[str, float]:
-    import pandas as pd
-
+    from diffinject.data.manifest import read_manifest
     from diffinject.diffusion.inversion_store import CONTENT, STYLE, load_inverted
     from diffinject.stages.paths import INVERSIONS, PREPARED
 
     contents, styles = load_inverted(root / INVERSIONS / CONTENT), load_inverted(root / INVERSIONS / STYLE)
-    bias = pd.read_parquet(root / PREPARED / "manifest.parquet").set_index("id")["bias"]
+    bias = read_manifest(root / PREPARED).set_index("id")["bias"]
     content_bias = bias.loc[contents.ids.numpy()].to_numpy().astype(np.int64)
     style_bias = bias.loc[styles.ids.numpy()].to_numpy().astype(np.int64)
     return transfer_bound(contents.targets.numpy(), styles.targets.numpy(), contents.proxy.numpy(), styles.proxy.numpy(),

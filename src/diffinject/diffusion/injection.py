@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from diffinject.diffusion.injection_params import InjectionParams
+from diffinject.diffusion.injection_params import PAIRINGS, InjectionParams
 from diffinject.diffusion.inversion_store import InvertedSet
 from diffinject.devices import barrier
 from diffinject.diffusion.model import to_uint8
@@ -42,9 +42,6 @@ BATCH_DONE = "batch_{:05d}.json"
 class Pairs:
     content: np.ndarray  # (n,) row in the content set
     style: np.ndarray  # (n,) row in the style set
-
-
-PAIRINGS = ("random", "balanced")
 
 
 def make_pairs(content_targets: np.ndarray, style_targets: np.ndarray, n: int, seed: int,

@@ -41,6 +41,10 @@ HAND_CHOSEN = {"operator": "channel_stats", "site": ["up0", "up1"], "t_max": 300
                "window_guidance_scale": None}
 
 
+PAIRINGS = ("random", "balanced")  # injection.pairing
+PAIRING_PROXIES = ("biased", "channel_stats")  # injection.pairing_proxy
+
+
 @dataclass
 class PoolFilter:
     """`injection.filter`: each generated image passes two checks, neither reading a bias label, before it
@@ -145,10 +149,11 @@ class InjectionParams:
             raise DiffinjectError(f"params 'injection.label_from': got {self.label_from!r}, expected content, style or auto")
         if self.site != AUTO and not self.sites():
             raise DiffinjectError("params 'injection.site': expected a site (h, up0, up1, ...), a list of them or auto")
-        if self.pairing not in ("random", "balanced"):
-            raise DiffinjectError(f"params 'injection.pairing': got {self.pairing!r}, expected random or balanced")
-        if self.pairing_proxy not in ("biased", "channel_stats"):
-            raise DiffinjectError(f"params 'injection.pairing_proxy': got {self.pairing_proxy!r}, expected biased or channel_stats")
+        if self.pairing not in PAIRINGS:
+            raise DiffinjectError(f"params 'injection.pairing': got {self.pairing!r}, expected one of {', '.join(PAIRINGS)}")
+        if self.pairing_proxy not in PAIRING_PROXIES:
+            raise DiffinjectError(f"params 'injection.pairing_proxy': got {self.pairing_proxy!r}, "
+                                  f"expected one of {', '.join(PAIRING_PROXIES)}")
         if self.generator not in ("base", "fair"):
             raise DiffinjectError(f"params 'injection.generator': got {self.generator!r}, expected base or fair")
         if self.replace_steps < 2:
